@@ -1,0 +1,27 @@
+"""The daemon's exception hierarchy; messages name the key, file or stream at fault."""
+
+from __future__ import annotations
+
+
+class IntentdError(Exception):
+    """Base class for every error the daemon reports as one clear line."""
+
+
+class ConfigError(IntentdError):
+    """A configuration file, key or value is invalid; the message names the key."""
+
+
+class ModelError(IntentdError):
+    """A model folder is missing, incomplete or cannot be loaded."""
+
+
+class ProtocolError(IntentdError):
+    """A client sent bytes that break the audio ingest protocol; the connection is closed with this reason."""
+
+
+class AudioError(IntentdError):
+    """Audio that cannot be used: wrong rate, format or frame size, NaN/inf samples, unreadable file."""
+
+
+class SourceError(IntentdError):
+    """An audio source (microphone, socket, file) failed or has a bad URI."""
