@@ -1,0 +1,236 @@
+"""Typed settings loaded from TOML: nested frozen dataclasses, validated in one place, unknown keys rejected.
+
+Every field carries its documentation, unit and allowed range in its metadata, so the reference
+`config.toml`, the validation messages and the tests all read from one source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from daemon.errors import ConfigError
+
+
+def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
+            choices: tuple[str, ...] | None = None, default_factory: Any = None) -> Any:
+    """A dataclass field with its documentation and validation rules attached."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """Which model serves, and where it runs."""
+
+    path: str = setting("models/default", "model folder made by `intentd-train fit`; relative paths are "
+                        "resolved against the config file's folder")
+    device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    threads: int = setting(0, "CPU threads for inference; 0 = one per core", lo=0, hi=256)
+    top_k: int = setting(3, "how many (label, score) pairs each intent event carries", lo=1, hi=100)
+    threshold: float = setting(0.0, "a top score below this publishes `intent.unknown`; 0 disables",
+                               lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    """Where audio comes from."""
+
+    listen: tuple[str, ...] = setting(None, "audio source URIs: tcp://HOST:PORT, unix:///PATH, "
+                                      "mic://NAME_OR_INDEX, file:///PATH.wav?realtime=1",
+                                      default_factory=lambda: ("tcp://127.0.0.1:5555",))
+    idle_timeout_s: float = setting(10.0, "seconds a socket stream may send nothing before it is ended",
+                                    lo=0.1, hi=86400.0)
+    max_streams: int = setting(512, "concurrent streams; further connections are refused with a reason",
+                               lo=1, hi=100000)
+    chunk_ms: int = setting(20, "chunk length read from microphones and replayed files, in ms", lo=5, hi=1000)
+
+
+@dataclass(frozen=True, slots=True)
+class VadSettings:
+    """Utterance segmentation with webrtcvad, per stream."""
+
+    aggressiveness: int = setting(2, "webrtcvad aggressiveness: 0 keeps most audio as speech, 3 least",
+                                  lo=0, hi=3)
+    frame_ms: int = setting(30, "VAD frame length in ms: 10, 20 or 30", choices=("10", "20", "30"))
+    start_ms: int = setting(90, "voiced audio (within a short window) needed to open an utterance, in ms",
+                            lo=10, hi=2000)
+    preroll_ms: int = setting(300, "audio kept before the detected start so first sounds are not cut, in ms",
+                              lo=0, hi=2000)
+    hangover_ms: int = setting(300, "silence after speech before the utterance is closed, in ms", lo=30,
+                               hi=5000)
+    min_utterance_ms: int = setting(200, "shorter voiced blips are discarded, in ms", lo=0, hi=10000)
+    max_utterance_ms: int = setting(8000, "longer speech is cut here, classified and flagged truncated, in ms",
+                                    lo=500, hi=60000)
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherSettings:
+    """Micro-batching of utterances from all streams into one model call."""
+
+    max_batch: int = setting(16, "a batch runs as soon as this many utterances wait", lo=1, hi=1024)
+    max_wait_ms: float = setting(5.0, "...or when the oldest waiting utterance has waited this long, in ms",
+                                 lo=0.0, hi=10000.0)
+    queue_size: int = setting(256, "utterances waiting at most; beyond it the drop policy applies",
+                              lo=1, hi=100000)
+    drop_policy: str = setting("drop_oldest", "which utterance a full queue drops (an event says so)",
+                               choices=("drop_oldest", "drop_newest"))
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherSettings:
+    """Where events go."""
+
+    uri: str = setting("tcp://127.0.0.1:5556", "ZeroMQ PUB endpoint (tcp:// or ipc://)")
+    sndhwm: int = setting(10000, "messages queued per subscriber before a slow one starts losing them",
+                          lo=1, hi=10_000_000)
+    vad_events: bool = setting(False, "also publish vad.start / vad.end")
+    status_interval_s: float = setting(5.0, "seconds between `status` heartbeats", lo=0.1, hi=3600.0)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The Prometheus endpoint."""
+
+    listen: str = setting("", "HOST:PORT for Prometheus metrics, e.g. 127.0.0.1:9310; empty = off")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """Lifecycle and health."""
+
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR",
+                             choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    drain_timeout_s: float = setting(20.0, "on SIGTERM, seconds to classify and publish what was heard",
+                                     lo=0.1, hi=600.0)
+    stall_s: float = setting(10.0, "a batch running longer than this counts as stuck: watchdog pings stop",
+                             lo=0.5, hi=3600.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The whole configuration: one section per table of config.toml."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    sources: SourceSettings = field(default_factory=SourceSettings)
+    vad: VadSettings = field(default_factory=VadSettings)
+    batcher: BatcherSettings = field(default_factory=BatcherSettings)
+    publisher: PublisherSettings = field(default_factory=PublisherSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    # Folder the config file lives in: relative paths in it resolve against this.
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    def model_path(self) -> Path:
+        """The model folder as an absolute path."""
+        path = Path(self.model.path).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+
+def _convert(key: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any:
+    """Check one value's type and range; the error names the key."""
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif hint == tuple[str, ...]:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if not ok:
+            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+        return tuple(value)
+    else:  # pragma: no cover - a new field type without a converter is a programming error
+        raise TypeError(f"no converter for {key}: {hint}")
+    if not ok:
+        raise ConfigError(f"{key} must be {expected[hint]}, got {value!r}")
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"{key} = {value!r} is out of range {lo}..{hi}")
+    if choices is not None and str(value) not in choices:
+        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _section(cls: type, name: str, table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table, got {table!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = get_type_hints(cls)
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {name}.{unknown[0]} (known in [{name}]: {', '.join(fields)})")
+    values = {k: _convert(f"{name}.{k}", v, hints[k], dict(fields[k].metadata)) for k, v in table.items()}
+    return cls(**values)
+
+
+def _sections() -> dict[str, type]:
+    hints = get_type_hints(Settings)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Settings) if not f.metadata.get("internal")}
+
+
+def from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Settings:
+    """Validate a parsed TOML document into Settings; the first problem raises ConfigError naming its key."""
+    sections = _sections()
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section [{unknown[0]}] (known: {', '.join(sections)})")
+    parsed = {name: _section(cls, name, data.get(name, {})) for name, cls in sections.items()}
+    settings = Settings(**parsed, base_dir=base_dir)
+    _check_cross_field(settings)
+    return settings
+
+
+def _check_cross_field(s: Settings) -> None:
+    if s.vad.min_utterance_ms >= s.vad.max_utterance_ms:
+        raise ConfigError("vad.min_utterance_ms must be below vad.max_utterance_ms")
+    if not s.sources.listen:
+        raise ConfigError("sources.listen is empty: give at least one audio source URI")
+
+
+def load(path: str | Path | None) -> Settings:
+    """Load settings from a TOML file; None gives the built-in defaults."""
+    if path is None:
+        return from_dict({}, Path.cwd())
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {path} does not exist") from err
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+    try:
+        return from_dict(data, path.resolve().parent)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def replace(settings: Settings, **overrides: Any) -> Settings:
+    """Apply CLI overrides given as 'section.key' -> value (already typed)."""
+    sections: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        sections.setdefault(section, {})[key] = value
+    changed = {name: dataclasses.replace(getattr(settings, name), **kv) for name, kv in sections.items()}
+    return dataclasses.replace(settings, **changed)
+
+
+def documented_fields() -> list[tuple[str, str, Any, dict[str, Any]]]:
+    """(section, key, default, metadata) for every setting, in declaration order (for docs and tests)."""
+    out = []
+    for name, cls in _sections().items():
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            out.append((name, f.name, getattr(defaults, f.name), dict(f.metadata)))
+    return out
