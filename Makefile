@@ -8,7 +8,7 @@ DATA := data/minds14-synth
 MODEL := models/default
 SEED ?= 0
 
-.PHONY: setup run test model bench clean-model
+.PHONY: setup run test model bench clean-model install-service
 
 setup:
 	@scripts/setup.sh
@@ -34,3 +34,22 @@ test: setup
 
 clean-model:
 	rm -rf $(MODEL) $(DATA) $(BACKBONE)
+
+# Install as a systemd service: code and venv under $(PREFIX), config in /etc/intentd, the model beside the
+# code. DESTDIR stages the files elsewhere (for packaging, and for the test of this target).
+PREFIX ?= /opt/intentd
+DESTDIR ?=
+SYSTEMD_DIR ?= /etc/systemd/system
+install-service: model
+	install -d $(DESTDIR)$(PREFIX) $(DESTDIR)/etc/intentd $(DESTDIR)$(SYSTEMD_DIR)
+	python3 -m venv $(DESTDIR)$(PREFIX)/.venv
+	$(DESTDIR)$(PREFIX)/.venv/bin/pip install -q "torch==2.9.1" "torchaudio==2.9.*"
+	$(DESTDIR)$(PREFIX)/.venv/bin/pip install -q .
+	rm -rf $(DESTDIR)$(PREFIX)/model && cp -r $(MODEL) $(DESTDIR)$(PREFIX)/model
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/README.md
+	test -e $(DESTDIR)/etc/intentd/config.toml || \
+	  sed 's|^path = "models/default"|path = "$(PREFIX)/model"|' config.toml > $(DESTDIR)/etc/intentd/config.toml
+	sed 's|/opt/intentd|$(PREFIX)|g' systemd/intentd.service > $(DESTDIR)$(SYSTEMD_DIR)/intentd.service
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+	  systemctl daemon-reload && systemctl enable --now intentd && echo "watch it: journalctl -u intentd -f"; \
+	else echo "installed under '$(DESTDIR)'; on the host: systemctl daemon-reload && systemctl enable --now intentd"; fi

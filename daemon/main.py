@@ -1,0 +1,115 @@
+"""`intentd` entry point: parse flags, load settings, configure logging, run the service, map errors to codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from daemon import logs, settings as settings_mod
+from daemon.errors import ConfigError, IntentdError, ModelError, SourceError
+
+log = logging.getLogger("intentd")
+
+# sysexits(3) codes, so systemd's RestartPreventExitStatus= can tell "fix the config" from "try again".
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_NO_MODEL = 66  # EX_NOINPUT
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a socket could not be bound, a device could not be opened
+EXIT_CONFIG = 78  # EX_CONFIG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags for the few things people change per run; everything else lives in config.toml."""
+    p = argparse.ArgumentParser(prog="intentd", description="Streaming speech-intent daemon. "
+                                "Also: `intentd devices` lists microphones.")
+    p.add_argument("--config", help="TOML configuration (see config.toml); default: built-in defaults")
+    p.add_argument("--model", help="model folder (overrides model.path)")
+    p.add_argument("--listen", action="append", metavar="URI",
+                   help="audio source URI, repeatable (overrides sources.listen)")
+    p.add_argument("--publish", metavar="URI", help="ZeroMQ PUB endpoint (overrides publisher.uri)")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus endpoint (overrides metrics.listen)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (overrides service.log_level)")
+    p.add_argument("--check", action="store_true", help="validate the configuration and model, then exit")
+    return p
+
+
+def _apply_flags(s: settings_mod.Settings, args: argparse.Namespace) -> settings_mod.Settings:
+    overrides: dict[str, object] = {}
+    if args.model:
+        overrides["model.path"] = args.model
+    if args.listen:
+        overrides["sources.listen"] = tuple(args.listen)
+    if args.publish:
+        overrides["publisher.uri"] = args.publish
+    if args.metrics is not None:
+        overrides["metrics.listen"] = args.metrics
+    if args.log_level:
+        level = args.log_level.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"--log-level {args.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+        overrides["service.log_level"] = level
+    updated = settings_mod.replace(s, **overrides) if overrides else s
+    # Relative --model paths are the user's, relative to where they typed the command.
+    if args.model:
+        from pathlib import Path
+
+        updated = settings_mod.replace(updated, **{"model.path": str(Path(args.model).resolve())})
+    return updated
+
+
+def _devices() -> int:
+    from daemon.sources.microphone import list_devices
+
+    try:
+        devices = list_devices()
+    except SourceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if not devices:
+        print("no input devices found")
+    for d in devices:
+        print(f"{d.index:3d}  {d.name}  ({d.channels} ch, {d.default_sample_rate:g} Hz)")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the process exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["devices"]:
+        return _devices()
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _apply_flags(settings_mod.load(args.config), args)
+    except ConfigError as err:
+        logs.configure("INFO")
+        log.error("configuration error: %s", err)
+        return EXIT_CONFIG
+    logs.configure(settings.service.log_level)
+
+    from daemon.service import Service  # heavy imports (torch) only once the config is known to be good
+
+    try:
+        service = Service(settings)
+        if args.check:
+            service.check()
+            log.info("configuration and model OK")
+            return EXIT_OK
+        return service.run()
+    except ConfigError as err:
+        log.error("configuration error: %s", err)
+        return EXIT_CONFIG
+    except ModelError as err:
+        log.error("model error: %s", err)
+        return EXIT_NO_MODEL
+    except SourceError as err:
+        log.error("audio source error: %s", err)
+        return EXIT_UNAVAILABLE
+    except IntentdError as err:
+        log.error("%s", err)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
