@@ -1,0 +1,168 @@
+"""Classifier tests on a tiny real Whisper classifier built from a config (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.classifier import UNKNOWN_LABEL, Classifier
+from daemon.errors import AudioError, ModelError
+from daemon.frames import Prediction
+from tests.tiny_models import TINY_LABELS, build_tiny_whisper
+
+RATE = 16_000
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_whisper(tmp_path_factory.mktemp("models") / "tiny-intents")
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_dir: Path) -> Classifier:
+    return Classifier.load(tiny_dir, device="cpu")
+
+
+def _clips() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    # Different lengths (short, exactly one window, longer than the window) and loudness.
+    return [
+        (rng.standard_normal(n) * amp).astype(np.float32)
+        for n, amp in ((8000, 0.1), (16000, 0.5), (24000, 0.01))
+    ]
+
+
+def test_loads_with_metadata(classifier: Classifier, tiny_dir: Path) -> None:
+    assert classifier.labels == TINY_LABELS
+    assert classifier.sample_rate == RATE
+    assert classifier.max_samples == RATE  # chunk_length=1 s
+    name, digest = classifier.model_id.split("@")
+    assert name == tiny_dir.name
+    assert len(digest) == 8 and int(digest, 16) >= 0
+    assert str(classifier.dtype) == "torch.float32"
+
+
+def test_batch_of_three_gives_three_predictions(classifier: Classifier) -> None:
+    predictions = classifier.classify(_clips())
+    assert len(predictions) == 3
+    for prediction in predictions:
+        assert isinstance(prediction, Prediction)
+        assert prediction.label in TINY_LABELS
+        assert len(prediction.top_k) == 3
+        assert prediction.top_k[0] == (prediction.label, prediction.score)
+        scores = [score for _, score in prediction.top_k]
+        assert scores == sorted(scores, reverse=True)
+        assert sum(scores) == pytest.approx(1.0, abs=1e-5)  # top 3 of 3 labels: the whole softmax
+    # The tiny model is random but not degenerate: different clips get different scores.
+    assert len({round(p.score, 4) for p in predictions}) > 1
+
+
+def test_batched_equals_one_by_one(classifier: Classifier) -> None:
+    clips = _clips()
+    batched = classifier.classify(clips)
+    for clip, together in zip(clips, batched, strict=True):
+        (alone,) = classifier.classify([clip])
+        assert alone.label == together.label
+        for (la, sa), (lb, sb) in zip(alone.top_k, together.top_k, strict=True):
+            assert la == lb
+            assert sa == pytest.approx(sb, abs=1e-5)
+
+
+def test_empty_batch_and_bad_clips(classifier: Classifier) -> None:
+    assert classifier.classify([]) == []
+    with pytest.raises(AudioError, match="clip 1"):
+        classifier.classify([np.zeros(100, np.float32), np.zeros((2, 100), np.float32)])
+    with pytest.raises(AudioError, match="NaN"):
+        classifier.classify([np.full(100, np.nan, np.float32)])
+
+
+def test_top_k_is_capped_and_configurable(tiny_dir: Path) -> None:
+    one = Classifier.load(tiny_dir, device="cpu", top_k=1)
+    assert all(len(p.top_k) == 1 for p in one.classify(_clips()))
+    many = Classifier.load(tiny_dir, device="cpu", top_k=10)
+    assert all(len(p.top_k) == len(TINY_LABELS) for p in many.classify(_clips()))
+
+
+def test_threshold_yields_unknown_with_top_k_attached(tiny_dir: Path, classifier: Classifier) -> None:
+    plain = classifier.classify(_clips())
+    strict = Classifier.load(tiny_dir, device="cpu", threshold=0.999).classify(_clips())
+    for before, after in zip(plain, strict, strict=True):
+        assert after.label == UNKNOWN_LABEL
+        assert after.score == pytest.approx(before.score)
+        assert after.top_k[0][0] == before.label
+    lax = Classifier.load(tiny_dir, device="cpu", threshold=0.0).classify(_clips())
+    assert [p.label for p in lax] == [p.label for p in plain]
+
+
+def test_warmup_runs(classifier: Classifier) -> None:
+    classifier.warmup()
+
+
+def test_model_id_stable_across_copy_and_changed_by_weights(tiny_dir: Path, tmp_path: Path) -> None:
+    original = Classifier.load(tiny_dir, device="cpu").model_id
+    copy = tmp_path / tiny_dir.name
+    shutil.copytree(tiny_dir, copy)
+    assert Classifier.load(copy, device="cpu").model_id == original
+    retrained = build_tiny_whisper(tmp_path / "other" / tiny_dir.name, seed=1)
+    changed = Classifier.load(retrained, device="cpu").model_id
+    assert changed.split("@")[0] == original.split("@")[0]
+    assert changed != original
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("missing", "does not exist"),
+        ("file", "not a folder"),
+        ("no_config", "no config.json"),
+        ("bad_config", "cannot load"),
+        ("no_extractor", "preprocessor_config.json"),
+        ("no_weights", "no model.safetensors"),
+        ("pickle_only", "pickle"),
+        ("truncated_weights", "cannot load the model"),
+        ("garbage_weights", "cannot load the model"),
+        ("wrong_shapes", "tiny-intents"),
+    ],
+)
+def test_broken_folders_raise_model_error(
+    tiny_dir: Path, tmp_path: Path, breakage: str, message: str
+) -> None:
+    folder = tmp_path / "tiny-intents"
+    if breakage == "file":
+        folder.write_text("not a model")
+    elif breakage != "missing":
+        shutil.copytree(tiny_dir, folder)
+    weights = folder / "model.safetensors"
+    if breakage == "no_config":
+        (folder / "config.json").unlink()
+    elif breakage == "bad_config":
+        (folder / "config.json").write_text("{ not json")
+    elif breakage == "no_extractor":
+        (folder / "preprocessor_config.json").unlink()
+    elif breakage == "no_weights":
+        weights.unlink()
+    elif breakage == "pickle_only":
+        weights.rename(folder / "pytorch_model.bin")
+    elif breakage == "truncated_weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif breakage == "garbage_weights":
+        weights.write_bytes(b"\x00" * 64)
+    elif breakage == "wrong_shapes":
+        # Weights from a model with a different width: loading must refuse, not re-initialise at random.
+        config = json.loads((folder / "config.json").read_text())
+        config["d_model"] = 32
+        (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=message) as caught:
+        Classifier.load(folder, device="cpu")
+    assert str(folder) in str(caught.value)
+
+
+def test_bad_device_and_dtype_raise_model_error(tiny_dir: Path) -> None:
+    with pytest.raises(ModelError, match="dtype"):
+        Classifier.load(tiny_dir, device="cpu", dtype="int8")
+    with pytest.raises(ModelError, match="device"):
+        Classifier.load(tiny_dir, device="not-a-device")
