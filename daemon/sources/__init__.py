@@ -1,0 +1,1 @@
+"""Audio sources: socket ingest, file replay and microphone, each feeding a StreamSink."""

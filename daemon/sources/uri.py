@@ -1,0 +1,117 @@
+"""Source URIs -> typed specs: tcp://HOST:PORT, unix:///PATH, file://PATH?realtime=1, mic://NAME_OR_INDEX."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from daemon.errors import SourceError
+
+DEFAULT_TCP_HOST: Final = "127.0.0.1"
+ACCEPTED_SCHEMES: Final = ("tcp://HOST:PORT", "unix:///PATH.sock", "file://PATH?realtime=1", "mic://NAME_OR_INDEX")
+_TRUE: Final = ("1", "true", "yes", "on")
+_FALSE: Final = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSpec:
+    """Listen (daemon) or connect (client) on a TCP address."""
+
+    host: str
+    port: int
+
+    def uri(self) -> str:
+        """The spec as a URI."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnixSpec:
+    """Listen or connect on a Unix stream socket."""
+
+    path: Path
+
+    def uri(self) -> str:
+        """The spec as a URI."""
+        return f"unix://{self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpec:
+    """Replay an audio file, at real-time pace if `realtime`."""
+
+    path: Path
+    realtime: bool = False
+
+    def uri(self) -> str:
+        """The spec as a URI."""
+        return f"file://{self.path}" + ("?realtime=1" if self.realtime else "")
+
+
+@dataclass(frozen=True, slots=True)
+class MicSpec:
+    """A microphone by index, by name substring, or the system default (device None)."""
+
+    device: int | str | None
+
+    def uri(self) -> str:
+        """The spec as a URI."""
+        return f"mic://{'' if self.device is None else self.device}"
+
+
+SourceSpec = TcpSpec | UnixSpec | FileSpec | MicSpec
+
+
+def _bad(uri: str, why: str) -> SourceError:
+    return SourceError(f"bad source URI {uri!r}: {why} (accepted: {', '.join(ACCEPTED_SCHEMES)})")
+
+
+def parse_source_uri(uri: str) -> SourceSpec:
+    """Parse a source URI; SourceError names the URI and lists the accepted schemes."""
+    if "://" not in uri:
+        raise _bad(uri, "no scheme")
+    scheme, _, rest = uri.partition("://")
+    scheme = scheme.lower()
+    if scheme == "tcp":
+        try:
+            parts = urlsplit(uri)
+            port = parts.port
+        except ValueError as err:
+            raise _bad(uri, str(err)) from err
+        if parts.path not in ("", "/") or parts.query:
+            raise _bad(uri, "tcp takes only HOST:PORT")
+        if port is None:
+            raise _bad(uri, "missing port")
+        return TcpSpec(parts.hostname or DEFAULT_TCP_HOST, port)
+    if scheme == "unix":
+        path = unquote(rest)
+        if not path or "?" in path:
+            raise _bad(uri, "unix needs a socket path and takes no options")
+        return UnixSpec(Path(path))
+    if scheme == "file":
+        path_part, _, query = rest.partition("?")
+        if not path_part:
+            raise _bad(uri, "missing file path")
+        options = parse_qs(query, keep_blank_values=True, strict_parsing=False)
+        unknown = set(options) - {"realtime"}
+        if unknown:
+            raise _bad(uri, f"unknown option(s) {sorted(unknown)}")
+        realtime = False
+        if "realtime" in options:
+            value = options["realtime"][-1].lower()
+            if value in _TRUE or value == "":
+                realtime = True
+            elif value not in _FALSE:
+                raise _bad(uri, f"realtime={value!r} is not a boolean")
+        return FileSpec(Path(unquote(path_part)), realtime)
+    if scheme == "mic":
+        name = unquote(rest).strip()
+        if "?" in name or "/" in name:
+            raise _bad(uri, "mic takes a device name or index only")
+        if not name or name == "default":
+            return MicSpec(None)
+        return MicSpec(int(name) if name.isdigit() else name)
+    raise _bad(uri, f"unknown scheme {scheme!r}")

@@ -1,0 +1,181 @@
+"""The ingest wire format, driven with plain bytes."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from daemon.errors import AudioError, ProtocolError
+from daemon.protocol import (
+    MAGIC,
+    MAX_CHUNK_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_STREAM_ID_BYTES,
+    VERSION,
+    AudioFrame,
+    EndFrame,
+    PcmDecoder,
+    ReplyDecoder,
+    StreamDecoder,
+    StreamHeader,
+    encode_audio,
+    encode_end,
+    encode_header,
+    encode_pcm,
+    encode_reply,
+)
+
+HEADER = StreamHeader("kitchen/mic-1 ✓", 16000, "s16le", 2)
+
+
+def _raw_header(obj: object, version: int = VERSION, magic: bytes = MAGIC) -> bytes:
+    body = json.dumps(obj).encode()
+    return magic + struct.pack(">BH", version, len(body)) + body
+
+
+def _good_fields(**overrides: object) -> dict[str, object]:
+    fields: dict[str, object] = {"stream_id": "s", "sample_rate": 16000, "format": "s16le", "channels": 1}
+    fields.update(overrides)
+    return fields
+
+
+def test_round_trip_whole_and_byte_by_byte() -> None:
+    wire = encode_header(HEADER) + encode_audio(b"\x01\x00\x02\x00") + encode_audio(b"") + encode_end()
+    expected = [HEADER, AudioFrame(b"\x01\x00\x02\x00"), AudioFrame(b""), EndFrame()]
+    assert StreamDecoder().feed(wire) == expected
+    dec = StreamDecoder()
+    frames = [f for i in range(len(wire)) for f in dec.feed(wire[i : i + 1])]
+    assert frames == expected
+    assert dec.header == HEADER
+    dec.finish()
+
+
+def test_header_split_across_many_feeds_yields_nothing_until_complete() -> None:
+    wire = encode_header(HEADER)
+    dec = StreamDecoder()
+    for i in range(len(wire) - 1):
+        assert dec.feed(wire[i : i + 1]) == []
+    assert dec.feed(wire[-1:]) == [HEADER]
+
+
+@pytest.mark.parametrize(
+    ("wire", "match"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", "bad magic"),
+        (b"IN", None),  # a valid prefix is not an error until the connection closes
+        (_raw_header(_good_fields(), version=9), "unsupported protocol version 9"),
+        (MAGIC + struct.pack(">BH", VERSION, 0), "length 0"),
+        (MAGIC + struct.pack(">BH", VERSION, MAX_HEADER_BYTES + 1), "length"),
+        (MAGIC + struct.pack(">BH", VERSION, 3) + b"\xff\xfe{", "not UTF-8 JSON"),
+        (_raw_header([1, 2]), "not an object"),
+        (_raw_header({"stream_id": "s", "sample_rate": 16000, "format": "s16le"}), "missing key 'channels'"),
+        (_raw_header(_good_fields(gain=2)), "unknown keys"),
+        (_raw_header(_good_fields(stream_id="")), "stream_id"),
+        (_raw_header(_good_fields(stream_id="x" * (MAX_STREAM_ID_BYTES + 1))), "stream_id longer"),
+        (_raw_header(_good_fields(stream_id="a\nb")), "control characters"),
+        (_raw_header(_good_fields(sample_rate=7999)), "unsupported sample_rate 7999"),
+        (_raw_header(_good_fields(sample_rate=48001)), "unsupported sample_rate"),
+        (_raw_header(_good_fields(sample_rate=True)), "sample_rate must be an integer"),
+        (_raw_header(_good_fields(sample_rate=16000.0)), "sample_rate must be an integer"),
+        (_raw_header(_good_fields(format="u8")), "unsupported format 'u8'"),
+        (_raw_header(_good_fields(channels=0)), "unsupported channels 0"),
+        (_raw_header(_good_fields(channels=9)), "unsupported channels 9"),
+        (encode_header(HEADER) + struct.pack(">BI", 1, MAX_CHUNK_BYTES + 1), "oversized chunk"),
+        (encode_header(HEADER) + struct.pack(">BI", 7, 0), "unknown frame kind 0x07"),
+        (encode_header(HEADER) + struct.pack(">BI", 2, 4), "malformed end marker"),
+        (encode_header(HEADER) + encode_end() + b"x", "after the end marker"),
+    ],
+)
+def test_malformed_input_raises_protocol_error(wire: bytes, match: str | None) -> None:
+    dec = StreamDecoder()
+    if match is None:
+        assert dec.feed(wire) == []
+        with pytest.raises(ProtocolError, match="truncated header"):
+            dec.finish()
+        return
+    with pytest.raises(ProtocolError, match=match):
+        # Feed in two halves too, so errors do not depend on arriving in one piece.
+        dec.feed(wire[: len(wire) // 2])
+        dec.feed(wire[len(wire) // 2 :])
+
+
+def test_oversized_chunk_refused_from_its_length_prefix_alone() -> None:
+    dec = StreamDecoder()
+    dec.feed(encode_header(HEADER))
+    with pytest.raises(ProtocolError, match="oversized chunk"):
+        dec.feed(struct.pack(">BI", 1, MAX_CHUNK_BYTES + 1))
+    with pytest.raises(ProtocolError, match="oversized chunk"):
+        encode_audio(bytes(MAX_CHUNK_BYTES + 1))
+    assert len(encode_audio(bytes(MAX_CHUNK_BYTES))) == MAX_CHUNK_BYTES + 5
+
+
+def test_truncation_detected_on_finish() -> None:
+    dec = StreamDecoder()
+    dec.feed(encode_header(HEADER)[:-1])
+    with pytest.raises(ProtocolError, match="truncated header"):
+        dec.finish()
+    dec = StreamDecoder()
+    dec.feed(encode_header(HEADER) + encode_audio(b"abcd")[:-2])
+    with pytest.raises(ProtocolError, match="truncated frame"):
+        dec.finish()
+
+
+def test_encode_header_validates() -> None:
+    with pytest.raises(ProtocolError, match="sample_rate"):
+        encode_header(StreamHeader("s", 96000, "s16le", 1))
+
+
+def test_s16_stereo_to_mono_float32_with_leftover_across_chunks() -> None:
+    rng = np.random.default_rng(0)
+    ints = rng.integers(-32768, 32767, size=(1000, 2), dtype=np.int16)
+    wire = ints.astype("<i2").tobytes()
+    expected = (ints.astype(np.float32) / np.float32(32768.0)).mean(axis=1, dtype=np.float32)
+    dec = PcmDecoder("s16le", 2)
+    # Cut at odd byte boundaries, inside samples and inside sample frames.
+    parts = [dec.decode(wire[i : i + 7]) for i in range(0, len(wire), 7)]
+    dec.finish()
+    got = np.concatenate(parts)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    assert got.min() >= -1.0 and got.max() < 1.0
+
+
+def test_f32_mono_is_bit_exact_and_nan_inf_rejected() -> None:
+    x = np.linspace(-1, 1, 321, dtype=np.float32)
+    dec = PcmDecoder("f32le", 1)
+    np.testing.assert_array_equal(dec.decode(encode_pcm(x, "f32le")), x)
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[10] = bad
+        with pytest.raises(AudioError, match="NaN or infinite"):
+            PcmDecoder("f32le", 1).decode(encode_pcm(y, "f32le"))
+
+
+def test_partial_sample_frame_at_end_is_an_error() -> None:
+    dec = PcmDecoder("s16le", 2)
+    assert dec.decode(b"\x00\x01\x02").size == 0
+    assert dec.leftover_bytes == 3
+    with pytest.raises(AudioError, match="inside a sample frame"):
+        dec.finish()
+
+
+def test_encode_pcm_s16_round_trip_and_clipping() -> None:
+    x = np.array([0.0, 0.5, -0.5, 1.5, -1.5], dtype=np.float32)
+    got = PcmDecoder("s16le", 1).decode(encode_pcm(x, "s16le"))
+    np.testing.assert_array_equal(got, np.array([0.0, 0.5, -0.5, 32767 / 32768, -1.0], dtype=np.float32))
+
+
+def test_reply_round_trip_split_and_malformed() -> None:
+    wire = encode_reply("accept", stream_id="a") + encode_reply("error", reason="bad") + encode_reply("final")
+    dec = ReplyDecoder()
+    replies = [r for i in range(len(wire)) for r in dec.feed(wire[i : i + 1])]
+    assert [r.type for r in replies] == ["accept", "error", "final"]
+    assert replies[0].fields == {"stream_id": "a"}
+    assert replies[1].reason == "bad"
+    with pytest.raises(ProtocolError):
+        ReplyDecoder().feed(struct.pack(">I", 2) + b"[]")
+    with pytest.raises(ProtocolError):
+        encode_reply("hello")
