@@ -1,0 +1,46 @@
+"""What the batcher calls: utterances at any rate -> 16 kHz clips -> one batched classifier forward."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from daemon.frames import Prediction, Utterance
+
+
+class Resampler(Protocol):
+    """Any-rate -> 16 kHz converter; `daemon/resample.py` provides the cached-kernel implementation."""
+
+    def to_16k(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Return `samples` (mono float32 at `sample_rate`) resampled to 16 kHz."""
+        ...
+
+
+class ClipClassifier(Protocol):
+    """The part of `daemon.classifier.Classifier` the engine uses, so tests can pass a fake."""
+
+    model_id: str
+
+    def classify(self, clips: Sequence[np.ndarray]) -> list[Prediction]:
+        """Classify 16 kHz mono float32 clips in one batch."""
+        ...
+
+
+class Engine:
+    """Glue between the batcher and the model: resample every utterance, then classify them together."""
+
+    def __init__(self, classifier: ClipClassifier, resampler: Resampler) -> None:
+        self._classifier = classifier
+        self._resampler = resampler
+
+    @property
+    def model_id(self) -> str:
+        """The loaded model's `<folder>@<weights hash>`, stamped on every intent event."""
+        return self._classifier.model_id
+
+    def classify(self, utterances: Sequence[Utterance]) -> list[Prediction]:
+        """One Prediction per utterance, in order, from a single batched forward."""
+        clips = [self._resampler.to_16k(u.samples, u.sample_rate) for u in utterances]
+        return self._classifier.classify(clips)
