@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -182,16 +183,27 @@ class StreamDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[ClientFrame]:
-        """Append bytes and return every frame they complete."""
+        """Append bytes and return every frame they complete (ProtocolError if any byte is malformed)."""
+        self.append(data)
+        return list(self.frames())
+
+    def append(self, data: bytes) -> None:
+        """Buffer bytes without decoding them; frames() decodes."""
         if self._ended and data:
             raise ProtocolError("bytes after the end marker")
         self._buf += data
-        frames: list[ClientFrame] = []
+
+    def frames(self) -> Iterator[ClientFrame]:
+        """Yield complete frames one by one; raises ProtocolError only when it reaches a malformed one.
+
+        Lazy on purpose: a server opens the stream for a good header before it meets a bad chunk sent in the
+        same packet, so the audio before the error is still accounted for and closed with a reason.
+        """
         while True:
             frame = self._next()
             if frame is None:
-                return frames
-            frames.append(frame)
+                return
+            yield frame
 
     def finish(self) -> None:
         """Declare the byte stream closed; ProtocolError if it stopped inside the header or a frame."""
