@@ -1,0 +1,1 @@
+"""Clients of intentd: subscribe to events, send audio. Never imports torch."""

@@ -1,0 +1,392 @@
+"""`intentd-send`: stream WAV/FLAC files (or the local microphone) to intentd's audio socket.
+
+Imports only numpy, soundfile, sounddevice (lazily) and `daemon.protocol`/`daemon.errors`: never torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from daemon.errors import IntentdError
+from daemon.protocol import (
+    MAX_CHANNELS,
+    MAX_CHUNK_BYTES,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    REPLY_ACCEPT,
+    REPLY_ERROR,
+    REPLY_FINAL,
+    Reply,
+    ReplyDecoder,
+    SampleFormat,
+    StreamHeader,
+    encode_audio,
+    encode_end,
+    encode_header,
+    encode_pcm,
+)
+
+log = logging.getLogger("intentd-send")
+
+DEFAULT_CHUNK_MS: Final = 20
+REPLY_TIMEOUT_S: Final = 30.0
+# After a failed write, how long to wait for the server's error reply that explains it.
+ERROR_REPLY_GRACE_S: Final = 2.0
+MIC_QUEUE_BLOCKS: Final = 500  # 10 s of 20 ms blocks; beyond that the network is not keeping up
+MAX_MIC_CHANNELS: Final = 2
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+_FLOAT_SUBTYPES: Final = ("FLOAT", "DOUBLE")
+
+
+class SendError(IntentdError):
+    """A stream could not be sent or the server refused it; the message carries the server's reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the server confirmed for one stream."""
+
+    stream_id: str
+    samples: int  # mono samples the server received, from its final reply
+
+
+async def open_connection(uri: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to tcp://HOST:PORT or unix:///PATH; SendError if the URI is bad or nobody listens."""
+    try:
+        if uri.startswith("unix://"):
+            path = uri[len("unix://") :]
+            if not path:
+                raise SendError(f"bad URI {uri!r}: unix:// needs a socket path")
+            return await asyncio.open_unix_connection(path)
+        if uri.startswith("tcp://"):
+            host, sep, port = uri[len("tcp://") :].rpartition(":")
+            if not sep or not port.isdigit():
+                raise SendError(f"bad URI {uri!r}: expected tcp://HOST:PORT")
+            return await asyncio.open_connection(host.strip("[]") or "127.0.0.1", int(port))
+    except OSError as err:
+        raise SendError(f"cannot connect to {uri}: {err.strerror or err}") from err
+    raise SendError(f"bad URI {uri!r}: intentd-send speaks tcp://HOST:PORT or unix:///PATH")
+
+
+class _Replies:
+    """Reads the server's replies in the background so an error reply is seen even while we are sending."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._queue: asyncio.Queue[Reply | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        dec = ReplyDecoder()
+        try:
+            while data := await self._reader.read(4096):
+                for reply in dec.feed(data):
+                    self._queue.put_nowait(reply)
+        except (ConnectionError, OSError, IntentdError) as err:
+            log.debug("reply stream ended: %s", err)
+        finally:
+            self._queue.put_nowait(None)
+
+    async def next(self, timeout: float) -> Reply | None:
+        """The next reply, or None once the server has closed the connection."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            raise SendError(f"no reply from the server within {timeout:g} s") from None
+
+    def close(self) -> None:
+        """Stop reading."""
+        self._task.cancel()
+
+
+def _refusal(stream_id: str, reply: Reply | None, expected: str) -> SendError:
+    if reply is None:
+        return SendError(f"{stream_id}: server closed the connection before its {expected} reply")
+    if reply.type == REPLY_ERROR:
+        return SendError(f"{stream_id}: server refused: {reply.reason}")
+    return SendError(f"{stream_id}: expected a {expected} reply, got {reply.type!r}")
+
+
+async def send_stream(uri: str, header: StreamHeader, blocks: AsyncIterator[bytes]) -> SendResult:
+    """Send one stream: header, wait for accept, PCM blocks, end marker, wait for final."""
+    reader, writer = await open_connection(uri)
+    replies = _Replies(reader)
+    try:
+        writer.write(encode_header(header))
+        reply = await replies.next(REPLY_TIMEOUT_S)
+        if reply is None or reply.type != REPLY_ACCEPT:
+            raise _refusal(header.stream_id, reply, "accept")
+        try:
+            async for pcm in blocks:
+                for i in range(0, len(pcm), MAX_CHUNK_BYTES):
+                    writer.write(encode_audio(pcm[i : i + MAX_CHUNK_BYTES]))
+                    await writer.drain()
+            writer.write(encode_end())
+            await writer.drain()
+        except (ConnectionError, OSError) as err:
+            # The server usually said why before closing; prefer its reason to our broken pipe.
+            with contextlib.suppress(SendError):
+                late = await replies.next(ERROR_REPLY_GRACE_S)
+                if late is not None and late.type == REPLY_ERROR:
+                    raise _refusal(header.stream_id, late, "final") from err
+            raise SendError(f"{header.stream_id}: connection lost while sending: {err}") from err
+        reply = await replies.next(REPLY_TIMEOUT_S)
+        if reply is None or reply.type != REPLY_FINAL:
+            raise _refusal(header.stream_id, reply, "final")
+        return SendResult(header.stream_id, int(reply.fields.get("samples", 0)))
+    finally:
+        replies.close()
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
+
+
+def _soundfile() -> Any:
+    try:
+        import soundfile
+    except (ImportError, OSError) as err:
+        raise SendError(
+            f"reading audio files needs soundfile and libsndfile (pip install soundfile): {err}"
+        ) from err
+    return soundfile
+
+
+def _check_layout(what: str, rate: int, channels: int) -> None:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise SendError(
+            f"{what}: {rate} Hz is outside the protocol's {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
+        )
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise SendError(f"{what}: {channels} channels, the protocol takes 1..{MAX_CHANNELS}")
+
+
+async def send_file(
+    uri: str,
+    path: str | Path,
+    *,
+    stream_id: str | None = None,
+    chunk_ms: int = DEFAULT_CHUNK_MS,
+    realtime: bool = False,
+) -> SendResult:
+    """Stream one WAV/FLAC file at its native rate and channels (s16le, or f32le for float files)."""
+    sf = _soundfile()
+    try:
+        snd = sf.SoundFile(str(path))
+    except (OSError, RuntimeError) as err:
+        raise SendError(f"cannot read audio file {path}: {err}") from err
+    with snd:
+        rate, channels = int(snd.samplerate), int(snd.channels)
+        _check_layout(str(path), rate, channels)
+        fmt: SampleFormat = "f32le" if snd.subtype in _FLOAT_SUBTYPES else "s16le"
+        header = StreamHeader(stream_id or str(path), rate, fmt, channels)
+        block = max(1, rate * chunk_ms // 1000)
+
+        async def blocks() -> AsyncIterator[bytes]:
+            t0 = time.monotonic()
+            sent = 0
+            dtype = "float32" if fmt == "f32le" else "int16"
+            while True:
+                try:
+                    data = snd.read(block, dtype=dtype, always_2d=True)
+                except (OSError, RuntimeError) as err:
+                    raise SendError(f"cannot read audio file {path}: {err}") from err
+                if len(data) == 0:
+                    return
+                if realtime:
+                    delay = t0 + sent / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                sent += len(data)
+                yield encode_pcm(data, fmt)
+
+        return await send_stream(uri, header, blocks())
+
+
+def _sounddevice() -> Any:
+    try:
+        import sounddevice
+    except ImportError as err:
+        raise SendError(f"--mic needs sounddevice (pip install sounddevice): {err}") from err
+    except OSError as err:
+        raise SendError(f"--mic needs the PortAudio library (apt install libportaudio2): {err}") from err
+    return sounddevice
+
+
+def _pick_input(sd: Any, device: str) -> tuple[int, dict[str, Any]]:
+    devices = list(sd.query_devices())
+    if device == "":
+        index = sd.default.device[0]
+        if index is None or index < 0:
+            raise SendError("no default input device; pass --mic NAME_OR_INDEX (see `intentd devices`)")
+    elif device.isdigit():
+        index = int(device)
+    else:
+        matches = [
+            i
+            for i, d in enumerate(devices)
+            if d["max_input_channels"] > 0 and device.lower() in d["name"].lower()
+        ]
+        if not matches:
+            raise SendError(f"no input device matches {device!r}")
+        index = matches[0]
+    if not 0 <= index < len(devices) or devices[index]["max_input_channels"] < 1:
+        raise SendError(f"device {index} is not an input device")
+    return index, dict(devices[index])
+
+
+async def send_microphone(
+    uri: str, device: str, *, stream_id: str | None, chunk_ms: int, stop: asyncio.Event
+) -> SendResult:
+    """Stream the local microphone (mixed to mono on the server) until `stop` is set."""
+    sd = _sounddevice()
+    index, info = _pick_input(sd, device)
+    rate = int(info["default_samplerate"])
+    channels = min(int(info["max_input_channels"]), MAX_MIC_CHANNELS)
+    _check_layout(f"microphone {info['name']!r}", rate, channels)
+    header = StreamHeader(stream_id or f"mic:{socket.gethostname()}", rate, "f32le", channels)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue(MIC_QUEUE_BLOCKS)
+    dropped = 0
+
+    def put(data: bytes) -> None:
+        nonlocal dropped
+        try:
+            queue.put_nowait(data)
+        except asyncio.QueueFull:
+            dropped += 1
+
+    def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        # PortAudio's thread: copy out and hop to the loop; never block here.
+        with contextlib.suppress(RuntimeError):  # loop already closed at exit
+            loop.call_soon_threadsafe(put, indata.astype("<f4").tobytes())
+
+    async def blocks() -> AsyncIterator[bytes]:
+        while not stop.is_set():
+            getter = asyncio.ensure_future(queue.get())
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if getter in done:
+                yield getter.result()
+            else:
+                getter.cancel()
+        while not queue.empty():
+            yield queue.get_nowait()
+
+    try:
+        stream = sd.InputStream(
+            device=index,
+            samplerate=rate,
+            channels=channels,
+            dtype="float32",
+            blocksize=max(1, rate * chunk_ms // 1000),
+            callback=callback,
+        )
+    except Exception as err:  # sounddevice raises PortAudioError, ValueError...
+        raise SendError(f"cannot open microphone {info['name']!r}: {err}") from err
+    log.info("streaming microphone %r at %d Hz, %d ch as %r", info["name"], rate, channels, header.stream_id)
+    with stream:
+        try:
+            return await send_stream(uri, header, blocks())
+        finally:
+            if dropped:
+                log.warning("dropped %d microphone blocks: the connection did not keep up", dropped)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of intentd-send."""
+    p = argparse.ArgumentParser(
+        prog="intentd-send", description="Stream WAV/FLAC files or a microphone to intentd."
+    )
+    p.add_argument(
+        "--to", required=True, metavar="URI", help="the daemon's socket: tcp://HOST:PORT or unix:///PATH"
+    )
+    p.add_argument("files", nargs="*", metavar="FILE", help="WAV/FLAC files, each its own stream")
+    p.add_argument(
+        "--realtime", action="store_true", help="pace audio at real time (default: as fast as possible)"
+    )
+    p.add_argument(
+        "--chunk-ms", type=int, default=DEFAULT_CHUNK_MS, help="audio per chunk in ms (default 20)"
+    )
+    p.add_argument("--stream-id", help="stream id (one file or --mic only; default: the file's path)")
+    p.add_argument("--sequential", action="store_true", help="send files one after another, not concurrently")
+    p.add_argument(
+        "--mic",
+        nargs="?",
+        const="",
+        metavar="DEVICE",
+        help="stream a microphone (name substring or index; default device) until Ctrl-C",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    return p
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if args.mic is not None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            result = await send_microphone(
+                args.to, args.mic, stream_id=args.stream_id, chunk_ms=args.chunk_ms, stop=stop
+            )
+        except IntentdError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{result.stream_id}: {result.samples} samples accepted")
+        return EXIT_OK
+
+    async def one(path: str) -> bool:
+        try:
+            result = await send_file(
+                args.to, path, stream_id=args.stream_id, chunk_ms=args.chunk_ms, realtime=args.realtime
+            )
+        except IntentdError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return False
+        print(f"{result.stream_id}: {result.samples} samples accepted")
+        return True
+
+    if args.sequential:
+        ok = [await one(path) for path in args.files]
+    else:
+        ok = list(await asyncio.gather(*(one(path) for path in args.files)))
+    return EXIT_OK if all(ok) else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run intentd-send; 0 when every stream was accepted and finished, 1 if any failed, 2 on usage errors."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.mic is None and not args.files:
+        parser.error("give FILE... or --mic")
+    if args.mic is not None and args.files:
+        parser.error("--mic and FILE... are exclusive")
+    if args.stream_id is not None and len(args.files) > 1:
+        parser.error("--stream-id needs exactly one FILE (each file's stream id defaults to its path)")
+    if not 1 <= args.chunk_ms <= 1000:
+        parser.error("--chunk-ms must be 1..1000")
+    if not (args.to.startswith("tcp://") or args.to.startswith("unix://")):
+        parser.error(f"--to {args.to!r}: expected tcp://HOST:PORT or unix:///PATH")
+    return asyncio.run(_run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
