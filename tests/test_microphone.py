@@ -1,0 +1,106 @@
+"""The microphone source through a real PortAudio device: ALSA's `pulse` pcm on a private PulseAudio sine source."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.errors import SourceError
+from daemon.sources.microphone import (
+    InputDevice,
+    MicrophoneSource,
+    find_device,
+    list_devices,
+    refresh_devices,
+)
+from daemon.sources.sink import RecordingSink
+from tests.pulse import PULSE_DEVICE, private_pulse, skip_reason
+
+SINE_HZ = 440.0
+TIMEOUT_S = 20.0
+
+
+def _dominant_hz(samples: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size)))
+    return float(np.argmax(spectrum) * rate / samples.size)
+
+
+def test_find_device_by_index_name_and_default() -> None:
+    devices = [
+        InputDevice(0, "HDA Intel PCH: ALC3246 Analog (hw:0,0)", 2, 48000.0, "ALSA", False),
+        InputDevice(3, "USB Audio Device", 1, 44100.0, "ALSA", True),
+        InputDevice(4, "pulse", 32, 44100.0, "ALSA", False),
+    ]
+    assert find_device(devices, 3).index == 3
+    assert find_device(devices, "usb audio").index == 3
+    assert find_device(devices, "pulse").index == 4
+    assert find_device(devices, None).index == 3
+    with pytest.raises(SourceError, match="no input device matches"):
+        find_device(devices, "webcam")
+    with pytest.raises(SourceError, match="no input device with that index"):
+        find_device(devices, 9)
+
+
+@pytest.fixture
+def pulse_root(tmp_path: Path) -> Path:
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    # A short path: unix socket paths are limited to 108 bytes and pytest's tmp paths can be long.
+    return tmp_path
+
+
+def test_microphone_delivers_the_sine_at_the_device_rate(pulse_root: Path) -> None:
+    with private_pulse(pulse_root, frequency_hz=SINE_HZ):
+        refresh_devices()  # PortAudio may have enumerated ALSA before this PulseAudio existed
+        device = find_device(list_devices(), PULSE_DEVICE)
+        rate = int(device.default_sample_rate)
+        sink = RecordingSink()
+
+        async def run() -> None:
+            mic = MicrophoneSource(PULSE_DEVICE, sink, stream_id="mic", chunk_ms=20)
+            await mic.start()
+            await asyncio.wait_for(
+                sink.wait_until(lambda: any(r.samples.size >= rate for r in sink.streams)), TIMEOUT_S
+            )
+            await mic.close()
+
+        asyncio.run(run())
+    rec = sink.by_id("mic")
+    assert rec.closed and rec.reason == "server shutting down"
+    assert rec.sample_rate == rate
+    audio = rec.samples[-rate // 2 :]  # skip any start-up transient
+    assert float(np.sqrt(np.mean(audio**2))) > 0.1
+    assert abs(_dominant_hz(audio, rate) - SINE_HZ) < 5.0
+    starts = [c.start_sample for c in rec.chunks]
+    assert starts == list(np.cumsum([0] + [c.samples.size for c in rec.chunks])[:-1])
+
+
+def test_vanished_device_is_retried_and_recovers(pulse_root: Path) -> None:
+    with private_pulse(pulse_root, frequency_hz=SINE_HZ) as pulse:
+        sink = RecordingSink()
+
+        async def run() -> MicrophoneSource:
+            mic = MicrophoneSource(
+                PULSE_DEVICE, sink, stream_id="mic", retry_initial_s=0.1, retry_max_s=0.4, stall_timeout_s=0.5
+            )
+            await mic.start()
+            await asyncio.wait_for(sink.wait_until(lambda: any(r.chunks for r in sink.streams)), TIMEOUT_S)
+            await asyncio.to_thread(pulse.stop)  # the device vanishes mid-stream
+            await asyncio.wait_for(sink.wait_until(lambda: sink.streams[0].closed), TIMEOUT_S)
+            await asyncio.to_thread(pulse.start)
+            await asyncio.wait_for(
+                sink.wait_until(lambda: len(sink.streams) >= 2 and len(sink.streams[-1].chunks) > 5),
+                TIMEOUT_S,
+            )
+            await mic.close()
+            return mic
+
+        mic = asyncio.run(run())
+    first, last = sink.streams[0], sink.streams[-1]
+    assert first.reason is not None and "failed" in first.reason
+    assert last.closed and last.reason == "server shutting down"
+    assert mic.sessions >= 2
