@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from daemon.errors import AudioError, ProtocolError
+from daemon.errors import AudioError, ProtocolError, SourceError
 from daemon.protocol import (
     MAGIC,
     MAX_CHUNK_BYTES,
@@ -27,6 +28,9 @@ from daemon.protocol import (
     encode_pcm,
     encode_reply,
 )
+from daemon.sources import create_source
+from daemon.sources.sink import RecordingSink
+from daemon.sources.uri import FileSpec, MicSpec, TcpSpec, UnixSpec, parse_source_uri
 
 HEADER = StreamHeader("kitchen/mic-1 ✓", 16000, "s16le", 2)
 
@@ -179,3 +183,53 @@ def test_reply_round_trip_split_and_malformed() -> None:
         ReplyDecoder().feed(struct.pack(">I", 2) + b"[]")
     with pytest.raises(ProtocolError):
         encode_reply("hello")
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("tcp://0.0.0.0:5555", TcpSpec("0.0.0.0", 5555)),
+        ("tcp://:5555", TcpSpec("127.0.0.1", 5555)),
+        ("tcp://[::1]:0", TcpSpec("::1", 0)),
+        ("unix:///run/intentd/audio.sock", UnixSpec(Path("/run/intentd/audio.sock"))),
+        ("file:///tmp/a b.wav", FileSpec(Path("/tmp/a b.wav"))),
+        ("file://rel/x.flac?realtime=1", FileSpec(Path("rel/x.flac"), realtime=True)),
+        ("file:///x.wav?realtime=false", FileSpec(Path("/x.wav"))),
+        ("mic://", MicSpec(None)),
+        ("mic://3", MicSpec(3)),
+        ("mic://USB%20Audio", MicSpec("USB Audio")),
+    ],
+)
+def test_source_uris_parse_to_typed_specs(uri: str, expected: object) -> None:
+    assert parse_source_uri(uri) == expected
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "localhost:5555",
+        "http://x:1",
+        "tcp://host",
+        "tcp://h:99999",
+        "tcp://h:1/path",
+        "unix://",
+        "file://",
+        "file:///x.wav?speed=2",
+        "file:///x.wav?realtime=maybe",
+        "mic://a/b",
+    ],
+)
+def test_bad_source_uris_name_the_uri_and_list_schemes(uri: str) -> None:
+    with pytest.raises(SourceError) as info:
+        parse_source_uri(uri)
+    assert (
+        repr(uri) in str(info.value) and "tcp://HOST:PORT" in str(info.value) and "mic://" in str(info.value)
+    )
+
+
+def test_create_source_picks_the_class_by_scheme(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    assert type(create_source("tcp://127.0.0.1:0", sink)).__name__ == "SocketServer"
+    assert type(create_source(f"unix://{tmp_path}/s.sock", sink)).__name__ == "SocketServer"
+    assert type(create_source(f"file://{tmp_path}/a.wav", sink)).__name__ == "FileReplaySource"
+    assert type(create_source("mic://2", sink)).__name__ == "MicrophoneSource"

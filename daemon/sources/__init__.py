@@ -1,1 +1,52 @@
-"""Audio sources: socket ingest, file replay and microphone, each feeding a StreamSink."""
+"""Audio sources: socket ingest, file replay and microphone, each feeding a StreamSink.
+
+Every source has the same lifecycle: `await start()` (returns the URI it serves), `stop_accepting()` (no new
+audio; on SIGTERM), `await close(reason)` (end open streams; the sink still closes each one).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from daemon.sources.sink import StreamSink
+from daemon.sources.uri import FileSpec, MicSpec, TcpSpec, UnixSpec, parse_source_uri
+
+
+class Source(Protocol):
+    """What the service needs from every audio source."""
+
+    async def start(self) -> str:
+        """Begin; return the URI actually served (a tcp port 0 becomes the real port)."""
+        ...
+
+    def stop_accepting(self) -> None:
+        """Take no new audio; streams already open may finish (sockets) or end now (files, microphones)."""
+        ...
+
+    async def close(self, reason: str = ...) -> None:
+        """End every open stream with `reason` and wait until the sink has closed them."""
+        ...
+
+
+def create_source(
+    uri: str,
+    sink: StreamSink,
+    *,
+    idle_timeout_s: float = 10.0,
+    max_streams: int | None = None,
+    chunk_ms: int = 20,
+) -> Source:
+    """Build the source a URI names (SourceError for a bad URI); heavy optional imports happen only here."""
+    spec = parse_source_uri(uri)
+    if isinstance(spec, TcpSpec | UnixSpec):
+        from daemon.sources.socket_server import SocketServer
+
+        return SocketServer(spec, sink, idle_timeout_s=idle_timeout_s, max_streams=max_streams)
+    if isinstance(spec, FileSpec):
+        from daemon.sources.file_replay import FileReplaySource
+
+        return FileReplaySource(spec.path, sink, chunk_ms=chunk_ms, realtime=spec.realtime)
+    assert isinstance(spec, MicSpec)
+    from daemon.sources.microphone import MicrophoneSource
+
+    return MicrophoneSource(spec.device, sink, chunk_ms=chunk_ms)
