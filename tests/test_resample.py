@@ -33,7 +33,7 @@ def test_matches_torchaudio_functional(rate: int) -> None:
     assert got.dtype == np.float32
     assert got.shape == want.shape
     # The transform builds its kernel once with slightly different rounding than the functional form.
-    np.testing.assert_allclose(got, want, atol=2e-5)
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 @pytest.mark.parametrize(("rate", "hz"), [(8000, 440.0), (44100, 1000.0), (22050, 3000.0), (48000, 250.0)])
