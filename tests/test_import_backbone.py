@@ -234,6 +234,7 @@ def test_other_whole_second_crop(ct2_dir: Path, tmp_path: Path) -> None:
         (2.01, "whole number"),  # 100.5 positions
         (0.0, "positive"),
         (float("nan"), "positive"),
+        (float("inf"), "finite"),
         (31.0, "exceeds"),
         # S*50 is whole, but transformers' WhisperFeatureExtractor computes n_samples = chunk_length * 16000
         # as a float and np.pad rejects it; the import must refuse rather than write a folder that cannot run.

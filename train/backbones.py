@@ -108,7 +108,7 @@ def locate_backbone(name: str) -> tuple[Path, BackboneSource]:
 def validate_max_seconds(max_seconds: float, source_seconds: float) -> int:
     """The number of encoder positions for `max_seconds`; TrainError names --max-seconds when it is unusable."""
     if not np.isfinite(max_seconds) or max_seconds <= 0:
-        raise TrainError(f"--max-seconds must be positive, got {max_seconds}")
+        raise TrainError(f"--max-seconds must be a positive finite number of seconds, got {max_seconds}")
     positions_exact = max_seconds * POSITIONS_PER_SECOND
     positions = round(positions_exact)
     if abs(positions_exact - positions) > 1e-6:
@@ -242,9 +242,11 @@ def build_feature_extractor(max_seconds: float, num_mel_bins: int) -> Any:
             extractor(np.zeros(HOP_LENGTH, np.float32), sampling_rate=SAMPLE_RATE).input_features.shape
         )
     except (TypeError, ValueError) as err:
+        # transformers 5.x: n_samples = chunk_length * sampling_rate is a float for fractional seconds, and
+        # np.pad refuses a float width; from_pretrained recomputes it, so it cannot be patched in the JSON.
         raise TrainError(
-            f"--max-seconds {max_seconds}: this transformers' WhisperFeatureExtractor cannot pad to "
-            f"{max_seconds} s ({err}); use a whole number of seconds"
+            f"--max-seconds {max_seconds}: transformers' WhisperFeatureExtractor cannot pad clips to a "
+            f"fractional length ({type(err).__name__}: {err}); use a whole number of seconds"
         ) from err
     if shape != expected:
         raise TrainError(
@@ -404,7 +406,7 @@ def register(subparsers: Any) -> None:
         type=float,
         default=DEFAULT_MAX_SECONDS,
         metavar="S",
-        help=f"pad/truncate every clip to S seconds (S*{POSITIONS_PER_SECOND} whole; default {DEFAULT_MAX_SECONDS:g})",
+        help=f"pad/truncate every clip to S seconds (default {DEFAULT_MAX_SECONDS:g})",
     )
     parser.add_argument(
         "--from",
