@@ -7,14 +7,17 @@ from typing import Protocol
 
 import numpy as np
 
+from daemon.errors import ModelError
 from daemon.frames import Prediction, Utterance
 
 
 class Resampler(Protocol):
-    """Any-rate -> 16 kHz converter; `daemon/resample.py` provides the cached-kernel implementation."""
+    """Any rate -> `target_rate`; `daemon.resample.Resampler` is the cached-kernel implementation."""
 
-    def to_16k(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Return `samples` (mono float32 at `sample_rate`) resampled to 16 kHz."""
+    target_rate: int
+
+    def __call__(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Return `samples` (mono float32 at `sample_rate`) at `target_rate`."""
         ...
 
 
@@ -22,6 +25,7 @@ class ClipClassifier(Protocol):
     """The part of `daemon.classifier.Classifier` the engine uses, so tests can pass a fake."""
 
     model_id: str
+    sample_rate: int
 
     def classify(self, clips: Sequence[np.ndarray]) -> list[Prediction]:
         """Classify 16 kHz mono float32 clips in one batch."""
@@ -32,6 +36,11 @@ class Engine:
     """Glue between the batcher and the model: resample every utterance, then classify them together."""
 
     def __init__(self, classifier: ClipClassifier, resampler: Resampler) -> None:
+        if resampler.target_rate != classifier.sample_rate:
+            raise ModelError(
+                f"model {classifier.model_id} takes {classifier.sample_rate} Hz, "
+                f"the resampler makes {resampler.target_rate} Hz"
+            )
         self._classifier = classifier
         self._resampler = resampler
 
@@ -42,5 +51,5 @@ class Engine:
 
     def classify(self, utterances: Sequence[Utterance]) -> list[Prediction]:
         """One Prediction per utterance, in order, from a single batched forward."""
-        clips = [self._resampler.to_16k(u.samples, u.sample_rate) for u in utterances]
+        clips = [self._resampler(u.samples, u.sample_rate) for u in utterances]
         return self._classifier.classify(clips)

@@ -13,6 +13,7 @@ from daemon.classifier import UNKNOWN_LABEL, Classifier
 from daemon.engine import Engine
 from daemon.errors import AudioError, ModelError
 from daemon.frames import Prediction, Utterance
+from daemon.resample import Resampler
 from tests.tiny_models import TINY_LABELS, build_tiny_whisper
 
 RATE = 16_000
@@ -169,17 +170,6 @@ def test_bad_device_and_dtype_raise_model_error(tiny_dir: Path) -> None:
         Classifier.load(tiny_dir, device="not-a-device")
 
 
-class _RepeatResampler:
-    """A stand-in for daemon.resample: 8 kHz -> 16 kHz by sample repetition, 16 kHz unchanged."""
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    def to_16k(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
-        self.calls.append(sample_rate)
-        return samples if sample_rate == RATE else np.repeat(samples, RATE // sample_rate)
-
-
 def _utterance(samples: np.ndarray, rate: int, index: int) -> Utterance:
     return Utterance(
         stream_id="s",
@@ -197,14 +187,19 @@ def _utterance(samples: np.ndarray, rate: int, index: int) -> Utterance:
 
 def test_engine_resamples_then_classifies_in_one_batch(classifier: Classifier) -> None:
     clips = _clips()
-    resampler = _RepeatResampler()
+    resampler = Resampler()
     engine = Engine(classifier, resampler)
     assert engine.model_id == classifier.model_id
     at_8k = clips[1][::2].copy()
     utterances = [_utterance(clips[0], RATE, 0), _utterance(at_8k, 8000, 1), _utterance(clips[2], RATE, 2)]
     predictions = engine.classify(utterances)
-    assert resampler.calls == [RATE, 8000, RATE]
-    expected = classifier.classify([clips[0], np.repeat(at_8k, 2), clips[2]])
+    assert resampler.cached_rates == (8000,)
+    expected = classifier.classify([clips[0], resampler(at_8k, 8000), clips[2]])
     assert [p.label for p in predictions] == [p.label for p in expected]
     assert [p.score for p in predictions] == pytest.approx([p.score for p in expected], abs=1e-6)
     assert engine.classify([]) == []
+
+
+def test_engine_refuses_a_resampler_for_another_rate(classifier: Classifier) -> None:
+    with pytest.raises(ModelError, match="8000 Hz"):
+        Engine(classifier, Resampler(target_rate=8000))
