@@ -156,7 +156,7 @@ def test_endless_silence_emits_nothing_in_bounded_memory() -> None:
 
 def test_random_decisions_give_well_formed_events() -> None:
     rng = random.Random(7)
-    bools = []
+    bools: list[bool] = []
     while len(bools) < 20_000:
         bools += [rng.random() < 0.5] * rng.randint(1, 40)
     events = [e for _, e in run(bools, flush=True)]

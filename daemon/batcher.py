@@ -1,0 +1,297 @@
+"""Utterances from all streams -> batches for one engine, on one worker thread, through one bounded queue.
+
+A batch runs when `max_batch` utterances wait or the oldest has waited `max_wait_ms`. A full queue drops one
+utterance by the configured policy and reports it; an engine failure is reported per utterance and the worker
+goes on. The engine (resampling and model included) is swapped only between batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from daemon.errors import ConfigError
+from daemon.frames import Classified, Prediction, Utterance
+
+log = logging.getLogger(__name__)
+
+DROP_POLICIES = ("drop_oldest", "drop_newest")
+DEFAULT_MAX_BATCH = 16
+DEFAULT_MAX_WAIT_MS = 5.0
+DEFAULT_QUEUE_SIZE = 256
+# The idle worker wakes at least this often to refresh its heartbeat, so a watchdog can tell idle from dead.
+HEARTBEAT_S = 0.5
+MS_PER_S = 1000.0
+REASON_QUEUE_FULL = "queue_full"
+REASON_DRAINING = "draining"
+
+
+class Engine(Protocol):
+    """What the batcher runs: one call per batch, one Prediction per utterance, in order."""
+
+    model_id: str
+
+    def classify(self, utterances: list[Utterance]) -> list[Prediction]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherStats:
+    """Counters since start."""
+
+    submitted: int
+    processed: int
+    failed: int
+    dropped: int
+    batches: int
+    queued: int
+
+
+@dataclass(slots=True)
+class _Waiting:
+    utterance: Utterance
+    enqueued: float  # batcher clock at submit; the max_wait deadline counts from here
+
+
+def _ignore_drop(utterance: Utterance, reason: str) -> None:
+    log.warning("dropped utterance %d of stream %s: %s", utterance.index, utterance.stream_id, reason)
+
+
+def _ignore_error(utterance: Utterance, message: str) -> None:
+    log.warning("utterance %d of stream %s failed: %s", utterance.index, utterance.stream_id, message)
+
+
+class MicroBatcher:
+    """One worker thread batching utterances for `engine`; callbacks run on the worker (results, errors) or
+    on the submitting thread (drops)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        on_result: Callable[[Classified], None],
+        *,
+        on_drop: Callable[[Utterance, str], None] = _ignore_drop,
+        on_error: Callable[[Utterance, str], None] = _ignore_error,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        drop_policy: str = "drop_oldest",
+        clock: Callable[[], float] = time.monotonic,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
+        if max_batch < 1:
+            raise ConfigError(f"batcher.max_batch must be >= 1, got {max_batch}")
+        if max_wait_ms < 0:
+            raise ConfigError(f"batcher.max_wait_ms must be >= 0, got {max_wait_ms}")
+        if queue_size < 1:
+            raise ConfigError(f"batcher.queue_size must be >= 1, got {queue_size}")
+        if drop_policy not in DROP_POLICIES:
+            raise ConfigError(f"batcher.drop_policy must be one of {DROP_POLICIES}, got {drop_policy!r}")
+        if heartbeat_s <= 0:
+            raise ConfigError(f"heartbeat interval must be positive, got {heartbeat_s}")
+        self._engine = engine
+        self._on_result = on_result
+        self._on_drop = on_drop
+        self._on_error = on_error
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / MS_PER_S
+        self.queue_size = queue_size
+        self.drop_policy = drop_policy
+        self._clock = clock
+        self._heartbeat_s = heartbeat_s
+        self._queue: deque[_Waiting] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._draining = False
+        self._busy = False
+        self._heartbeat = clock()
+        self._iterations = 0
+        self._submitted = self._processed = self._failed = self._dropped = self._batches = 0
+
+    # -- producer side -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        with self._cond:
+            if self._thread is not None:
+                raise RuntimeError("batcher already started")
+            self._heartbeat = self._clock()
+            self._thread = threading.Thread(target=self._run, name="intentd-batcher", daemon=True)
+            self._thread.start()
+
+    def submit(self, utterance: Utterance) -> bool:
+        """Queue an utterance; False if it (or, by policy, an older one) was dropped instead. Never blocks."""
+        dropped: Utterance | None = None
+        reason = REASON_QUEUE_FULL
+        with self._cond:
+            self._submitted += 1
+            if self._draining:
+                dropped, reason = utterance, REASON_DRAINING
+            elif len(self._queue) >= self.queue_size:
+                if self.drop_policy == "drop_newest":
+                    dropped = utterance
+                else:
+                    dropped = self._queue.popleft().utterance
+            if dropped is not utterance:
+                self._queue.append(_Waiting(utterance, self._clock()))
+                self._cond.notify_all()
+            if dropped is not None:
+                self._dropped += 1
+        if dropped is None:
+            return True
+        log.warning(
+            "dropped utterance %d of stream %s (%s, policy %s, %d queued)",
+            dropped.index,
+            dropped.stream_id,
+            reason,
+            self.drop_policy,
+            self.queue_size,
+        )
+        self._call(self._on_drop, dropped, reason)
+        return dropped is not utterance
+
+    def swap_engine(self, engine: Engine) -> Engine:
+        """Use `engine` from the next batch on (a running batch finishes on the old one); return the old one."""
+        with self._cond:
+            old, self._engine = self._engine, engine
+        log.info("engine %s replaces %s from the next batch", engine.model_id, old.model_id)
+        return old
+
+    @property
+    def engine(self) -> Engine:
+        """The engine the next batch will use."""
+        return self._engine
+
+    def drain(self, timeout_s: float) -> bool:
+        """Stop taking work, classify everything queued, stop the worker; True if nothing was left undone."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            done = not self._queue and not self._busy
+            if not done:
+                log.warning("drain timed out with %d utterances queued", len(self._queue))
+            return done
+
+    # -- health --------------------------------------------------------------------------------------------
+
+    @property
+    def heartbeat_monotonic(self) -> float:
+        """When the worker loop last went round (batcher clock); it stops moving inside a stuck engine call."""
+        return self._heartbeat
+
+    @property
+    def iterations(self) -> int:
+        """Worker loop iterations so far (lets tests wait for the worker without sleeping)."""
+        return self._iterations
+
+    def is_healthy(self, max_stall_s: float) -> bool:
+        """False when the worker thread is dead or has not gone round its loop for `max_stall_s`."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return False
+        return self._clock() - self._heartbeat <= max_stall_s
+
+    def stats(self) -> BatcherStats:
+        """A snapshot of the counters."""
+        with self._cond:
+            return BatcherStats(
+                self._submitted, self._processed, self._failed, self._dropped, self._batches, len(self._queue)
+            )
+
+    def wait_iterations(self, count: int, timeout_s: float) -> bool:
+        """Block until the worker has gone round `count` more times (or timeout); for tests and probes."""
+        with self._cond:
+            target = self._iterations + count
+            return self._cond.wait_for(lambda: self._iterations >= target, timeout_s)
+
+    # -- worker --------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._heartbeat = self._clock()
+                self._iterations += 1
+                self._cond.notify_all()
+                batch = self._take()
+                if batch is None:
+                    if self._draining and not self._queue:
+                        return
+                    continue
+                engine = self._engine  # fixed for the whole batch, whatever swap_engine does meanwhile
+                self._busy = True
+            try:
+                self._run_batch(engine, batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _take(self) -> list[Utterance] | None:
+        """With the lock held: pop a due batch, or wait (bounded) and return None."""
+        if not self._queue:
+            if not self._draining:
+                self._cond.wait(self._heartbeat_s)
+            return None
+        if len(self._queue) < self.max_batch and not self._draining:
+            left = self._queue[0].enqueued + self.max_wait_s - self._clock()
+            if left > 0:
+                self._cond.wait(min(left, self._heartbeat_s))
+                return None
+        n = min(self.max_batch, len(self._queue))
+        return [self._queue.popleft().utterance for _ in range(n)]
+
+    def _run_batch(self, engine: Engine, batch: list[Utterance]) -> None:
+        started = self._clock()
+        try:
+            predictions = engine.classify(batch)
+            if len(predictions) != len(batch):
+                raise ValueError(
+                    f"engine returned {len(predictions)} predictions for {len(batch)} utterances"
+                )
+        except Exception as err:  # noqa: BLE001 -- a poisoned clip must not stop the other streams
+            streams = ",".join(sorted({u.stream_id for u in batch}))
+            log.error(
+                "engine %s failed on a batch of %d (streams %s): %s",
+                engine.model_id,
+                len(batch),
+                streams,
+                err,
+            )
+            with self._cond:
+                self._failed += len(batch)
+                self._batches += 1
+            message = f"{type(err).__name__}: {err}"
+            for utterance in batch:
+                self._call(self._on_error, utterance, message)
+            return
+        done = self._clock()
+        inference_ms = (done - started) * MS_PER_S
+        with self._cond:
+            self._processed += len(batch)
+            self._batches += 1
+        for utterance, prediction in zip(batch, predictions, strict=True):
+            result = Classified(
+                utterance=utterance,
+                prediction=prediction,
+                model_id=engine.model_id,
+                queue_wait_ms=(started - utterance.closed_monotonic) * MS_PER_S,
+                inference_ms=inference_ms,
+                batch_size=len(batch),
+            )
+            self._call(self._on_result, result)
+
+    def _call(self, callback: Callable[..., None], *args: object) -> None:
+        """Run a callback; its failure is logged and never reaches the worker loop or the producer."""
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("batcher callback %s failed", getattr(callback, "__name__", callback))

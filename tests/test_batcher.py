@@ -1,0 +1,311 @@
+"""MicroBatcher with a fake engine passed in: batching by size and age, load shedding, swaps, drain, health."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from daemon.batcher import MicroBatcher
+from daemon.errors import ConfigError
+from daemon.frames import Classified, Prediction, Utterance
+
+WAIT_S = 5.0  # generous upper bound for anything the worker should do promptly
+FOREVER_MS = 60_000.0  # max_wait that never expires within a test
+
+
+def utt(stream: str, index: int, closed: float = 0.0) -> Utterance:
+    """A tiny utterance; only its identity matters to the batcher."""
+    return Utterance(stream, index, np.zeros(160, np.float32), 16000, 0, 160, False, 0, closed, 0.0)
+
+
+class FakeEngine:
+    """Records each batch; can block inside classify until released, and fails on a 'poison' stream."""
+
+    def __init__(self, model_id: str = "A", gated: bool = False) -> None:
+        self.model_id = model_id
+        self.batches: list[list[tuple[str, int]]] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+
+    def classify(self, utterances: list[Utterance]) -> list[Prediction]:
+        self.batches.append([(u.stream_id, u.index) for u in utterances])
+        self.entered.set()
+        assert self.gate.wait(WAIT_S)
+        if any(u.stream_id == "poison" for u in utterances):
+            raise ValueError("cannot decode this clip")
+        return [Prediction(f"{self.model_id}:{u.stream_id}:{u.index}", 0.9) for u in utterances]
+
+
+class Sink:
+    """Collects callbacks and lets the test wait for a number of them."""
+
+    def __init__(self) -> None:
+        self.results: list[Classified] = []
+        self.drops: list[tuple[tuple[str, int], str]] = []
+        self.errors: list[tuple[tuple[str, int], str]] = []
+        self._cond = threading.Condition()
+
+    def on_result(self, c: Classified) -> None:
+        with self._cond:
+            self.results.append(c)
+            self._cond.notify_all()
+
+    def on_drop(self, u: Utterance, reason: str) -> None:
+        with self._cond:
+            self.drops.append(((u.stream_id, u.index), reason))
+            self._cond.notify_all()
+
+    def on_error(self, u: Utterance, message: str) -> None:
+        with self._cond:
+            self.errors.append(((u.stream_id, u.index), message))
+            self._cond.notify_all()
+
+    def wait(self, results: int = 0, errors: int = 0) -> None:
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: len(self.results) >= results and len(self.errors) >= errors, WAIT_S
+            )
+        assert ok, f"timed out: {len(self.results)} results, {len(self.errors)} errors"
+
+    def ids(self) -> list[tuple[str, int]]:
+        return [(c.utterance.stream_id, c.utterance.index) for c in self.results]
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def sink() -> Sink:
+    return Sink()
+
+
+def make(engine: FakeEngine, sink: Sink, **kwargs: object) -> MicroBatcher:
+    b = MicroBatcher(engine, sink.on_result, on_drop=sink.on_drop, on_error=sink.on_error, **kwargs)  # type: ignore[arg-type]
+    b.start()
+    return b
+
+
+@pytest.fixture
+def batchers() -> Iterator[list[MicroBatcher]]:
+    made: list[MicroBatcher] = []
+    yield made
+    for b in made:
+        b.drain(WAIT_S)
+
+
+def test_a_full_batch_runs_at_once(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    engine = FakeEngine()
+    b = make(engine, sink, max_batch=4, max_wait_ms=FOREVER_MS)
+    batchers.append(b)
+    for i in range(4):
+        b.submit(utt("s1", i))
+    sink.wait(results=4)
+    assert engine.batches == [[("s1", 0), ("s1", 1), ("s1", 2), ("s1", 3)]]
+    assert {c.batch_size for c in sink.results} == {4}
+    assert {c.prediction.label for c in sink.results} == {f"A:s1:{i}" for i in range(4)}
+    assert b.stats().batches == 1 and b.stats().processed == 4
+
+
+def test_a_partial_batch_runs_when_the_oldest_has_waited_max_wait(
+    sink: Sink, batchers: list[MicroBatcher]
+) -> None:
+    clock = FakeClock()
+    engine = FakeEngine()
+    b = make(engine, sink, max_batch=8, max_wait_ms=50.0, clock=clock)
+    batchers.append(b)
+    for i in range(3):
+        b.submit(utt("s1", i, closed=clock.now))
+    assert b.wait_iterations(3, WAIT_S)
+    assert engine.batches == []  # no time has passed on the batcher's clock
+    clock.now += 0.049
+    assert b.wait_iterations(2, WAIT_S)
+    assert engine.batches == []
+    clock.now += 0.002
+    sink.wait(results=3)
+    assert engine.batches == [[("s1", 0), ("s1", 1), ("s1", 2)]]
+    assert sink.results[0].queue_wait_ms == pytest.approx(51.0)
+    assert sink.results[0].inference_ms == 0.0  # the fake clock stood still during the call
+
+
+def test_max_wait_with_the_real_clock(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    b = make(FakeEngine(), sink, max_batch=8, max_wait_ms=30.0)
+    batchers.append(b)
+    t0 = time.monotonic()
+    b.submit(utt("s1", 0, closed=t0))
+    sink.wait(results=1)
+    assert sink.results[0].queue_wait_ms >= 30.0
+    assert sink.results[0].batch_size == 1
+
+
+def fill_behind_a_blocked_batch(b: MicroBatcher, engine: FakeEngine) -> None:
+    """u0 enters the (blocked) engine; u1..u3 fill the queue of 3; u4 overflows it."""
+    b.submit(utt("s1", 0))
+    assert engine.entered.wait(WAIT_S)
+    for i in range(1, 5):
+        b.submit(utt("s1", i))
+
+
+def test_drop_oldest(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    engine = FakeEngine(gated=True)
+    b = make(engine, sink, max_batch=1, max_wait_ms=0.0, queue_size=3, drop_policy="drop_oldest")
+    batchers.append(b)
+    fill_behind_a_blocked_batch(b, engine)
+    assert sink.drops == [(("s1", 1), "queue_full")]
+    engine.gate.set()
+    assert b.drain(WAIT_S)
+    assert sink.ids() == [("s1", 0), ("s1", 2), ("s1", 3), ("s1", 4)]
+    assert (b.stats().dropped, b.stats().processed, b.stats().submitted) == (1, 4, 5)
+
+
+def test_drop_newest(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    engine = FakeEngine(gated=True)
+    b = make(engine, sink, max_batch=1, max_wait_ms=0.0, queue_size=3, drop_policy="drop_newest")
+    batchers.append(b)
+    fill_behind_a_blocked_batch(b, engine)
+    assert sink.drops == [(("s1", 4), "queue_full")]
+    engine.gate.set()
+    assert b.drain(WAIT_S)
+    assert sink.ids() == [("s1", 0), ("s1", 1), ("s1", 2), ("s1", 3)]
+
+
+def test_order_within_each_stream_is_kept(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    b = make(FakeEngine(), sink, max_batch=4, max_wait_ms=1.0)
+    batchers.append(b)
+    for i in range(30):
+        for stream in ("a", "b", "c"):
+            b.submit(utt(stream, i))
+    assert b.drain(WAIT_S)
+    for stream in ("a", "b", "c"):
+        assert [i for s, i in sink.ids() if s == stream] == list(range(30))
+    assert b.stats().processed == 90
+
+
+def test_swap_takes_effect_between_batches(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    old, new = FakeEngine("A", gated=True), FakeEngine("B")
+    b = make(old, sink, max_batch=2, max_wait_ms=0.0)
+    batchers.append(b)
+    b.submit(utt("s1", 0))
+    assert old.entered.wait(WAIT_S)
+    assert b.swap_engine(new) is old
+    b.submit(utt("s1", 1))
+    b.submit(utt("s1", 2))
+    old.gate.set()
+    sink.wait(results=3)
+    assert old.batches == [[("s1", 0)]]
+    assert new.batches == [[("s1", 1), ("s1", 2)]]
+    assert [(c.model_id, c.prediction.label) for c in sink.results] == [
+        ("A", "A:s1:0"),
+        ("B", "B:s1:1"),
+        ("B", "B:s1:2"),
+    ]
+
+
+def test_drain_runs_what_is_queued_without_waiting_then_refuses(sink: Sink) -> None:
+    engine = FakeEngine()
+    b = make(engine, sink, max_batch=100, max_wait_ms=FOREVER_MS)
+    for i in range(5):
+        b.submit(utt("s1", i))
+    assert b.drain(WAIT_S)
+    assert sink.ids() == [("s1", i) for i in range(5)]
+    assert b.submit(utt("s1", 5)) is False
+    assert sink.drops == [(("s1", 5), "draining")]
+    assert not b.is_healthy(10.0)  # the worker has finished
+
+
+def test_drain_reports_work_left_undone(sink: Sink) -> None:
+    engine = FakeEngine(gated=True)
+    b = make(engine, sink, max_batch=1, max_wait_ms=0.0)
+    b.submit(utt("s1", 0))
+    b.submit(utt("s1", 1))
+    assert engine.entered.wait(WAIT_S)
+    assert b.drain(0.05) is False
+    engine.gate.set()
+    assert b.drain(WAIT_S) is True
+    assert sink.ids() == [("s1", 0), ("s1", 1)]
+
+
+def test_a_failing_batch_is_reported_and_others_go_on(
+    sink: Sink, batchers: list[MicroBatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = FakeEngine(gated=True)
+    b = make(engine, sink, max_batch=2, max_wait_ms=0.0)
+    batchers.append(b)
+    b.submit(utt("warmup", 0))
+    assert engine.entered.wait(WAIT_S)
+    b.submit(utt("poison", 0))
+    b.submit(utt("kitchen", 0))
+    b.submit(utt("kitchen", 1))
+    with caplog.at_level(logging.ERROR, logger="daemon.batcher"):
+        engine.gate.set()
+        sink.wait(results=2, errors=2)
+    assert engine.batches == [[("warmup", 0)], [("poison", 0), ("kitchen", 0)], [("kitchen", 1)]]
+    assert [e[0] for e in sink.errors] == [("poison", 0), ("kitchen", 0)]
+    assert "cannot decode this clip" in sink.errors[0][1]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "daemon.batcher"]
+    assert "kitchen,poison" in line and "\n" not in line
+    assert sink.ids() == [("warmup", 0), ("kitchen", 1)]
+    assert b.is_healthy(10.0)
+    assert b.stats().failed == 2
+
+
+def test_an_engine_returning_the_wrong_count_is_an_error(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    class Short(FakeEngine):
+        def classify(self, utterances: list[Utterance]) -> list[Prediction]:
+            return super().classify(utterances)[:-1]
+
+    b = make(Short(), sink, max_batch=2, max_wait_ms=FOREVER_MS)
+    batchers.append(b)
+    b.submit(utt("s1", 0))
+    b.submit(utt("s1", 1))
+    sink.wait(errors=2)
+    assert sink.results == []
+
+
+def test_health_follows_the_worker_loop(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    clock = FakeClock()
+    engine = FakeEngine(gated=True)
+    b = MicroBatcher(engine, sink.on_result, max_batch=1, max_wait_ms=0.0, clock=clock, heartbeat_s=0.01)
+    assert not b.is_healthy(10.0)  # not started
+    b.start()
+    batchers.append(b)
+    clock.now += 60.0
+    assert b.wait_iterations(2, WAIT_S)  # idle, the bounded wait keeps the heartbeat fresh
+    assert b.is_healthy(10.0)
+    b.submit(utt("s1", 0))
+    assert engine.entered.wait(WAIT_S)
+    assert b.is_healthy(10.0)
+    clock.now += 10.5
+    assert not b.is_healthy(10.0)  # stuck inside one engine call
+    assert b.heartbeat_monotonic == pytest.approx(160.0)
+    engine.gate.set()
+    sink.wait(results=1)
+    assert b.wait_iterations(1, WAIT_S)
+    assert b.is_healthy(10.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"max_batch": 0}, "batcher.max_batch"),
+        ({"max_wait_ms": -1.0}, "batcher.max_wait_ms"),
+        ({"queue_size": 0}, "batcher.queue_size"),
+        ({"drop_policy": "drop_random"}, "batcher.drop_policy"),
+    ],
+)
+def test_bad_settings_raise_naming_the_key(kwargs: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        MicroBatcher(FakeEngine(), lambda c: None, **kwargs)  # type: ignore[arg-type]
