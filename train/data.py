@@ -1,0 +1,264 @@
+"""Data in: a hub dataset, an audio folder or a save_to_disk folder -> labelled train/test splits -> model inputs.
+
+A DATA argument is detected as one of three sources:
+  * a `save_to_disk` folder (has dataset_dict.json or state.json): `datasets.load_from_disk`;
+  * any other existing folder: the `audiofolder` builder (one folder per label, or a metadata.csv; train/ and
+    test/ subfolders become splits);
+  * otherwise a hub id such as `PolyAI/minds14` with a config such as `en-US` (the tutorial's path).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from train.audio_io import MODEL_SAMPLE_RATE, check_clip
+from train.errors import TrainError
+
+log = logging.getLogger(__name__)
+
+LABEL_COLUMN_CANDIDATES = ("intent_class", "label")
+AUDIO_COLUMN = "audio"
+# The column name Trainer and every HF classifier's forward() expect.
+LABELS = "labels"
+DEFAULT_MAX_SECONDS = 4.0  # banking requests take 2-4 s; the tutorial's 1 s cuts them
+DEFAULT_TEST_FRACTION = 0.2
+# Splits accepted as the held-out set when a dataset has no "test" split, in order of preference.
+HELD_OUT_ALIASES = ("test", "validation", "valid", "dev")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(slots=True)
+class LabelledSplits:
+    """Named splits sharing one ClassLabel column, plus where they came from."""
+
+    splits: Any  # datasets.DatasetDict; typed loosely so importing this module stays cheap
+    label_column: str
+    label_names: list[str]
+    source: str  # "saved", "audiofolder" or "hub"
+
+    def split(self, name: str) -> Any:
+        """One split by name, or a TrainError listing the splits that exist."""
+        if name not in self.splits:
+            raise TrainError(f"dataset has no split {name!r}; it has {sorted(self.splits)}")
+        return self.splits[name]
+
+
+def detect_source(spec: str) -> str:
+    """'saved', 'audiofolder' or 'hub' for a DATA argument; a missing local folder is a TrainError."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return "saved"
+        return "audiofolder"
+    if path.exists():
+        raise TrainError(f"dataset {spec} is a file; expected a folder or a hub id")
+    looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+    if looks_local or not _HUB_ID.match(spec):
+        raise TrainError(f"dataset folder {spec} does not exist")
+    return "hub"
+
+
+def load_labelled(
+    spec: str,
+    config: str | None = None,
+    label_column: str | None = None,
+    seed: int = 42,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+) -> LabelledSplits:
+    """Load DATA into train/test splits with a ClassLabel label column (string labels are class-encoded)."""
+    import datasets
+
+    source = detect_source(spec)
+    raw = _load_raw(spec, source, config)
+    if isinstance(raw, datasets.Dataset):
+        raw = datasets.DatasetDict({"train": raw})
+    if len(raw) == 0 or all(len(ds) == 0 for ds in raw.values()):
+        raise TrainError(f"dataset {spec} has no rows")
+    first = next(iter(raw.values()))
+    column = _pick_label_column(first.column_names, label_column, spec)
+    _find_audio_column(first, spec)
+    raw, names = _encode_labels(raw, column, spec)
+    raw = _ensure_test_split(raw, column, seed, test_fraction)
+    log.info("dataset %s (%s): %s, %d labels", spec, source, {k: len(v) for k, v in raw.items()}, len(names))
+    return LabelledSplits(splits=raw, label_column=column, label_names=names, source=source)
+
+
+def _load_raw(spec: str, source: str, config: str | None) -> Any:
+    """The dataset as stored, before any relabelling."""
+    import datasets
+
+    if source == "saved":
+        try:
+            return datasets.load_from_disk(spec)
+        except (FileNotFoundError, ValueError, OSError) as err:
+            raise TrainError(f"cannot load saved dataset {spec}: {err}") from err
+    if source == "audiofolder":
+        try:
+            return datasets.load_dataset("audiofolder", data_dir=spec)
+        except Exception as err:  # the builder raises ValueError/FileNotFoundError/DatasetGenerationError alike
+            raise TrainError(f"cannot load audio folder {spec}: {_first_line(err)}") from err
+    try:
+        return datasets.load_dataset(spec, config)
+    except Exception as err:  # hub failures surface as many types (connection, HfHub, DatasetNotFound, ValueError)
+        raise TrainError(
+            f"cannot load dataset {spec!r} (config {config!r}) from the hub and no such local folder exists: "
+            f"{_first_line(err)}"
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def _pick_label_column(columns: list[str], wanted: str | None, spec: str) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise TrainError(f"dataset {spec} has no label column {wanted!r}; columns found: {columns}")
+        return wanted
+    for name in LABEL_COLUMN_CANDIDATES:
+        if name in columns:
+            return name
+    raise TrainError(
+        f"dataset {spec} has no label column (looked for {', '.join(LABEL_COLUMN_CANDIDATES)}; pass "
+        f"--label-column); columns found: {columns}"
+    )
+
+
+def _find_audio_column(ds: Any, spec: str) -> None:
+    import datasets
+
+    feature = ds.features.get(AUDIO_COLUMN)
+    if not isinstance(feature, datasets.Audio):
+        raise TrainError(
+            f"dataset {spec} has no audio column {AUDIO_COLUMN!r} of type Audio; columns found: "
+            f"{ {name: type(f).__name__ for name, f in ds.features.items()} }"
+        )
+
+
+def _encode_labels(raw: Any, column: str, spec: str) -> tuple[Any, list[str]]:
+    """Make the label column one ClassLabel shared by all splits; strings are encoded jointly, sorted."""
+    import datasets
+
+    first = next(iter(raw.values()))
+    feature = first.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return raw, list(feature.names)
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise TrainError(
+            f"dataset {spec}: label column {column!r} is {feature}; expected a ClassLabel or string labels"
+        )
+    values: set[str] = set()
+    for ds in raw.values():
+        values.update(v for v in ds.unique(column) if v is not None)
+    names = sorted(values)
+    if not names:
+        raise TrainError(f"dataset {spec}: label column {column!r} is empty")
+    return raw.cast_column(column, datasets.ClassLabel(names=names)), names
+
+
+def _ensure_test_split(raw: Any, column: str, seed: int, test_fraction: float) -> Any:
+    """Keep an existing held-out split (renamed 'test'); otherwise split 'train' stratified where possible."""
+    import datasets
+
+    for alias in HELD_OUT_ALIASES:
+        if alias in raw:
+            if alias != "test":
+                raw = datasets.DatasetDict({("test" if k == alias else k): v for k, v in raw.items()})
+            return raw
+    if "train" not in raw:
+        raise TrainError(f"dataset has neither a train nor a test split; splits found: {sorted(raw)}")
+    train = raw["train"]
+    try:
+        parts = train.train_test_split(test_size=test_fraction, seed=seed, stratify_by_column=column)
+    except ValueError as err:
+        # Stratifying needs at least two rows of every label; tiny datasets fall back to a plain split.
+        log.warning("cannot stratify the train/test split (%s); splitting at random", err)
+        parts = train.train_test_split(test_size=test_fraction, seed=seed)
+    return datasets.DatasetDict({**{k: v for k, v in raw.items() if k != "train"}, **parts})
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def decode_clip(value: dict[str, Any], where: str) -> np.ndarray:
+    """One stored audio value ({'path','bytes'}) -> checked mono float32 at 16 kHz (datasets' Audio cast)."""
+    import datasets
+
+    name = value.get("path") or where
+    try:
+        decoder = datasets.Audio(sampling_rate=MODEL_SAMPLE_RATE, num_channels=1).decode_example(value)
+        samples = decoder.get_all_samples().data.numpy()
+    except Exception as err:  # torchcodec raises RuntimeError/ValueError/OSError for bad or missing files
+        raise TrainError(f"cannot read audio {name}: {_first_line(err)}") from err
+    samples = samples.mean(axis=0) if samples.ndim == 2 else samples
+    check_clip(samples, name)
+    return samples.astype(np.float32, copy=False)
+
+
+def iter_clips(ds: Any, batch_size: int = 32) -> Any:
+    """Yield (list of 16 kHz mono clips, list of label ids) batches from a labelled split, decoding ourselves
+    so a bad file raises a TrainError naming it."""
+    import datasets
+
+    plain = ds.cast_column(AUDIO_COLUMN, datasets.Audio(decode=False))
+    for start in range(0, len(plain), batch_size):
+        rows = plain[start : start + batch_size]
+        clips = [decode_clip(v, f"row {start + i}") for i, v in enumerate(rows[AUDIO_COLUMN])]
+        yield clips, rows
+
+
+def max_samples_for(extractor: Any, max_seconds: float) -> int:
+    """Clip length cap in samples: Whisper's own chunk length, otherwise max_seconds."""
+    n_samples = getattr(extractor, "n_samples", None)
+    if n_samples:
+        return int(n_samples)
+    return int(round(max_seconds * MODEL_SAMPLE_RATE))
+
+
+def extract(extractor: Any, clips: list[np.ndarray], max_samples: int) -> dict[str, Any]:
+    """Feature-extract 16 kHz clips, truncated to max_samples; Whisper pads to its chunk, others stay ragged."""
+    clips = [c[:max_samples] for c in clips]
+    if hasattr(extractor, "n_samples"):
+        return dict(extractor(clips, sampling_rate=MODEL_SAMPLE_RATE, return_attention_mask=False))
+    return dict(extractor(clips, sampling_rate=MODEL_SAMPLE_RATE))
+
+
+def prepare_features(ds: Any, label_column: str, extractor: Any, max_seconds: float, batch_size: int = 32) -> Any:
+    """A split -> a Dataset of model inputs (input_features or input_values) and `labels`, kept in memory."""
+    import datasets
+
+    max_samples = max_samples_for(extractor, max_seconds)
+    plain = ds.cast_column(AUDIO_COLUMN, datasets.Audio(decode=False))
+
+    def batch_features(batch: dict[str, list], indices: list[int]) -> dict[str, Any]:
+        clips = [decode_clip(v, f"row {i}") for v, i in zip(batch[AUDIO_COLUMN], indices)]
+        features = extract(extractor, clips, max_samples)
+        features[LABELS] = batch[label_column]
+        return features
+
+    return plain.map(
+        batch_features,
+        batched=True,
+        batch_size=batch_size,
+        with_indices=True,
+        remove_columns=plain.column_names,
+        keep_in_memory=True,
+        desc="extracting features",
+    )
+
+
+def map_labels_to_model(names: list[str], label2id: dict[str, int], spec: str) -> list[int]:
+    """Dataset label id -> model label id, by name; a label the model does not know is a TrainError."""
+    unknown = [n for n in names if n not in label2id]
+    if unknown:
+        raise TrainError(
+            f"dataset {spec} has labels the model does not know: {unknown}; the model knows {sorted(label2id)}"
+        )
+    return [label2id[n] for n in names]

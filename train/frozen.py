@@ -1,0 +1,261 @@
+"""Train modes and the frozen-prefix cache that makes frozen modes fast on a CPU.
+
+Modes: `head` trains only the projector + classifier, `top` also the top N encoder layers, `full` everything but
+the convolutional front end (as the tutorial does). Whatever is frozen is a fixed function of the clip, so for
+supported models we run it once per clip, keep its output, and train a small module on those outputs:
+
+  * head (Whisper and the wav2vec2 family): the encoder's mean-pooled hidden states. The projector is linear and
+    pooling is a (masked) mean, so mean-then-project equals project-then-mean; a weighted layer sum is linear too,
+    so we keep one pooled vector per layer and let the small module learn the weights.
+  * top N (Whisper): the hidden states entering the first unfrozen layer, a (frames, d_model) array per clip.
+
+The small modules hold *the full model's own* submodules, not copies, so whatever Trainer does to their weights
+(steps, load-best-at-end) lands in the full model, which is then saved as a normal, complete classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from train.errors import TrainError
+
+log = logging.getLogger(__name__)
+
+TRAIN_MODES = ("head", "top", "full")
+# Learning rates that converge per mode; the tutorial's 3e-5 is only sane when everything trains.
+DEFAULT_LEARNING_RATES = {"head": 1e-3, "top": 2e-4, "full": 3e-5}
+DEFAULT_UNFREEZE_TOP = 2
+CACHE_BATCH_SIZE = 16
+# Base-model attribute names of the wav2vec2 family's classifiers (same projector/classifier/pooling).
+_W2V_BASES = ("wav2vec2", "hubert", "wavlm", "data2vec_audio", "unispeech", "unispeech_sat", "sew", "sew_d")
+
+
+def _is_whisper(model: nn.Module) -> bool:
+    return type(model).__name__ == "WhisperForAudioClassification"
+
+
+def _w2v_base(model: nn.Module) -> nn.Module | None:
+    """The wav2vec2-family base model inside a *ForSequenceClassification, or None for other architectures."""
+    if not (hasattr(model, "projector") and hasattr(model, "classifier")):
+        return None
+    for name in _W2V_BASES:
+        base = getattr(model, name, None)
+        if isinstance(base, nn.Module):
+            return base
+    return None
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer layers whose top N `top` mode trains."""
+    if _is_whisper(model):
+        return model.encoder.layers  # type: ignore[return-value]
+    base = _w2v_base(model)
+    if base is not None:
+        return base.encoder.layers  # type: ignore[return-value]
+    for module in model.modules():  # AST and other ViT-style encoders: the first ModuleList named layer(s)
+        for name, child in module.named_children():
+            if name in ("layer", "layers") and isinstance(child, nn.ModuleList):
+                return child
+    raise TrainError(f"cannot find the encoder layers of {type(model).__name__}; use --train-mode head or full")
+
+
+def _head_parameter_names(model: nn.Module) -> list[str]:
+    """Parameters outside the base encoder: projector, classifier, layer weights (and AST's classifier)."""
+    base_prefixes = ("encoder.",) if _is_whisper(model) else tuple(f"{n}." for n in _W2V_BASES) + (
+        "audio_spectrogram_transformer.",
+    )
+    return [name for name, _ in model.named_parameters() if not name.startswith(base_prefixes)]
+
+
+def apply_train_mode(model: nn.Module, mode: str, unfreeze_top: int) -> dict[str, int]:
+    """Set requires_grad for a mode; returns trainable/total parameter counts."""
+    if mode not in TRAIN_MODES:
+        raise TrainError(f"unknown train mode {mode!r}; choose one of {', '.join(TRAIN_MODES)}")
+    if mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if hasattr(model, "freeze_feature_encoder"):
+            model.freeze_feature_encoder()  # the tutorial's setting: the CNN front end stays as pretrained
+        if _is_whisper(model):
+            model.encoder.embed_positions.requires_grad_(False)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        head = set(_head_parameter_names(model))
+        for name, p in model.named_parameters():
+            if name in head:
+                p.requires_grad_(True)
+        if mode == "top":
+            layers = encoder_layers(model)
+            if not 1 <= unfreeze_top <= len(layers):
+                raise TrainError(f"--unfreeze-top {unfreeze_top} is out of range: the encoder has {len(layers)} layers")
+            for layer in layers[len(layers) - unfreeze_top :]:
+                layer.requires_grad_(True)
+            if _is_whisper(model):
+                model.encoder.layer_norm.requires_grad_(True)  # sits after the last layer
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total}
+
+
+def can_cache(model: nn.Module, mode: str) -> bool:
+    """Whether this model/mode has a cached fast path (else Trainer runs the full model with frozen weights)."""
+    if mode == "head":
+        return _is_whisper(model) or _w2v_base(model) is not None
+    if mode == "top":
+        return _is_whisper(model) and not model.config.use_weighted_layer_sum
+    return False
+
+
+# ------------------------------------------------------------------------------------------- small modules
+
+
+def _output(loss: torch.Tensor | None, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"loss": loss, "logits": logits} if loss is not None else {"logits": logits}
+
+
+class PooledHead(nn.Module):
+    """projector -> classifier over cached pooled states (batch, layers, d); the full model's own modules."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.projector = model.projector
+        self.classifier = model.classifier
+        self.num_labels = int(model.config.num_labels)
+        self.weighted = bool(model.config.use_weighted_layer_sum)
+        # Registered on this module so Trainer's optimizer sees it; it is the full model's own Parameter.
+        self.layer_weights = model.layer_weights if self.weighted else None
+
+    def forward(self, pooled: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.weighted:
+            weights = nn.functional.softmax(self.layer_weights, dim=-1)
+            hidden = (pooled * weights.view(1, -1, 1)).sum(dim=1)
+        else:
+            hidden = pooled[:, -1]
+        logits = self.classifier(self.projector(hidden))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return _output(loss, logits)
+
+
+class WhisperTop(nn.Module):
+    """The top N Whisper encoder layers + final norm + head, over cached hidden states entering layer L-N."""
+
+    def __init__(self, model: nn.Module, unfreeze_top: int) -> None:
+        super().__init__()
+        layers = model.encoder.layers
+        self.layers = nn.ModuleList(layers[len(layers) - unfreeze_top :])
+        self.layer_norm = model.encoder.layer_norm
+        self.projector = model.projector
+        self.classifier = model.classifier
+
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        for layer in self.layers:
+            out = layer(hidden, None)
+            hidden = out[0] if isinstance(out, tuple) else out
+        hidden = self.projector(self.layer_norm(hidden))
+        logits = self.classifier(hidden.mean(dim=1))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return _output(loss, logits)
+
+
+def small_module(model: nn.Module, mode: str, unfreeze_top: int) -> nn.Module:
+    """The module Trainer trains on the cache for a cacheable mode."""
+    if mode == "head":
+        return PooledHead(model)
+    if mode == "top":
+        return WhisperTop(model, unfreeze_top)
+    raise ValueError(f"no cached module for mode {mode!r}")
+
+
+# --------------------------------------------------------------------------------------------- the cache
+
+
+@dataclass
+class CachedSplit(torch.utils.data.Dataset):
+    """Frozen-prefix outputs and labels of one split, served as {input_name: tensor, 'labels': id}."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    input_name: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {self.input_name: self.inputs[i], "labels": self.labels[i]}
+
+
+def _whisper_prefix(model: nn.Module, features: torch.Tensor, n_frozen_layers: int) -> torch.Tensor:
+    """WhisperEncoder.forward up to (not including) layer n_frozen_layers, in eval mode."""
+    enc = model.encoder
+    h = nn.functional.gelu(enc.conv1(features))
+    h = nn.functional.gelu(enc.conv2(h)).permute(0, 2, 1)
+    h = h + enc.embed_positions.weight[: h.shape[1]]
+    for layer in enc.layers[:n_frozen_layers]:
+        out = layer(h, None)
+        h = out[0] if isinstance(out, tuple) else out
+    return h
+
+
+def _pooled_states(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(batch, layers, d) mean-pooled encoder states: all layers if weighted layer sum, else the last one."""
+    weighted = bool(model.config.use_weighted_layer_sum)
+    if _is_whisper(model):
+        out = model.encoder(batch["input_features"], output_hidden_states=weighted)
+        states = torch.stack(out.hidden_states, dim=1) if weighted else out.last_hidden_state.unsqueeze(1)
+        return states.mean(dim=2)
+    base = _w2v_base(model)
+    assert base is not None
+    mask = batch.get("attention_mask")
+    out = base(batch["input_values"], attention_mask=mask, output_hidden_states=weighted)
+    states = torch.stack(out.hidden_states, dim=1) if weighted else out.last_hidden_state.unsqueeze(1)
+    if mask is None:
+        return states.mean(dim=2)
+    frames = model._get_feature_vector_attention_mask(states.shape[2], mask).to(states.dtype)  # (batch, frames)
+    return (states * frames[:, None, :, None]).sum(dim=2) / frames.sum(dim=1)[:, None, None]
+
+
+def _batches(features: Any, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Tensor batches from a feature dataset; ragged inputs (wav2vec2 without padding) go one clip at a time so
+    the cache sees each clip exactly as inference will."""
+    columns = [c for c in ("input_features", "input_values", "attention_mask") if c in features.column_names]
+    ragged = "input_values" in columns
+    step = 1 if ragged else batch_size
+    view = features.with_format("torch", columns=columns)
+    for start in range(0, len(view), step):
+        rows = view[start : start + step]
+        yield {k: v.float() if k != "attention_mask" else v for k, v in rows.items()}
+
+
+@torch.no_grad()
+def build_cache(
+    model: nn.Module, features: Any, mode: str, unfreeze_top: int, batch_size: int = CACHE_BATCH_SIZE
+) -> tuple[CachedSplit, dict[str, float]]:
+    """Run the frozen prefix once per clip of a feature dataset; returns the cache and its speed."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outputs: list[torch.Tensor] = []
+    start = time.perf_counter()
+    for batch in _batches(features, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if mode == "head":
+            outputs.append(_pooled_states(model, batch).float().cpu())
+        else:
+            n_frozen = len(model.encoder.layers) - unfreeze_top
+            outputs.append(_whisper_prefix(model, batch["input_features"], n_frozen).float().cpu())
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    labels = torch.as_tensor(features["labels"], dtype=torch.long)
+    inputs = torch.cat(outputs) if outputs else torch.empty(0)
+    speed = {"clips": float(len(labels)), "seconds": seconds, "clips_per_second": len(labels) / max(seconds, 1e-9)}
+    log.info("cached frozen prefix of %d clips in %.2f s (%.1f clips/s)", len(labels), seconds,
+             speed["clips_per_second"])
+    return CachedSplit(inputs, labels, "pooled" if mode == "head" else "hidden"), speed
