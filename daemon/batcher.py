@@ -57,12 +57,8 @@ class _Waiting:
     enqueued: float  # batcher clock at submit; the max_wait deadline counts from here
 
 
-def _ignore_drop(utterance: Utterance, reason: str) -> None:
-    log.warning("dropped utterance %d of stream %s: %s", utterance.index, utterance.stream_id, reason)
-
-
-def _ignore_error(utterance: Utterance, message: str) -> None:
-    log.warning("utterance %d of stream %s failed: %s", utterance.index, utterance.stream_id, message)
+def _no_callback(utterance: Utterance, reason: str) -> None:
+    """Default drop/error callback: the batcher has already logged the event."""
 
 
 class MicroBatcher:
@@ -74,8 +70,8 @@ class MicroBatcher:
         engine: Engine,
         on_result: Callable[[Classified], None],
         *,
-        on_drop: Callable[[Utterance, str], None] = _ignore_drop,
-        on_error: Callable[[Utterance, str], None] = _ignore_error,
+        on_drop: Callable[[Utterance, str], None] = _no_callback,
+        on_error: Callable[[Utterance, str], None] = _no_callback,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         queue_size: int = DEFAULT_QUEUE_SIZE,
