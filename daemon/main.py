@@ -91,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from daemon.service import Service  # heavy imports (torch) only once the config is known to be good
 
     try:
-        service = Service(settings)
+        # A reload (SIGHUP) re-reads the file and re-applies the same flags.
+        service = Service(settings, reload_settings=lambda: _apply_flags(settings_mod.load(args.config), args))
         if args.check:
             service.check()
             log.info("configuration and model OK")
