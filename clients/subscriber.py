@@ -1,0 +1,192 @@
+"""Subscriber library: typed intentd events from a ZeroMQ SUB socket, with gap counting and synchronisation.
+
+No torch, no numpy: only pyzmq and daemon.events.
+
+    with Subscriber("tcp://127.0.0.1:5556", topics=("intent.",)) as sub:
+        for event in sub:
+            print(event.label, event.score)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Final, Self
+
+import zmq
+
+from daemon import events
+from daemon.errors import IntentdError
+from daemon.events import Event
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT: Final = "tcp://127.0.0.1:5556"
+RECONNECT_IVL_MS: Final = 100  # first retry after the daemon goes away...
+RECONNECT_IVL_MAX_MS: Final = 5000  # ...backing off to this
+DEFAULT_RCVHWM: Final = 100_000
+POLL_SLICE_S: Final = 0.1  # longest single wait, so Ctrl-C and pokes are handled promptly
+POKE_INTERVAL_S: Final = 0.05
+
+
+class SubscriberError(IntentdError):
+    """The subscriber cannot connect (a malformed URI); the message names it."""
+
+
+class Subscriber:
+    """Iterate typed events from an intentd publisher.
+
+    `topics` are prefixes (`""` = everything, `"intent."` = every intent). `stream_id` keeps only events about
+    that stream (events about no stream, like `status`, still pass). `recv_timeout_s` ends iteration after that
+    long without a matching event (None: wait forever). Sequence gaps are counted in `missed`, but only while
+    subscribed to every topic: with a topic filter the gaps are other topics' messages. A `seq` that goes
+    backwards means the daemon restarted; it is counted in `restarts`.
+    """
+
+    def __init__(
+        self,
+        connect_uri: str = DEFAULT_CONNECT,
+        topics: Sequence[str] = ("",),
+        stream_id: str | None = None,
+        *,
+        recv_timeout_s: float | None = None,
+        rcvhwm: int = DEFAULT_RCVHWM,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.connect_uri = connect_uri
+        self.topics = tuple(topics) or ("",)
+        self.stream_id = stream_id
+        self.recv_timeout_s = recv_timeout_s
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
+        self._socket = self._context.socket(zmq.SUB)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        self._socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        for topic in self.topics:
+            self._socket.setsockopt_string(zmq.SUBSCRIBE, topic)
+        # Subscribed last, so the first status message proves every subscription above reached the publisher
+        # (subscriptions travel in order on one pipe). Status events are yielded only if a topic asks for them.
+        self._socket.setsockopt_string(zmq.SUBSCRIBE, events.TOPIC_STATUS)
+        try:
+            self._socket.connect(connect_uri)
+        except zmq.ZMQError as err:
+            self.close()
+            raise SubscriberError(f"cannot connect to {connect_uri}: {err.strerror}") from err
+        self._pending: deque[Event] = deque()
+        self._last_probe_seq = 0
+        self.connected = False
+        self.last_seq: int | None = None
+        self.received = 0  # every well-formed message, before topic/stream filtering
+        self.missed = 0
+        self.restarts = 0
+        self.malformed = 0
+        self.last_status: events.StatusEvent | None = None
+
+    # ------------------------------------------------------------------------------------------ receiving
+
+    def recv(self, timeout_s: float | None = None) -> Event | None:
+        """The next matching event, or None when `timeout_s` (default: recv_timeout_s) passes without one."""
+        if self._pending:
+            return self._pending.popleft()
+        timeout = self.recv_timeout_s if timeout_s is None else timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            event = self._receive_one(deadline)
+            if event is None:
+                return None
+            if self._wanted(event):
+                return event
+
+    def __iter__(self) -> Iterator[Event]:
+        """Yield matching events until `recv_timeout_s` passes without one (forever when it is None)."""
+        while (event := self.recv()) is not None:
+            yield event
+
+    def wait_connected(self, timeout_s: float, poke: Callable[[], int | None] | None = None) -> bool:
+        """Block until a first message arrives (the slow-joiner handshake); False after `timeout_s`.
+
+        A SUB socket misses everything published before its subscription reaches the publisher. The daemon's
+        `status` heartbeat ends this wait on its own; tests and scripts that own the publisher pass `poke`
+        (e.g. publish a status message), called every POKE_INTERVAL_S until something arrives. When `poke`
+        returns the seq it published, those probes (including ones still in flight) are never yielded; any
+        other message that ended the wait still is, if the topics ask for it.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self.connected:
+            if poke is not None:
+                probe_seq = poke()
+                if isinstance(probe_seq, int):
+                    self._last_probe_seq = max(self._last_probe_seq, probe_seq)
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            wait_until = min(deadline, now + POKE_INTERVAL_S) if poke is not None else deadline
+            event = self._receive_one(wait_until)
+            if event is not None and self._wanted(event):
+                self._pending.append(event)
+        return True
+
+    def _receive_one(self, deadline: float | None) -> Event | None:
+        """Receive and account for one well-formed message (any topic), or None at the deadline."""
+        while True:
+            wait_s = POLL_SLICE_S if deadline is None else min(POLL_SLICE_S, deadline - time.monotonic())
+            if wait_s <= 0:
+                return None
+            if not self._socket.poll(int(wait_s * 1000) or 1, zmq.POLLIN):
+                continue
+            frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            try:
+                event = events.decode(frames)
+            except events.EventError as err:
+                # Malformed input is counted and skipped, never taken for the end of the stream.
+                self.malformed += 1
+                log.warning("skipping a malformed event from %s: %s", self.connect_uri, err)
+                continue
+            self._account(event)
+            return event
+
+    def _account(self, event: Event) -> None:
+        self.connected = True
+        self.received += 1
+        if isinstance(event, events.StatusEvent):
+            self.last_status = event
+        if self.last_seq is not None:
+            if event.seq <= self.last_seq:
+                self.restarts += 1
+                self._last_probe_seq = 0  # the new publisher's low seqs are not our probes
+                log.info("event seq went from %d to %d: the publisher restarted", self.last_seq, event.seq)
+            elif self.topics == ("",) and event.seq > self.last_seq + 1:
+                self.missed += event.seq - self.last_seq - 1
+        self.last_seq = event.seq
+
+    def _wanted(self, event: Event) -> bool:
+        if isinstance(event, events.StatusEvent) and event.seq <= self._last_probe_seq:
+            return False  # a synchronisation probe from wait_connected
+        if not event.topic.startswith(self.topics):
+            return False  # a status message we subscribed to only for synchronisation
+        if self.stream_id is None:
+            return True
+        stream = event.raw.get("stream_id")
+        return stream is None or stream == self.stream_id
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close the socket (and the context it made); safe to call twice."""
+        if not self._socket.closed:
+            self._socket.close(linger=0)
+        if self._own_context and not self._context.closed:
+            self._context.term()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

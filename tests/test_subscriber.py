@@ -1,0 +1,315 @@
+"""Subscriber library and intentd-sub tests against a real Publisher on 127.0.0.1 (random ports)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from clients import live
+from clients import sub as sub_cli
+from clients.subscriber import Subscriber, SubscriberError
+from daemon import events
+from daemon.events import ErrorEvent, IntentEvent, StatusEvent, VadEvent
+from daemon.publisher import Publisher
+from tests.test_publisher import _intent, probe
+
+REPO = Path(__file__).resolve().parents[1]
+SYNC_TIMEOUT_S = 10.0
+RECV_TIMEOUT_S = 5.0
+QUIET_S = 0.3  # how long "nothing more arrives" is checked for, after a sentinel proved delivery
+
+
+@pytest.fixture
+def publisher() -> Iterator[Publisher]:
+    pub = Publisher("tcp://127.0.0.1:*")
+    yield pub
+    pub.close(linger_ms=0)
+
+
+def _connected(publisher: Publisher, **kwargs: object) -> Subscriber:
+    sub = Subscriber(publisher.endpoint, recv_timeout_s=RECV_TIMEOUT_S, **kwargs)  # type: ignore[arg-type]
+    assert sub.wait_connected(SYNC_TIMEOUT_S, poke=lambda: probe(publisher))
+    return sub
+
+
+def _sentinel(publisher: Publisher, topic: str = "intent.zz-sentinel", stream: str = "s") -> int:
+    """Publish a last message every test subscriber accepts, so 'it arrived' proves all before it did."""
+    return publisher.publish_message(_intent(stream, 999, label=topic.removeprefix("intent.")))
+
+
+def _drain_until(sub: Subscriber, seq: int) -> list[events.Event]:
+    got = []
+    while (event := sub.recv()) is not None:
+        got.append(event)
+        if event.seq == seq:
+            return got
+    raise AssertionError(f"sentinel seq {seq} never arrived; got {[e.topic for e in got]}")
+
+
+def test_topic_prefix_filtering(publisher: Publisher) -> None:
+    with _connected(publisher, topics=("intent.bal", "vad.")) as sub:
+        publisher.publish_message(_intent("a", 0, label="balance"))
+        publisher.publish_message(_intent("a", 1, label="transfer"))
+        publisher.publish_message(events.vad_message(True, "a", 2, 16000, 16000, 0.0))
+        publisher.publish_message(events.error_message("a", "x"))
+        publisher.publish_message(events.status_message("ready", "m", 1.0))
+        last = publisher.publish_message(_intent("a", 3, label="balance-check"))
+        got = _drain_until(sub, last)
+    assert [e.topic for e in got] == ["intent.balance", "vad.start", "intent.balance-check"]
+    assert isinstance(got[1], VadEvent) and got[1].started
+    assert sub.missed == 0  # gaps are not counted under a topic filter: they are other topics
+
+
+def test_stream_filter_keeps_stream_and_streamless_events(publisher: Publisher) -> None:
+    with _connected(publisher, stream_id="b") as sub:
+        publisher.publish_message(_intent("a", 0))
+        publisher.publish_message(_intent("b", 0))
+        publisher.publish_message(events.error_message("a", "other stream's error"))
+        publisher.publish_message(events.error_message("b", "my error"))
+        publisher.publish_message(events.status_message("ready", "m", 1.0))
+        last = _sentinel(publisher, stream="b")
+        got = _drain_until(sub, last)
+    assert [(type(e), e.raw.get("stream_id")) for e in got] == [
+        (IntentEvent, "b"),
+        (ErrorEvent, "b"),
+        (StatusEvent, None),
+        (IntentEvent, "b"),
+    ]
+    assert sub.missed == 0  # the filtered-out messages are not gaps
+
+
+def test_probes_are_not_yielded(publisher: Publisher) -> None:
+    with _connected(publisher) as sub:
+        last = _sentinel(publisher)
+        got = _drain_until(sub, last)
+    assert [e.seq for e in got] == [last]
+
+
+def test_status_heartbeat_ends_wait_without_poke(publisher: Publisher) -> None:
+    """Like the daemon's heartbeat thread: a status every few ms until the subscriber is in."""
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(0.02):
+            publisher.publish_message(events.status_message("ready", "m", 1.0))
+
+    context = zmq.Context()
+    thread = threading.Thread(target=heartbeat)
+    thread.start()
+    try:
+        with Subscriber(publisher.endpoint, topics=("intent.",), context=context) as sub:
+            assert sub.wait_connected(SYNC_TIMEOUT_S)
+            assert isinstance(sub.last_status, StatusEvent)
+    finally:
+        stop.set()
+        thread.join()
+        context.term()
+
+
+def test_wait_connected_times_out_without_publisher() -> None:
+    with Subscriber("tcp://127.0.0.1:1", recv_timeout_s=0.1) as sub:
+        assert sub.wait_connected(0.2) is False
+        assert sub.recv() is None
+        assert list(sub) == []  # iteration ends at the receive timeout
+
+
+def test_gaps_are_counted_as_missed(publisher: Publisher) -> None:
+    with _connected(publisher) as sub:
+        publisher.publish_message(_intent("a", 0))
+        # Messages the subscriber never sees: sequence numbers it will find missing.
+        publisher._seq += 3  # stands in for three messages dropped at a full HWM
+        last = _sentinel(publisher)
+        _drain_until(sub, last)
+    assert sub.missed == 3
+
+
+def test_reconnects_after_publisher_restart() -> None:
+    first = Publisher("tcp://127.0.0.1:*")
+    endpoint = first.endpoint
+    with Subscriber(endpoint, recv_timeout_s=RECV_TIMEOUT_S) as sub:
+        assert sub.wait_connected(SYNC_TIMEOUT_S, poke=lambda: probe(first))
+        for i in range(5):
+            first.publish_message(_intent("a", i))
+        assert [sub.recv().raw["utterance"] for _ in range(5)] == list(range(5))  # type: ignore[union-attr]
+        first.close(linger_ms=0)
+        second = Publisher(endpoint)  # same port, fresh seq
+        try:
+            # The SUB reconnects by itself; probes go out until one gets through.
+            got: list[events.Event] = []
+            stop = threading.Event()
+
+            def keep_probing() -> None:
+                while not stop.wait(0.05):
+                    second.publish_message(_intent("a", 100))
+
+            prober = threading.Thread(target=keep_probing)
+            prober.start()
+            try:
+                event = sub.recv(timeout_s=SYNC_TIMEOUT_S)
+            finally:
+                stop.set()
+                prober.join()
+            assert event is not None
+            got.append(event)
+        finally:
+            second.close(linger_ms=0)
+    assert got[0].raw["utterance"] == 100
+    assert sub.restarts == 1
+
+
+def test_malformed_messages_are_skipped_not_fatal() -> None:
+    context = zmq.Context()
+    raw_pub = context.socket(zmq.PUB)
+    port = raw_pub.bind_to_random_port("tcp://127.0.0.1")
+    probes = iter(range(1, 1_000_000))
+
+    def raw_probe() -> int:
+        seq = next(probes)
+        raw_pub.send_multipart(
+            events.encode(*events.status_message("ready", "m", 0.0), seq=seq, published_wall=1.0)
+        )
+        return seq
+
+    try:
+        with Subscriber(f"tcp://127.0.0.1:{port}", recv_timeout_s=RECV_TIMEOUT_S, context=context) as sub:
+            assert sub.wait_connected(SYNC_TIMEOUT_S, poke=raw_probe)
+            raw_pub.send_multipart([b"status", b"{broken"])
+            raw_pub.send_multipart([b"status"])
+            good = events.encode(*_intent("a", 0), seq=1_000_000, published_wall=1.0)
+            raw_pub.send_multipart(good)
+            event = sub.recv()
+        assert isinstance(event, IntentEvent) and event.seq == 1_000_000
+        assert sub.malformed == 2
+    finally:
+        raw_pub.close(linger=0)
+        context.term()
+
+
+def test_bad_connect_uri_raises() -> None:
+    with pytest.raises(SubscriberError, match="nope://x"):
+        Subscriber("nope://x")
+
+
+def test_clients_never_import_torch() -> None:
+    code = (
+        "import clients.sub, clients.subscriber, clients.live, sys; "
+        "assert 'torch' not in sys.modules, 'torch'; assert 'transformers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# ------------------------------------------------------------------------------------------ intentd-sub
+
+
+def test_format_event_human_line() -> None:
+    frames = events.encode(*_intent("a.wav", 3), seq=1, published_wall=1_700_000_000.5)
+    line = sub_cli.format_event(events.decode(frames))
+    assert line.endswith(".500 stream=a.wav #3 balance 0.90 (0.00-1.00 s) 3 ms")
+
+
+class _Lines:
+    """Read a subprocess's stdout lines on a thread so the test can wait with a timeout."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        assert proc.stdout is not None
+        stdout = proc.stdout
+        self.thread = threading.Thread(target=lambda: [self.queue.put(line) for line in stdout], daemon=True)
+        self.thread.start()
+
+    def get(self, timeout_s: float = RECV_TIMEOUT_S) -> str:
+        return self.queue.get(timeout=timeout_s)
+
+
+def test_intentd_sub_prints_json_lines_and_exits_cleanly_on_ctrl_c(publisher: Publisher) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clients.sub", "--connect", publisher.endpoint, "--json"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = _Lines(proc)
+        # Synchronise: heartbeat until intentd-sub prints one (status is subscribed to by default).
+        first = None
+        for _ in range(int(SYNC_TIMEOUT_S / 0.1)):
+            probe(publisher)
+            try:
+                first = lines.get(timeout_s=0.1)
+                break
+            except queue.Empty:
+                continue
+        assert first is not None and json.loads(first)["topic"] == "status"
+        sync_seq = publisher.seq
+        sent = [publisher.publish_message(_intent("a.wav", i)) for i in range(3)]
+        sent.append(publisher.publish_message(events.error_message("a.wav", "boom", error="AudioError")))
+        printed = []
+        while len(printed) < len(sent):
+            record = json.loads(lines.get())
+            if record["topic"] == "status" and record["seq"] <= sync_seq:
+                continue  # a probe still in flight
+            printed.append(record)
+        assert [r["seq"] for r in printed] == sent
+        assert [r["topic"] for r in printed] == ["intent.balance"] * 3 + ["utterance.error"]
+        assert [r.get("utterance") for r in printed[:3]] == [0, 1, 2]
+        assert printed[0]["label"] == "balance" and printed[0]["schema"] == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=RECV_TIMEOUT_S) == 0
+        assert proc.stderr is not None
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_intentd_sub_count_and_idle_timeout(publisher: Publisher, capsys: pytest.CaptureFixture[str]) -> None:
+    assert sub_cli.main(["--connect", "tcp://127.0.0.1:1", "--idle-timeout", "0.2"]) == sub_cli.EXIT_IDLE
+    assert sub_cli.main(["--connect", "nope://x"]) == sub_cli.EXIT_USAGE
+    assert "nope://x" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ intentd-live
+
+
+def test_live_meter_and_level() -> None:
+    assert live.meter(live.METER_FLOOR_DB) == "-" * live.METER_WIDTH
+    assert live.meter(0.0) == "#" * live.METER_WIDTH
+    assert live.meter(live.METER_FLOOR_DB / 2).count("#") == live.METER_WIDTH // 2
+    assert live.level_dbfs(np.zeros(320, np.float32)) == live.METER_FLOOR_DB
+    assert live.level_dbfs(np.full(320, 0.5, np.float32)) == pytest.approx(-6.02, abs=0.01)
+
+
+def test_live_view_follows_vad_and_intents() -> None:
+    view = live.LiveView("mic0", color=False)
+    assert "vad ?" in view.status_line()
+
+    def parsed(message: events.Message) -> events.Event:
+        return events.decode(events.encode(*message, seq=1, published_wall=1_700_000_000.0))
+
+    assert view.on_event(parsed(events.vad_message(True, "mic0", 0, 16000, 16000, 0.0))) is None
+    assert "SPEECH" in view.status_line()
+    line = view.on_event(parsed(_intent("mic0", 0, label="stop")))
+    assert line is not None and "#0 stop 0.90" in line and "303 ms after speech end" in line
+    view.on_event(parsed(events.vad_message(False, "mic0", 0, 32000, 16000, 0.0)))
+    view.on_level(-20.0)
+    status = view.status_line()
+    assert (
+        "silence" in status
+        and "intents 1" in status
+        and "last: stop 0.90" in status
+        and "-20.0 dBFS" in status
+    )
+    error = view.on_event(parsed(events.error_message("mic0", "bad audio", error="AudioError")))
+    assert error is not None and "AudioError bad audio" in error
