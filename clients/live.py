@@ -1,0 +1,266 @@
+"""intentd-live: talk into the local microphone and watch level, VAD state and intents in the terminal.
+
+Streams the mic to the daemon's audio socket (clients.send.send_stream, the ingest protocol) and subscribes to
+its events for this stream id. VAD state needs the daemon's `publisher.vad_events = true`. No torch here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TextIO
+
+import numpy as np
+
+from clients.send import MAX_MIC_CHANNELS, SendError, _pick_input, _sounddevice, send_stream
+from clients.sub import clock
+from clients.subscriber import DEFAULT_CONNECT, Subscriber, SubscriberError
+from daemon import events
+from daemon.errors import IntentdError
+from daemon.protocol import StreamHeader
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AUDIO_URI: Final = "tcp://127.0.0.1:5555"
+CHUNK_MS: Final = 20
+REDRAW_S: Final = 0.05  # 20 redraws a second: smooth meter, negligible CPU
+METER_WIDTH: Final = 30
+METER_FLOOR_DB: Final = -60.0  # the meter's left edge; quieter reads as empty
+MIC_QUEUE_BLOCKS: Final = 500  # 10 s of 20 ms blocks
+SUB_POLL_S: Final = 0.1
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+
+CLEAR_LINE: Final = "\r\x1b[2K"
+GREEN: Final = "\x1b[32m"
+YELLOW: Final = "\x1b[33m"
+RED: Final = "\x1b[31m"
+BOLD: Final = "\x1b[1m"
+RESET: Final = "\x1b[0m"
+
+
+def level_dbfs(block: np.ndarray) -> float:
+    """RMS level of a float block in dBFS (METER_FLOOR_DB for silence)."""
+    if block.size == 0:
+        return METER_FLOOR_DB
+    rms = float(np.sqrt(np.mean(np.square(block, dtype=np.float64))))
+    return max(METER_FLOOR_DB, 20.0 * math.log10(rms)) if rms > 0 else METER_FLOOR_DB
+
+
+def meter(db: float, width: int = METER_WIDTH) -> str:
+    """A text bar for a dBFS level: METER_FLOOR_DB is empty, 0 dBFS is full."""
+    filled = round((min(0.0, max(METER_FLOOR_DB, db)) - METER_FLOOR_DB) / -METER_FLOOR_DB * width)
+    return "#" * filled + "-" * (width - filled)
+
+
+@dataclass
+class LiveView:
+    """What the terminal shows: updated from the mic thread and the event thread, rendered by the UI loop."""
+
+    stream_id: str
+    color: bool = True
+    level_db: float = METER_FLOOR_DB
+    speaking: bool | None = None  # None until the daemon publishes a vad event for this stream
+    last_intent: str = ""
+    intents: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def on_level(self, db: float) -> None:
+        """Record the latest mic block's level."""
+        with self.lock:
+            self.level_db = db
+
+    def on_event(self, event: events.Event) -> str | None:
+        """Update state from an event about our stream; returns a line to print above the status line."""
+        with self.lock:
+            if isinstance(event, events.VadEvent):
+                self.speaking = event.started
+                return None
+            if isinstance(event, events.IntentEvent):
+                self.intents += 1
+                text = f"{event.label} {event.score:.2f}"
+                self.last_intent = text
+                shade = YELLOW if event.label == events.UNKNOWN_LABEL else GREEN
+                alts = "  ".join(f"{label} {score:.2f}" for label, score in event.top_k[1:])
+                return (
+                    f"{clock(event.published_wall)} #{event.utterance} {self._paint(shade + BOLD, text)}"
+                    f"  ({event.duration_s:.2f} s, {event.latency_ms.end_of_speech:.0f} ms after speech end)"
+                    + (f"  [{alts}]" if alts else "")
+                )
+            if isinstance(event, events.DroppedEvent):
+                return f"{clock(event.published_wall)} #{event.utterance} {self._paint(RED, 'dropped')}: {event.reason}"
+            if isinstance(event, events.ErrorEvent):
+                return f"{clock(event.published_wall)} {self._paint(RED, 'error')}: {event.error} {event.message}"
+            return None
+
+    def status_line(self) -> str:
+        """The one line redrawn in place: meter, level, VAD state, last intent."""
+        with self.lock:
+            if self.speaking is None:
+                vad = "vad ?"
+            else:
+                vad = self._paint(GREEN, "SPEECH") if self.speaking else "silence"
+            return (
+                f"[{meter(self.level_db)}] {self.level_db:5.1f} dBFS  {vad}  "
+                f"intents {self.intents}  last: {self.last_intent or '-'}"
+            )
+
+    def _paint(self, code: str, text: str) -> str:
+        return f"{code}{text}{RESET}" if self.color else text
+
+
+class Terminal:
+    """Prints intent lines above a status line that is redrawn in place (plain ANSI; no curses)."""
+
+    def __init__(self, out: TextIO, redraw: bool) -> None:
+        self._out = out
+        self._redraw = redraw
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        """Print a permanent line (the status line is redrawn below it on the next tick)."""
+        with self._lock:
+            self._out.write((CLEAR_LINE if self._redraw else "") + text + "\n")
+            self._out.flush()
+
+    def status(self, text: str) -> None:
+        """Redraw the status line (only on a terminal: piped output gets just the permanent lines)."""
+        if not self._redraw:
+            return
+        with self._lock:
+            self._out.write(CLEAR_LINE + text)
+            self._out.flush()
+
+    def finish(self) -> None:
+        """Leave the cursor on a fresh line."""
+        if self._redraw:
+            self.line("")
+
+
+def watch_events(sub: Subscriber, view: LiveView, term: Terminal, stop: threading.Event) -> None:
+    """The event thread: feed our stream's events into the view until `stop` is set."""
+    while not stop.is_set():
+        event = sub.recv(timeout_s=SUB_POLL_S)
+        if event is not None and (text := view.on_event(event)) is not None:
+            term.line(text)
+
+
+async def stream_microphone(
+    audio_uri: str, device: str, stream_id: str, view: LiveView, stop: asyncio.Event
+) -> int:
+    """Capture the mic, meter it into `view`, and stream it with the ingest protocol until `stop` is set.
+
+    Device selection and the protocol session are clients.send's (_pick_input, send_stream); the capture is ours
+    because the meter needs every block.
+    """
+    sd = _sounddevice()
+    index, info = _pick_input(sd, device)
+    rate = int(info["default_samplerate"])
+    channels = min(int(info["max_input_channels"]), MAX_MIC_CHANNELS)
+    header = StreamHeader(stream_id, rate, "f32le", channels)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue(MIC_QUEUE_BLOCKS)
+
+    def put(data: bytes) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # the network is not keeping up: lose audio, not time
+            queue.put_nowait(data)
+
+    def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        # PortAudio's thread: meter, copy out, hop to the loop; never block here.
+        view.on_level(level_dbfs(indata))
+        with contextlib.suppress(RuntimeError):  # loop already closed at exit
+            loop.call_soon_threadsafe(put, indata.astype("<f4").tobytes())
+
+    async def blocks() -> AsyncIterator[bytes]:
+        while not stop.is_set():
+            try:
+                yield await asyncio.wait_for(queue.get(), REDRAW_S)
+            except TimeoutError:
+                continue
+        while not queue.empty():
+            yield queue.get_nowait()
+
+    try:
+        mic = sd.InputStream(device=index, samplerate=rate, channels=channels, dtype="float32",
+                             blocksize=max(1, rate * CHUNK_MS // 1000), callback=callback)  # fmt: skip
+    except Exception as err:  # sounddevice raises PortAudioError, ValueError...
+        raise SendError(f"cannot open microphone {info['name']!r}: {err}") from err
+    with mic:
+        result = await send_stream(audio_uri, header, blocks())
+    return result.samples
+
+
+async def _run(args: argparse.Namespace, view: LiveView, term: Terminal, sub: Subscriber) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sub_stop = threading.Event()
+    watcher = threading.Thread(target=watch_events, args=(sub, view, term, sub_stop), daemon=True)
+    watcher.start()
+
+    async def redraw() -> None:
+        while True:
+            term.status(view.status_line())
+            await asyncio.sleep(REDRAW_S)
+
+    painter = asyncio.create_task(redraw())
+    term.line(
+        f"streaming the microphone as {view.stream_id!r} to {args.to}; events from {args.connect}; Ctrl-C ends"
+    )
+    try:
+        samples = await stream_microphone(args.to, args.mic, view.stream_id, view, stop)
+    except IntentdError as err:
+        term.line(f"error: {err}")
+        return EXIT_FAILED
+    finally:
+        painter.cancel()
+        sub_stop.set()
+        await asyncio.to_thread(watcher.join)
+        term.finish()
+    term.line(f"{view.stream_id}: {samples} samples accepted, {view.intents} intents")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The intentd-live command line."""
+    p = argparse.ArgumentParser(prog="intentd-live", description="Live microphone tester for intentd.")
+    p.add_argument("--to", default=DEFAULT_AUDIO_URI, metavar="URI",
+                   help=f"the daemon's audio socket (default {DEFAULT_AUDIO_URI})")  # fmt: skip
+    p.add_argument("--connect", default=DEFAULT_CONNECT, metavar="URI",
+                   help=f"the daemon's event publisher (default {DEFAULT_CONNECT})")  # fmt: skip
+    p.add_argument("--mic", default="", metavar="DEVICE", help="input device name substring or index")
+    p.add_argument("--stream-id", help="stream id (default live:HOST:PID)")
+    p.add_argument("--no-color", action="store_true", help="plain text, no ANSI colours")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the live view until Ctrl-C; 0 when the stream ended cleanly."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    stream_id = args.stream_id or f"live:{socket.gethostname()}:{os.getpid()}"
+    tty = sys.stdout.isatty()
+    view = LiveView(stream_id, color=tty and not args.no_color)
+    term = Terminal(sys.stdout, redraw=tty)
+    try:
+        sub = Subscriber(args.connect, topics=("intent.", "utterance.", "vad."), stream_id=stream_id)
+    except SubscriberError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    with sub:
+        return asyncio.run(_run(args, view, term, sub))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
