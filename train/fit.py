@@ -181,6 +181,13 @@ def _history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
     return [rows[k] for k in sorted(rows) if len(rows[k]) > 1]
 
 
+def _last_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint-N folder, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+
+
 def fit(settings: FitSettings) -> FitResult:
     """Train, keep the best epoch by accuracy, and write the model folder, metrics.json and plots."""
     import torch
@@ -227,11 +234,11 @@ def fit(settings: FitSettings) -> FitResult:
         processing_class=extractor,
         compute_metrics=_accuracy_fn(),
     )
-    resume = s.resume and checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
-    if s.resume and not resume:
+    resume_from = _last_checkpoint(checkpoints) if s.resume else None
+    if s.resume and resume_from is None:
         log.warning("--resume: no checkpoint in %s, starting from scratch", checkpoints)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
 
     # The best epoch is loaded into `trained`, whose modules are the full model's own: `model` now holds it.
@@ -262,6 +269,7 @@ def fit(settings: FitSettings) -> FitResult:
         },
         "parameters": counts,
         "best_checkpoint": trainer.state.best_model_checkpoint,
+        "resumed_from": resume_from,
     }
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     plots.training_curves(history, out / CURVES_FILE)

@@ -1,0 +1,108 @@
+"""Data in: every DATA form loads into labelled train/test splits; audio becomes 16 kHz mono model inputs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import TONE_LABELS, tone_clip, write_tone_folder, write_tone_saved
+from train import audio_io
+from train.data import detect_source, iter_clips, load_labelled, max_samples_for, prepare_features
+from train.errors import TrainError
+
+
+def test_label_folders_load_with_string_labels_encoded(tone_folder: Path) -> None:
+    data = load_labelled(str(tone_folder), seed=0)
+    assert data.source == "audiofolder"
+    assert data.label_column == "label"
+    assert sorted(data.label_names) == sorted(TONE_LABELS)
+    assert set(data.splits) == {"train", "test"}
+    assert len(data.splits["train"]) + len(data.splits["test"]) == 3 * 6
+    # stratified: every label in the held-out split
+    assert len(set(data.splits["test"]["label"])) == 3
+
+
+def test_train_test_subfolders_are_honoured(tmp_path: Path) -> None:
+    root = write_tone_folder(tmp_path / "splits", per_label=8, layout="splits")
+    data = load_labelled(str(root))
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 18, "test": 6}
+
+
+def test_metadata_csv_stereo_44k_decodes_to_16k_mono(tmp_path: Path) -> None:
+    root = write_tone_folder(tmp_path / "meta", per_label=4, rate=44_100, channels=2, layout="metadata")
+    data = load_labelled(str(root), seed=1)
+    assert data.label_names == sorted(TONE_LABELS)  # string labels encoded jointly, sorted
+    clips, rows = next(iter_clips(data.splits["train"], batch_size=4))
+    source_frames = [sf.info(str(root / Path(r["path"]).name)).frames for r in rows["audio"]]
+    for clip, frames in zip(clips, source_frames):
+        assert clip.ndim == 1 and clip.dtype == np.float32
+        assert abs(len(clip) - frames * 16_000 / 44_100) <= 2
+
+
+@pytest.mark.parametrize("dict_splits", [True, False])
+def test_save_to_disk_dataset_or_datasetdict(tmp_path: Path, dict_splits: bool) -> None:
+    root = write_tone_saved(tmp_path / "saved", per_label=5, dict_splits=dict_splits)
+    assert detect_source(str(root)) == "saved"
+    data = load_labelled(str(root), seed=0)
+    assert data.label_column == "intent_class"
+    assert data.label_names == list(TONE_LABELS)
+    assert set(data.splits) == {"train", "test"}
+    assert sum(len(s) for s in data.splits.values()) == 15
+
+
+def test_label_column_override(tmp_path: Path) -> None:
+    root = write_tone_saved(tmp_path / "saved", per_label=4)
+    data = load_labelled(str(root), label_column="transcription")
+    assert data.label_column == "transcription"
+    assert data.label_names == sorted(TONE_LABELS)
+
+
+def test_detect_source() -> None:
+    assert detect_source("PolyAI/minds14") == "hub"
+    with pytest.raises(TrainError, match="does not exist"):
+        detect_source("./no/such/folder")
+
+
+def test_whisper_features_use_its_own_chunk(tone_folder: Path, tiny_whisper_dir: Path) -> None:
+    from transformers import AutoFeatureExtractor
+
+    extractor = AutoFeatureExtractor.from_pretrained(str(tiny_whisper_dir))
+    assert max_samples_for(extractor, 4.0) == 16_000  # the extractor's 1 s chunk wins over --max-seconds
+    data = load_labelled(str(tone_folder))
+    features = prepare_features(data.splits["test"], data.label_column, extractor, 4.0)
+    assert features.column_names == ["input_features", "labels"]
+    assert np.asarray(features[0]["input_features"]).shape == (80, 100)
+
+
+def test_long_clips_are_truncated_to_max_seconds(tmp_path: Path, tiny_wav2vec2_dir: Path) -> None:
+    from transformers import AutoFeatureExtractor
+
+    rng = np.random.default_rng(0)
+    for label, freq in (("a", 300.0), ("b", 2000.0)):
+        (tmp_path / "long" / label).mkdir(parents=True)
+        for i in range(3):
+            clip = np.tile(tone_clip(freq, 16_000, rng), 4)  # 1.6-3.6 s
+            sf.write(str(tmp_path / "long" / label / f"{i}.wav"), clip, 16_000)
+    data = load_labelled(str(tmp_path / "long"))
+    extractor = AutoFeatureExtractor.from_pretrained(str(tiny_wav2vec2_dir))
+    features = prepare_features(data.splits["train"], data.label_column, extractor, max_seconds=0.5)
+    assert {len(x) for x in features["input_values"]} == {8_000}
+
+
+def test_read_audio_any_rate_and_format(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    stereo = tone_clip(440.0, 44_100, rng, channels=2)
+    sf.write(str(tmp_path / "s.flac"), stereo, 44_100)
+    clip = audio_io.read_audio(tmp_path / "s.flac")
+    assert clip.ndim == 1 and abs(len(clip) - len(stereo) * 16_000 / 44_100) <= 2
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not on PATH")
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "s.flac"), str(tmp_path / "s.mp3")],
+                   check=True)
+    mp3, rate = audio_io.read_native(tmp_path / "s.mp3")
+    assert rate == 44_100 and mp3.ndim == 1 and np.max(np.abs(mp3)) > 0.1

@@ -1,0 +1,149 @@
+"""Fine-tuning: frozen-prefix cache equivalence, train modes, and fits that learn a toy tone task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_tone_folder
+from train import frozen
+from train.data import iter_clips, load_labelled, prepare_features
+from train.errors import TrainError
+from train.fit import CHECKPOINTS_DIR, FitResult, FitSettings, fit
+from train.inference import Classifier
+
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def fit_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 clips per tone label: 28 train, 8 held out."""
+    return write_tone_folder(tmp_path_factory.mktemp("fit") / "tones", per_label=12, seed=1)
+
+
+def _settings(data: Path, base: Path, out: Path, **overrides: object) -> FitSettings:
+    values: dict[str, object] = dict(
+        dataset=str(data), base_model=str(base), out=str(out), epochs=8, batch_size=8, seed=SEED,
+        learning_rate=1e-2,
+    )
+    values.update(overrides)
+    return FitSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def head_fit(fit_data: Path, tiny_whisper_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FitResult:
+    out = tmp_path_factory.mktemp("head") / "model"
+    return fit(_settings(fit_data, tiny_whisper_dir, out, train_mode="head"))
+
+
+def _model(path: Path, labels: int = 3, weighted: bool = False) -> torch.nn.Module:
+    from transformers import AutoModelForAudioClassification
+
+    names = [f"l{i}" for i in range(labels)]
+    return AutoModelForAudioClassification.from_pretrained(
+        str(path), num_labels=labels, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        ignore_mismatched_sizes=True, use_weighted_layer_sum=weighted,
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "weighted"),
+    [("whisper", "head", False), ("whisper", "head", True), ("whisper", "top", False),
+     ("wav2vec2", "head", False), ("wav2vec2", "head", True)],
+)
+def test_cached_prefix_reproduces_full_model_logits(
+    kind: str, mode: str, weighted: bool, tone_folder: Path, tiny_whisper_dir: Path, tiny_wav2vec2_dir: Path
+) -> None:
+    from transformers import AutoFeatureExtractor
+
+    base = tiny_whisper_dir if kind == "whisper" else tiny_wav2vec2_dir
+    model = _model(base, weighted=weighted)
+    extractor = AutoFeatureExtractor.from_pretrained(str(base))
+    data = load_labelled(str(tone_folder))
+    features = prepare_features(data.splits["test"], data.label_column, extractor, 1.0)
+    assert frozen.can_cache(model, mode)
+    cache, speed = frozen.build_cache(model, features, mode, unfreeze_top=1)
+    assert speed["clips_per_second"] > 0
+    small = frozen.small_module(model, mode, unfreeze_top=1).eval()
+    column = "input_features" if kind == "whisper" else "input_values"
+    with torch.no_grad():
+        cached = small(**{cache.input_name: cache.inputs})["logits"]
+        full = torch.cat([model(**{column: torch.tensor([row[column]])}).logits for row in features])
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-4)
+
+
+def test_mean_then_project_equals_project_then_mean() -> None:
+    torch.manual_seed(0)
+    projector = torch.nn.Linear(32, 16)
+    hidden = torch.randn(4, 50, 32)
+    torch.testing.assert_close(projector(hidden.mean(dim=1)), projector(hidden).mean(dim=1), atol=1e-6, rtol=1e-5)
+
+
+def test_train_modes_freeze_what_they_say(tiny_whisper_dir: Path) -> None:
+    model = _model(tiny_whisper_dir)
+    head = frozen.apply_train_mode(model, "head", 1)
+    top = frozen.apply_train_mode(model, "top", 1)
+    full = frozen.apply_train_mode(model, "full", 1)
+    assert head["trainable"] < top["trainable"] < full["trainable"] <= full["total"]
+    assert all(p.requires_grad for p in model.classifier.parameters())
+    with pytest.raises(TrainError, match="out of range"):
+        frozen.apply_train_mode(model, "top", 5)
+
+
+def test_mode_defaults_resolve() -> None:
+    s = FitSettings(dataset="d", out="o", train_mode="head").resolved()
+    assert s.learning_rate == frozen.DEFAULT_LEARNING_RATES["head"] and s.grad_accumulation == 1
+    s = FitSettings(dataset="d", out="o", train_mode="full").resolved()
+    assert s.learning_rate == 3e-5 and s.grad_accumulation == 4  # the tutorial's settings
+    assert FitSettings(dataset="d", out="o", learning_rate=0.5).resolved().learning_rate == 0.5
+
+
+def test_head_fit_learns_and_writes_a_complete_model_folder(head_fit: FitResult, fit_data: Path) -> None:
+    from transformers import AutoModelForAudioClassification
+
+    out = Path(head_fit.metrics["settings"]["out"])
+    assert head_fit.accuracy >= 0.75, head_fit.metrics["history"]  # chance is 1/3
+    assert head_fit.metrics["cached_prefix"] is True
+    model = AutoModelForAudioClassification.from_pretrained(str(out))
+    assert sorted(model.config.label2id) == ["high", "low", "mid"]
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "training_curves.png",
+                 "confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    assert any((out / CHECKPOINTS_DIR).glob("checkpoint-*"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy"] == head_fit.accuracy
+    assert len(metrics["history"]) == 8 and metrics["train_time_seconds"] > 0
+    assert metrics["dataset"]["sizes"] == {"train": 28, "test": 8}
+    assert metrics["settings"]["train_mode"] == "head"
+
+
+def test_saved_model_reproduces_cached_path_logits(head_fit: FitResult, fit_data: Path) -> None:
+    out = head_fit.metrics["settings"]["out"]
+    classifier = Classifier.load(out)
+    data = load_labelled(str(fit_data), seed=SEED)
+    clips = [c for batch, _ in iter_clips(data.splits["test"]) for c in batch]
+    np.testing.assert_allclose(classifier.logits(clips), head_fit.test_logits, atol=1e-5, rtol=1e-4)
+
+
+def test_top_mode_learns(fit_data: Path, tiny_whisper_dir: Path, tmp_path: Path) -> None:
+    result = fit(_settings(fit_data, tiny_whisper_dir, tmp_path / "top", train_mode="top", unfreeze_top=1,
+                           learning_rate=3e-3))
+    assert result.metrics["cached_prefix"] is True
+    assert result.accuracy >= 0.75, result.metrics["history"]
+
+
+def test_full_mode_and_resume(fit_data: Path, tiny_wav2vec2_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "full"
+    first = fit(_settings(fit_data, tiny_wav2vec2_dir, out, train_mode="full", epochs=1, max_seconds=1.0,
+                          learning_rate=1e-3, grad_accumulation=1))
+    assert first.metrics["cached_prefix"] is False
+    resumed = fit(_settings(fit_data, tiny_wav2vec2_dir, out, train_mode="full", epochs=2, max_seconds=1.0,
+                            learning_rate=1e-3, grad_accumulation=1, resume=True))
+    assert resumed.metrics["resumed_from"].endswith("checkpoint-4")
+    epochs = [row["epoch"] for row in resumed.metrics["history"]]
+    assert epochs[-1] == 2.0
+    assert (out / CHECKPOINTS_DIR / "checkpoint-8").is_dir()  # 4 steps per epoch, continued to 8
