@@ -1,0 +1,392 @@
+"""Intents files: TOML mapping intent names to phrase templates that expand into many sentences.
+
+Template syntax (documented for users at the top of train/intents/minds14.toml):
+
+    (a|b|c)   exactly one of the alternatives
+    [a]       optional part; [a|b] is "a", "b" or nothing
+    {slot}    one value of the list `slot` in the [slots] table (values may use the same syntax)
+
+Groups nest. The characters ( ) [ ] { } | are reserved and have no escape.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from train.errors import TrainError
+
+# A phrase expanding to more sentences than this is sampled by index instead of being listed; keeps a careless
+# template with many slots from eating memory while staying deterministic.
+ENUMERATE_LIMIT = 20_000
+# Sentences taken, evenly spaced by index, from a phrase above ENUMERATE_LIMIT when listing an intent's sentences.
+LISTING_SAMPLE = 2_000
+# Random draws per wanted sentence before sampling gives up on finding new distinct sentences.
+SAMPLE_ATTEMPTS_PER_SENTENCE = 20
+
+_SLOT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_INTENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.?!;:'])")
+
+
+# The template tree. A Seq is a list of parts; Alt picks one Seq; Slot is looked up at expansion time.
+@dataclass(frozen=True, slots=True)
+class Text:
+    """Literal text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alt:
+    """One of several sequences; an optional part is an Alt whose last option is empty."""
+
+    options: tuple[Seq, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A reference to a slot list."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Seq:
+    """Parts spoken one after another."""
+
+    parts: tuple[Text | Alt | Slot, ...]
+
+
+_EMPTY = Seq(())
+_CLOSERS = {"(": ")", "[": "]"}
+
+
+class TemplateSyntaxError(ValueError):
+    """A template that does not parse; the message says where."""
+
+
+def parse_template(template: str) -> Seq:
+    """Parse one phrase template into its tree."""
+    seq, pos = _parse_seq(template, 0, closer=None)
+    if pos != len(template):  # pragma: no cover - _parse_seq only stops early on a closer, reported there
+        raise TemplateSyntaxError(f"unexpected {template[pos]!r} at column {pos + 1}")
+    return seq
+
+
+def _parse_seq(src: str, pos: int, closer: str | None) -> tuple[Seq, int]:
+    """Parse until `closer` (or the end); alternatives `|` are only legal inside a group."""
+    options: list[Seq] = []
+    parts: list[Text | Alt | Slot] = []
+    start = pos
+    buf: list[str] = []
+
+    def flush() -> None:
+        if buf:
+            parts.append(Text("".join(buf)))
+            buf.clear()
+
+    while pos < len(src):
+        ch = src[pos]
+        if ch in _CLOSERS:
+            flush()
+            inner, pos = _parse_seq(src, pos + 1, closer=_CLOSERS[ch])
+            alt = (
+                inner.parts[0] if len(inner.parts) == 1 and isinstance(inner.parts[0], Alt) else Alt((inner,))
+            )
+            assert isinstance(alt, Alt)
+            if ch == "[":
+                alt = Alt(alt.options + (_EMPTY,))
+            parts.append(alt)
+            continue
+        if ch in ")]":
+            if ch != closer:
+                raise TemplateSyntaxError(f"unmatched {ch!r} at column {pos + 1}")
+            flush()
+            options.append(Seq(tuple(parts)))
+            _check_options(options, src, start, pos)
+            return Seq((Alt(tuple(options)),)) if len(options) > 1 else options[0], pos + 1
+        if ch == "|":
+            if closer is None:
+                raise TemplateSyntaxError(f"'|' outside (...) or [...] at column {pos + 1}")
+            flush()
+            options.append(Seq(tuple(parts)))
+            parts = []
+            pos += 1
+            continue
+        if ch == "{":
+            end = src.find("}", pos)
+            if end < 0:
+                raise TemplateSyntaxError(f"unclosed '{{' at column {pos + 1}")
+            name = src[pos + 1 : end].strip()
+            if not _SLOT_NAME.fullmatch(name):
+                raise TemplateSyntaxError(f"bad slot name {name!r} at column {pos + 1}")
+            flush()
+            parts.append(Slot(name))
+            pos = end + 1
+            continue
+        if ch == "}":
+            raise TemplateSyntaxError(f"unmatched '}}' at column {pos + 1}")
+        buf.append(ch)
+        pos += 1
+    if closer is not None:
+        opener = "(" if closer == ")" else "["
+        raise TemplateSyntaxError(f"unclosed {opener!r} opened at column {start}")
+    flush()
+    return Seq(tuple(parts)), pos
+
+
+def _check_options(options: list[Seq], src: str, start: int, end: int) -> None:
+    """Empty alternatives are almost always typos; optional parts have their own [...] syntax."""
+    for option in options:
+        if all(isinstance(p, Text) and not p.text.strip() for p in option.parts):
+            raise TemplateSyntaxError(
+                f"empty alternative in {src[start - 1 : end + 1]!r} (use [...] for an optional part)"
+            )
+
+
+def _normalise(sentence: str) -> str:
+    """Collapse the spaces left behind by empty optional parts; no space before punctuation."""
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(sentence.split()))
+
+
+class _Expander:
+    """Counts and indexes the sentences of template trees against one slot table."""
+
+    def __init__(self, slots: Mapping[str, tuple[Seq, ...]]) -> None:
+        self.slots = slots
+        # Counts by node identity: nth() asks for the same subtree's count once per sentence.
+        self._counts: dict[int, int] = {}
+
+    def count(self, node: Seq | Text | Alt | Slot) -> int:
+        """Number of (not necessarily distinct) sentences the node yields."""
+        if isinstance(node, Text):
+            return 1
+        cached = self._counts.get(id(node))
+        if cached is not None:
+            return cached
+        if isinstance(node, Seq):
+            n = math.prod(self.count(p) for p in node.parts)
+        else:
+            options = node.options if isinstance(node, Alt) else self.slots[node.name]
+            n = sum(self.count(o) for o in options)
+        self._counts[id(node)] = n
+        return n
+
+    def every(self, node: Seq | Text | Alt | Slot) -> list[str]:
+        """All sentences of a node in nth() order; only for nodes whose count() is small."""
+        if isinstance(node, Text):
+            return [node.text]
+        if isinstance(node, Seq):
+            return ["".join(p) for p in itertools.product(*(self.every(part) for part in node.parts))]
+        options = node.options if isinstance(node, Alt) else self.slots[node.name]
+        return [sentence for option in options for sentence in self.every(option)]
+
+    def nth(self, node: Seq | Text | Alt | Slot, index: int) -> str:
+        """The index-th sentence in a fixed mixed-radix order, so sampling needs no enumeration."""
+        if isinstance(node, Text):
+            return node.text
+        if isinstance(node, Seq):
+            out = []
+            for part in reversed(node.parts):
+                n = self.count(part)
+                index, rem = divmod(index, n)
+                out.append(self.nth(part, rem))
+            return "".join(reversed(out))
+        options = node.options if isinstance(node, Alt) else self.slots[node.name]
+        for option in options:
+            n = self.count(option)
+            if index < n:
+                return self.nth(option, index)
+            index -= n
+        raise IndexError(index)  # pragma: no cover - callers stay below count()
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """One intent: its name and parsed phrase templates (source text kept for error messages)."""
+
+    name: str
+    phrases: tuple[str, ...]
+    templates: tuple[Seq, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IntentSet:
+    """All intents of one file, in file order, with the slot table they share."""
+
+    source: str
+    intents: tuple[Intent, ...]
+    slots: Mapping[str, tuple[Seq, ...]]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Intent names in file order (this order defines the class ids)."""
+        return tuple(i.name for i in self.intents)
+
+    def intent(self, name: str) -> Intent:
+        """The intent called `name`."""
+        for intent in self.intents:
+            if intent.name == name:
+                return intent
+        raise TrainError(f"{self.source}: no intent named {name!r}")
+
+    def sentences(self, name: str) -> list[str]:
+        """Every distinct sentence of an intent, sorted; phrases above ENUMERATE_LIMIT give LISTING_SAMPLE of theirs."""
+        expander = _Expander(self.slots)
+        found: set[str] = set()
+        for template in self.intent(name).templates:
+            n = expander.count(template)
+            if n <= ENUMERATE_LIMIT:
+                found.update(_normalise(sentence) for sentence in expander.every(template))
+            else:
+                indices = np.linspace(0, n - 1, LISTING_SAMPLE, dtype=np.int64)
+                found.update(_normalise(expander.nth(template, int(i))) for i in indices)
+        found.discard("")
+        return sorted(found)
+
+    def sample(self, name: str, n: int, rng: np.random.Generator) -> list[str]:
+        """Up to n distinct sentences of an intent, spread evenly over its phrases; deterministic given rng.
+
+        Spreading over phrases (rather than over all sentences) stops one slot-heavy phrase from crowding out
+        the short ones, which are the most common way callers actually speak.
+        """
+        expander = _Expander(self.slots)
+        templates = self.intent(name).templates
+        counts = [expander.count(t) for t in templates]
+        chosen: list[str] = []
+        seen: set[str] = set()
+        exhausted = [False] * len(templates)
+        attempts = 0
+        max_attempts = SAMPLE_ATTEMPTS_PER_SENTENCE * max(n, 1) + sum(min(c, ENUMERATE_LIMIT) for c in counts)
+        tried: list[set[int]] = [set() for _ in templates]
+        order = rng.permutation(len(templates))
+        turn = 0
+        while len(chosen) < n and not all(exhausted) and attempts < max_attempts:
+            k = int(order[turn % len(templates)])
+            turn += 1
+            if exhausted[k]:
+                continue
+            attempts += 1
+            remaining = counts[k] - len(tried[k])
+            if remaining <= 0:
+                exhausted[k] = True
+                continue
+            index = int(rng.integers(counts[k]))
+            while index in tried[k]:  # a small dense phrase: step to the next untried index
+                index = (index + 1) % counts[k]
+            tried[k].add(index)
+            sentence = _normalise(expander.nth(templates[k], index))
+            if sentence and sentence not in seen:
+                seen.add(sentence)
+                chosen.append(sentence)
+        return chosen
+
+
+def load_intents(path: str | Path) -> IntentSet:
+    """Read and validate an intents file; every problem is a TrainError naming the file (and intent/phrase)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise TrainError(f"intents file {path} does not exist") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise TrainError(f"cannot read intents file {path}: {err}") from err
+    return parse_intents(text, source=str(path))
+
+
+def parse_intents(text: str, source: str = "<intents>") -> IntentSet:
+    """Parse intents TOML text (see module docstring for the template syntax)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise TrainError(f"{source}: TOML syntax error: {err}") from err
+    unknown = set(data) - {"slots", "intents"}
+    if unknown:
+        raise TrainError(
+            f"{source}: unknown top-level key(s) {sorted(unknown)}; expected [slots] and [intents]"
+        )
+    slots = _parse_slots(data.get("slots", {}), source)
+    raw_intents = data.get("intents")
+    if not isinstance(raw_intents, dict) or not raw_intents:
+        raise TrainError(f"{source}: no [intents] table (or it is empty)")
+
+    intents = []
+    for name, phrases in raw_intents.items():
+        if not _INTENT_NAME.fullmatch(name):
+            raise TrainError(f"{source}: bad intent name {name!r} (letters, digits, _ . -)")
+        if isinstance(phrases, str):
+            phrases = [phrases]
+        if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
+            raise TrainError(f"{source}: intent {name!r} must be a list of phrase strings")
+        if not phrases:
+            raise TrainError(f"{source}: intent {name!r} has no phrases")
+        templates = []
+        for phrase in phrases:
+            where = f"{source}: intent {name!r}, phrase {phrase!r}"
+            try:
+                template = parse_template(phrase)
+            except TemplateSyntaxError as err:
+                raise TrainError(f"{where}: {err}") from err
+            _check_slots(template, slots, where)
+            templates.append(template)
+        intent = Intent(name, tuple(phrases), tuple(templates))
+        intents.append(intent)
+    result = IntentSet(source, tuple(intents), slots)
+    for intent in intents:
+        if not result.sample(intent.name, 1, np.random.default_rng(0)):
+            raise TrainError(f"{source}: intent {intent.name!r} expands to no non-empty sentence")
+    return result
+
+
+def _parse_slots(raw: object, source: str) -> dict[str, tuple[Seq, ...]]:
+    """Slot lists: name -> values, each value itself a template."""
+    if not isinstance(raw, dict):
+        raise TrainError(f"{source}: [slots] must be a table of lists")
+    slots: dict[str, tuple[Seq, ...]] = {}
+    for name, values in raw.items():
+        if not _SLOT_NAME.fullmatch(name):
+            raise TrainError(f"{source}: bad slot name {name!r} (letters, digits, _)")
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+            raise TrainError(f"{source}: slot {name!r} must be a non-empty list of strings")
+        parsed = []
+        for value in values:
+            try:
+                parsed.append(parse_template(value))
+            except TemplateSyntaxError as err:
+                raise TrainError(f"{source}: slot {name!r}, value {value!r}: {err}") from err
+        slots[name] = tuple(parsed)
+    for name, values in slots.items():
+        for value in values:
+            _check_slots(value, slots, f"{source}: slot {name!r}", visiting=(name,))
+    return slots
+
+
+def _check_slots(
+    node: Seq | Text | Alt | Slot,
+    slots: Mapping[str, Sequence[Seq]],
+    where: str,
+    visiting: tuple[str, ...] = (),
+) -> None:
+    """Every slot referenced exists, and no slot refers back to itself (which would never finish)."""
+    if isinstance(node, Seq):
+        for part in node.parts:
+            _check_slots(part, slots, where, visiting)
+    elif isinstance(node, Alt):
+        for option in node.options:
+            _check_slots(option, slots, where, visiting)
+    elif isinstance(node, Slot):
+        if node.name not in slots:
+            known = ", ".join(sorted(slots)) or "none defined"
+            raise TrainError(f"{where}: unknown slot {{{node.name}}} (slots: {known})")
+        if node.name in visiting:
+            raise TrainError(f"{where}: slot {{{node.name}}} refers to itself via {' -> '.join(visiting)}")
+        for value in slots[node.name]:
+            _check_slots(value, slots, where, visiting + (node.name,))
