@@ -1,0 +1,212 @@
+"""A telephone channel for clean TTS audio: 8 kHz, 300-3400 Hz, level, padding, noise and a narrowband codec.
+
+Pure numpy (FFT-domain filtering of whole clips), deterministic given a numpy Generator. Clips are seconds long
+and offline, so whole-clip FFTs are simpler and exact where streaming filters would only approximate.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from train.errors import TrainError
+
+TELEPHONE_RATE = 8000
+BAND_LOW_HZ = 300.0
+BAND_HIGH_HZ = 3400.0
+# The pass band's edges are raised-cosine ramps this wide, inside the band, so nothing outside 300-3400 Hz
+# survives and the filter's impulse response stays short (no ringing across the clip).
+BAND_RAMP_HZ = 50.0
+MU = 255  # G.711 mu-law
+MU_LEVELS = 256
+CODECS = ("none", "mulaw", "gsm")
+SOX_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """Ranges the channel draws from for each clip (uniform unless said otherwise)."""
+
+    snr_db: tuple[float, float] = (15.0, 45.0)
+    peak_dbfs: tuple[float, float] = (-20.0, -1.0)
+    lead_silence_s: tuple[float, float] = (0.05, 0.5)
+    trail_silence_s: tuple[float, float] = (0.05, 0.5)
+    # Codecs drawn with equal probability; "gsm" needs sox with GSM support (see gsm_available()).
+    codecs: tuple[str, ...] = ("none", "mulaw")
+    noise_colours: tuple[str, ...] = field(default=("white", "pink"))
+
+    def __post_init__(self) -> None:
+        for codec in self.codecs:
+            if codec not in CODECS:
+                raise TrainError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+        if not self.codecs:
+            raise TrainError("channel needs at least one codec ('none' for no codec)")
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelParams:
+    """What the channel drew for one clip (logged, and checked by tests)."""
+
+    snr_db: float
+    peak_dbfs: float
+    lead_samples: int
+    trail_samples: int
+    codec: str
+    noise_colour: str
+
+
+def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Band-limited resampling by truncating (or zero-extending) the spectrum; exact for whole clips."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if rate_in == rate_out or samples.size == 0:
+        return samples.copy()
+    n_out = max(1, round(samples.size * rate_out / rate_in))
+    spectrum = np.fft.rfft(samples)
+    bins = n_out // 2 + 1
+    out_spec = np.zeros(bins, dtype=np.complex128)
+    keep = min(bins, spectrum.size)
+    out_spec[:keep] = spectrum[:keep]
+    if n_out % 2 == 0 and keep == bins:
+        # The new Nyquist bin stands for both signs of that frequency, so it must be real.
+        out_spec[-1] = out_spec[-1].real
+    return np.fft.irfft(out_spec, n=n_out) * (n_out / samples.size)
+
+
+def band_mask(n: int, rate: int, low_hz: float = BAND_LOW_HZ, high_hz: float = BAND_HIGH_HZ) -> np.ndarray:
+    """rfft-bin gains: 1 inside [low+ramp, high-ramp], raised-cosine ramps, 0 outside [low, high]."""
+    freqs = np.fft.rfftfreq(n, d=1.0 / rate)
+    mask = np.zeros_like(freqs)
+    inside = (freqs >= low_hz) & (freqs <= high_hz)
+    mask[inside] = 1.0
+    rise = (freqs >= low_hz) & (freqs < low_hz + BAND_RAMP_HZ)
+    mask[rise] = 0.5 - 0.5 * np.cos(np.pi * (freqs[rise] - low_hz) / BAND_RAMP_HZ)
+    fall = (freqs > high_hz - BAND_RAMP_HZ) & (freqs <= high_hz)
+    mask[fall] = 0.5 - 0.5 * np.cos(np.pi * (high_hz - freqs[fall]) / BAND_RAMP_HZ)
+    return mask
+
+
+def bandpass(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Telephone band: 300-3400 Hz."""
+    if samples.size == 0:
+        return samples.astype(np.float64)
+    spectrum = np.fft.rfft(samples) * band_mask(samples.size, rate)
+    return np.fft.irfft(spectrum, n=samples.size)
+
+
+def noise(n: int, colour: str, rng: np.random.Generator) -> np.ndarray:
+    """Unit-power noise: white, or pink (1/f power, like room and line hum more than hiss)."""
+    white = rng.standard_normal(n)
+    if colour == "white":
+        shaped = white
+    elif colour == "pink":
+        spectrum = np.fft.rfft(white)
+        freqs = np.arange(spectrum.size, dtype=np.float64)
+        freqs[0] = 1.0  # no infinite DC gain
+        shaped = np.fft.irfft(spectrum / np.sqrt(freqs), n=n)
+    else:
+        raise TrainError(f"unknown noise colour {colour!r} (white, pink)")
+    power = float(np.mean(shaped**2))
+    return shaped / math.sqrt(power) if power > 0 else shaped
+
+
+def add_noise(
+    samples: np.ndarray, snr_db: float, rng: np.random.Generator, colour: str = "white",
+    reference_power: float | None = None,
+) -> np.ndarray:  # fmt: skip
+    """samples + noise whose power is reference_power (default: the samples' own) divided by 10^(snr/10)."""
+    power = float(np.mean(np.square(samples))) if reference_power is None else reference_power
+    if samples.size == 0 or power <= 0:
+        return samples.astype(np.float64)
+    scale = math.sqrt(power / 10 ** (snr_db / 10))
+    return samples + scale * noise(samples.size, colour, rng)
+
+
+def mulaw_round_trip(samples: np.ndarray) -> np.ndarray:
+    """Encode to 8-bit mu-law and back: G.711's companding and quantisation noise."""
+    x = np.clip(samples, -1.0, 1.0)
+    compressed = np.sign(x) * np.log1p(MU * np.abs(x)) / math.log1p(MU)
+    codes = np.round((compressed + 1.0) / 2.0 * (MU_LEVELS - 1))
+    decoded = codes / (MU_LEVELS - 1) * 2.0 - 1.0
+    return np.sign(decoded) * np.expm1(np.abs(decoded) * math.log1p(MU)) / MU
+
+
+def gsm_available() -> bool:
+    """Whether sox is installed and built with the GSM 06.10 codec."""
+    sox = shutil.which("sox")
+    if sox is None:
+        return False
+    try:
+        proc = subprocess.run([sox, "-h"], capture_output=True, text=True, timeout=SOX_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    formats = proc.stdout.partition("AUDIO FILE FORMATS:")[2].partition("\n")[0].split()
+    return "gsm" in formats
+
+
+def gsm_round_trip(samples: np.ndarray) -> np.ndarray:
+    """Encode to GSM 06.10 (the classic mobile full-rate codec) and back, at 8 kHz, through sox."""
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    raw = ["-t", "raw", "-r", str(TELEPHONE_RATE), "-e", "signed-integer", "-b", "16", "-c", "1"]
+    try:
+        encoded = subprocess.run(
+            ["sox", *raw, "-", "-t", "gsm", "-"],
+            input=pcm,
+            capture_output=True,
+            timeout=SOX_TIMEOUT_S,
+            check=True,
+        ).stdout
+        decoded = subprocess.run(
+            ["sox", "-t", "gsm", "-r", str(TELEPHONE_RATE), "-c", "1", "-", *raw, "-"],
+            input=encoded, capture_output=True, timeout=SOX_TIMEOUT_S, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as err:
+        raise TrainError(f"sox GSM round trip failed: {err}") from err
+    out = np.frombuffer(decoded, dtype="<i2").astype(np.float64) / 32767
+    # GSM works in 160-sample frames; sox pads the last one, so trim or pad back to the input length.
+    return np.pad(out[: samples.size], (0, max(0, samples.size - out.size)))
+
+
+def _draw(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(rng.uniform(bounds[0], bounds[1]))
+
+
+def _choice(rng: np.random.Generator, options: Sequence[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def telephone(
+    samples: np.ndarray, rate: int, rng: np.random.Generator, config: ChannelConfig = ChannelConfig()
+) -> tuple[np.ndarray, ChannelParams]:
+    """Clean speech at any rate -> float32 at 8 kHz as heard down a phone line, and what was drawn.
+
+    Order follows the physical path: the caller's room (noise, pauses around the words), then the line's
+    band-pass, then the level the far end receives, then the codec's quantisation.
+    """
+    # Every random draw happens up front and in a fixed order, so codec or colour choices never shift the rest.
+    params = ChannelParams(
+        snr_db=_draw(rng, config.snr_db),
+        peak_dbfs=_draw(rng, config.peak_dbfs),
+        lead_samples=round(_draw(rng, config.lead_silence_s) * TELEPHONE_RATE),
+        trail_samples=round(_draw(rng, config.trail_silence_s) * TELEPHONE_RATE),
+        codec=_choice(rng, config.codecs),
+        noise_colour=_choice(rng, config.noise_colours),
+    )
+    speech = resample(samples, rate, TELEPHONE_RATE)
+    speech_power = float(np.mean(speech**2)) if speech.size else 0.0
+    padded = np.pad(speech, (params.lead_samples, params.trail_samples))
+    noisy = add_noise(padded, params.snr_db, rng, params.noise_colour, reference_power=speech_power)
+    banded = bandpass(noisy, TELEPHONE_RATE)
+    peak = float(np.max(np.abs(banded))) if banded.size else 0.0
+    if peak > 0:
+        banded *= 10 ** (params.peak_dbfs / 20) / peak
+    if params.codec == "mulaw":
+        banded = mulaw_round_trip(banded)
+    elif params.codec == "gsm":
+        # A mobile call's decoded GSM enters the fixed network, which band-limits it again.
+        banded = bandpass(gsm_round_trip(banded), TELEPHONE_RATE)
+    return banded.astype(np.float32), params
