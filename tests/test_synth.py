@@ -1,0 +1,243 @@
+"""`intentd-train synth` end to end on a tiny intents file, with the TTS engines installed here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from train import synth, tts
+from train.errors import TrainError
+
+datasets = pytest.importorskip("datasets")
+
+HAS_ESPEAK = shutil.which("espeak-ng") is not None
+HAS_FLITE = shutil.which("flite") is not None
+HAS_FESTIVAL = shutil.which("festival") is not None and shutil.which("text2wave") is not None
+needs_espeak = pytest.mark.skipif(not HAS_ESPEAK, reason="espeak-ng is not installed")
+
+TINY = """
+[slots]
+account = ["checking", "savings"]
+[intents]
+balance = ["(what's|what is) my {account} balance", "how much (money|cash) do I have"]
+freeze = ["(freeze|block) my card [please]", "stop my card"]
+"""
+PER_INTENT = 5
+COLUMNS = ["path", "audio", "transcription", "english_transcription", "intent_class", "lang_id", "voice"]
+# Fast engines only where the test is about the pipeline; festival gets its own render test.
+FAST_ENGINES = [e for e, present in (("espeak-ng", HAS_ESPEAK), ("flite", HAS_FLITE)) if present]
+
+
+@pytest.fixture
+def intents_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY, encoding="utf-8")
+    return path
+
+
+def _synth(intents_file: Path, out: Path, **kwargs: object) -> Path:
+    options: dict[str, object] = {
+        "seed": 3, "per_intent": PER_INTENT, "test_fraction": 0.4, "engines": FAST_ENGINES, "workers": 1,
+        "progress": False,
+    }  # fmt: skip
+    options.update(kwargs)
+    return synth.synthesize(intents_file, out, **options)  # type: ignore[arg-type]
+
+
+@needs_espeak
+def test_dataset_has_minds14_columns_and_types(intents_file: Path, tmp_path: Path) -> None:
+    out = _synth(intents_file, tmp_path / "out")
+    loaded = datasets.load_from_disk(str(out))
+    assert set(loaded) == {"train", "test"}
+    assert len(loaded["train"]) + len(loaded["test"]) == 2 * PER_INTENT
+    assert len(loaded["test"]) == 2 * round(PER_INTENT * 0.4)
+    features = loaded["train"].features
+    assert list(features) == COLUMNS
+    assert features["intent_class"].names == ["balance", "freeze"]
+    assert features["lang_id"].names == ["en-US"]
+    assert features["audio"].sampling_rate == 8000
+    for name in ("path", "transcription", "english_transcription", "voice"):
+        assert features[name].dtype == "string"
+
+    row = loaded["train"][0]
+    assert row["transcription"] == row["english_transcription"]
+    assert Path(row["path"]).is_absolute() and Path(row["path"]).parent == out / "wav"
+    tts.Voice.parse(row["voice"])  # engine/name/variant
+    info = sf.info(row["path"])
+    assert (info.samplerate, info.channels, info.subtype) == (8000, 1, "PCM_16")
+    # Decoding goes through datasets' own audio decoder (torchcodec + FFmpeg), as training will.
+    decoded = row["audio"].get_all_samples()
+    assert decoded.sample_rate == 8000
+    from_file, _ = sf.read(row["path"], dtype="float32")
+    samples = decoded.data.numpy()[0]
+    assert samples.shape == from_file.shape
+    assert np.max(np.abs(samples - from_file)) < 1e-3
+    assert np.max(np.abs(samples)) > 0.01  # speech, not silence
+
+
+@needs_espeak
+def test_transcriptions_belong_to_their_intent(intents_file: Path, tmp_path: Path) -> None:
+    from train.intents import load_intents
+
+    intents = load_intents(intents_file)
+    loaded = datasets.load_from_disk(str(_synth(intents_file, tmp_path / "out")))
+    for split in loaded.values():
+        names = split.features["intent_class"].names
+        for row in split:
+            assert row["transcription"] in intents.sentences(names[row["intent_class"]])
+
+
+@needs_espeak
+def test_test_voices_never_appear_in_training(intents_file: Path, tmp_path: Path) -> None:
+    out = _synth(intents_file, tmp_path / "out", per_intent=12)
+    loaded = datasets.load_from_disk(str(out))
+    train_voices = {tts.Voice.parse(v) for v in loaded["train"]["voice"]}
+    test_voices = {tts.Voice.parse(v) for v in loaded["test"]["voice"]}
+    assert test_voices
+    assert not train_voices & test_voices
+    # Stricter: whole speakers are held out, not just voice names.
+    assert not {v.speaker for v in train_voices} & {v.speaker for v in test_voices}
+    recorded = json.loads((out / synth.INFO_FILE).read_text())["voices"]
+    assert not set(recorded["train"]) & set(recorded["test"])
+
+
+def test_split_voices_holds_out_speakers_per_engine_and_keeps_each_engine_in_training() -> None:
+    voices = {
+        "espeak-ng": [
+            tts.Voice("espeak-ng", lang, var) for lang in ("en-us", "en-gb") for var in ("", "m1", "f2")
+        ],
+        "flite": [tts.Voice("flite", n) for n in ("kal", "kal16", "awb", "slt")],
+        "festival": [tts.Voice("festival", "kal_diphone")],
+    }
+    sides = synth.split_voices(voices, 0.3, np.random.default_rng(0))
+    speaker_side: dict[str, str] = {}
+    for voice, side in sides.items():
+        assert speaker_side.setdefault(voice.speaker, side) == side, voice
+    for engine, vs in voices.items():
+        assert any(sides[v] == "train" for v in vs), engine
+    assert sides[tts.Voice("festival", "kal_diphone")] == "train"  # a lone speaker stays in training
+    assert any(sides[v] == "test" for v in voices["espeak-ng"])
+    assert any(sides[v] == "test" for v in voices["flite"])
+
+
+def test_split_needs_two_speakers() -> None:
+    voices = {"festival": [tts.Voice("festival", "kal_diphone")]}
+    with pytest.raises(TrainError, match="cannot split by voice"):
+        synth.split_voices(voices, 0.2, np.random.default_rng(0))
+    assert set(synth.split_voices(voices, 0.0, np.random.default_rng(0)).values()) == {"train"}
+
+
+@needs_espeak
+def test_same_seed_gives_identical_audio_and_split_whatever_the_worker_count(
+    intents_file: Path, tmp_path: Path
+) -> None:
+    first = _synth(intents_file, tmp_path / "a", workers=1)
+    second = _synth(intents_file, tmp_path / "b", workers=2)
+    other = _synth(intents_file, tmp_path / "c", seed=4)
+
+    def rows(out: Path) -> list[tuple[str, str, str, int]]:
+        loaded = datasets.load_from_disk(str(out))
+        return [
+            (split, r["voice"], r["transcription"], r["intent_class"])
+            for split in ("train", "test")
+            for r in loaded[split].remove_columns("audio")
+        ]
+
+    def wavs(out: Path) -> list[bytes]:
+        return [p.read_bytes() for p in sorted((out / "wav").iterdir())]
+
+    assert rows(first) == rows(second)
+    assert wavs(first) == wavs(second)
+    assert wavs(first) != wavs(other)
+
+
+@needs_espeak
+def test_rerun_replaces_an_earlier_output(intents_file: Path, tmp_path: Path) -> None:
+    out = _synth(intents_file, tmp_path / "out", per_intent=4)
+    _synth(intents_file, out, per_intent=2, test_fraction=0.5)
+    loaded = datasets.load_from_disk(str(out))
+    assert len(loaded["train"]) + len(loaded["test"]) == 4
+    assert len(list((out / "wav").iterdir())) == 4
+
+
+@needs_espeak
+def test_cli_register_and_run(intents_file: Path, tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser(prog="intentd-train")
+    synth.register(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "cli"
+    args = parser.parse_args(
+        ["synth", "--intents", str(intents_file), "--out", str(out), "--seed", "1", "--per-intent", "2",
+         "--test-fraction", "0.5", "--workers", "1", "--engines", ",".join(FAST_ENGINES), "--no-progress"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    assert len(datasets.load_from_disk(str(out))["test"]) == 2
+
+
+def test_missing_intents_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="nope.toml does not exist"):
+        synth.synthesize(tmp_path / "nope.toml", tmp_path / "out", progress=False)
+
+
+def test_no_tts_engine_is_an_error(
+    intents_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(TrainError, match="no TTS engine available"):
+        synth.synthesize(intents_file, tmp_path / "out", progress=False)
+
+
+def test_unknown_engine_is_named(intents_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="unknown TTS engine 'sam'"):
+        synth.synthesize(intents_file, tmp_path / "out", engines=["sam"], progress=False)
+
+
+@needs_espeak
+@pytest.mark.parametrize("problem", ["file", "under-a-file", "foreign"])
+def test_unusable_out_dir_is_refused(intents_file: Path, tmp_path: Path, problem: str) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    out = {"file": blocker, "under-a-file": blocker / "out", "foreign": tmp_path}[problem]
+    with pytest.raises(TrainError, match="--out|cannot create"):
+        _synth(intents_file, out)
+    assert blocker.read_text() == "not a folder"  # nothing of the user's was touched
+
+
+def test_bad_sizes_are_refused(intents_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="--per-intent"):
+        synth.synthesize(intents_file, tmp_path / "o", per_intent=0, progress=False)
+    with pytest.raises(TrainError, match="--test-fraction"):
+        synth.synthesize(intents_file, tmp_path / "o", test_fraction=1.0, progress=False)
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        pytest.param("espeak-ng", marks=needs_espeak),
+        pytest.param("flite", marks=pytest.mark.skipif(not HAS_FLITE, reason="flite is not installed")),
+        pytest.param(
+            "festival", marks=pytest.mark.skipif(not HAS_FESTIVAL, reason="festival is not installed")
+        ),
+    ],
+)
+def test_each_engine_speaks_and_rate_changes_duration(engine: str) -> None:
+    voice = tts.engine_by_name(engine).voices()[0]
+    normal, rate = tts.render("check my balance please", voice, 1.0, 1.0)
+    fast, fast_rate = tts.render("check my balance please", voice, 1.25, 1.1)
+    assert normal.dtype == np.float32 and normal.ndim == 1 and rate == fast_rate
+    assert np.max(np.abs(normal)) > 0.05
+    assert fast.size < 0.9 * normal.size
+
+
+@needs_espeak
+def test_espeak_voices_are_distinct_and_mbrola_free() -> None:
+    voices = tts.EspeakNg().voices()
+    assert len(voices) > 10
+    assert len(set(voices)) == len(voices)
+    assert all(v.name.startswith("en") for v in voices)
+    assert not any(v.name.startswith("mb-") for v in voices) or shutil.which("mbrola")

@@ -1,0 +1,342 @@
+"""`intentd-train synth`: a MInDS-14-shaped speech dataset rendered from an intents file by local TTS engines.
+
+Plan every clip up front from one seeded Generator (sentence, voice, rate, pitch, channel seed), render the plan
+in a process pool, then write the wavs' index as a `datasets` DatasetDict split by speaker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from train import channel, tts
+from train.errors import TrainError
+from train.intents import IntentSet, load_intents
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTENTS = Path(__file__).parent / "intents" / "minds14.toml"
+DEFAULT_PER_INTENT = 50
+DEFAULT_TEST_FRACTION = 0.2
+# Speaking-rate and pitch factors drawn per clip; wider than this and espeak/flite stop sounding like speech.
+RATE_RANGE = (0.8, 1.25)
+PITCH_RANGE = (0.85, 1.2)
+LANG_ID = "en-US"
+SPLITS = ("train", "test")
+WAV_DIR = "wav"
+INFO_FILE = "synth.json"
+# Files save_to_disk writes (plus the split folders); their presence marks a folder as an earlier synth output.
+DATASET_MARKER = "dataset_dict.json"
+SEED_BITS = 63
+MAP_CHUNKSIZE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Clip:
+    """One planned recording: everything needed to render it, so rendering is a pure function of the plan."""
+
+    index: int
+    split: str
+    intent: str
+    text: str
+    voice: tts.Voice
+    rate: float
+    pitch: float
+    channel_seed: int
+    path: str
+
+
+def split_voices(
+    voices: Mapping[str, Sequence[tts.Voice]], test_fraction: float, rng: np.random.Generator
+) -> dict[tts.Voice, str]:
+    """Assign whole speakers to train or test, per engine, so test voices are never heard in training.
+
+    Each engine with two or more speakers sends about test_fraction of them (at least one) to test and keeps at
+    least one for training. Engines are handled fewest-speakers-first because a speaker shared across engines
+    (kal in flite and festival) is decided once, by the engine that can least afford to lose it.
+    """
+    speakers = {e: sorted({v.speaker for v in vs}) for e, vs in voices.items()}
+    side: dict[str, str] = {}
+    for engine in sorted(speakers, key=lambda e: (len(speakers[e]), e)):
+        own = speakers[engine]
+        undecided = [s for s in own if s not in side]
+        n_test = 0
+        if test_fraction > 0 and len(own) >= 2:
+            have_test = sum(side.get(s) == "test" for s in own)
+            keep_for_train = 0 if any(side.get(s) == "train" for s in own) else 1
+            wanted = max(1, round(test_fraction * len(own))) - have_test
+            n_test = max(0, min(wanted, len(undecided) - keep_for_train))
+        order = rng.permutation(len(undecided))
+        picked = {undecided[i] for i in order[:n_test]}
+        for s in undecided:
+            side[s] = "test" if s in picked else "train"
+    if test_fraction > 0 and "test" not in side.values():
+        raise TrainError(
+            "cannot split by voice: every engine has a single speaker "
+            f"({', '.join(f'{e}: {s}' for e, s in speakers.items())}); add an engine or use --test-fraction 0"
+        )
+    return {v: side[v.speaker] for vs in voices.values() for v in vs}
+
+
+def plan_clips(
+    intents: IntentSet,
+    voices: Mapping[str, Sequence[tts.Voice]],
+    sides: Mapping[tts.Voice, str],
+    per_intent: int,
+    test_fraction: float,
+    rng: np.random.Generator,
+    wav_dir: Path,
+) -> list[Clip]:
+    """Every clip of the dataset, in intent order; a fixed sequence of draws from rng."""
+    # Within a split, an engine is picked first and then one of its voices. Engine weights grow only with the
+    # log of their speaker count, so flite's few voices are heard about a third as often as espeak-ng's hundreds
+    # (variety of engines helped more than sheer numbers) while festival's single voice is not a third of the data.
+    pools = {split: {e: [v for v in vs if sides[v] == split] for e, vs in voices.items()} for split in SPLITS}
+    pools = {split: {e: vs for e, vs in by_engine.items() if vs} for split, by_engine in pools.items()}
+    engine_weights = {split: _engine_weights(by_engine) for split, by_engine in pools.items() if by_engine}
+    n_test = round(per_intent * test_fraction) if pools["test"] else 0
+    clips: list[Clip] = []
+    for intent in intents.names:
+        sentences = intents.sample(intent, per_intent, rng)
+        # Fewer distinct sentences than clips (digits: one each): repeat them, each time with other voices.
+        texts = [sentences[i % len(sentences)] for i in range(per_intent)]
+        is_test = np.zeros(per_intent, dtype=bool)
+        is_test[rng.permutation(per_intent)[:n_test]] = True
+        for k, text in enumerate(texts):
+            split = "test" if is_test[k] else "train"
+            engines, weights = engine_weights[split]
+            engine = engines[int(rng.choice(len(engines), p=weights))]
+            pool = pools[split][engine]
+            voice = pool[int(rng.integers(len(pool)))]
+            index = len(clips)
+            clips.append(
+                Clip(
+                    index=index,
+                    split=split,
+                    intent=intent,
+                    text=text,
+                    voice=voice,
+                    rate=round(float(rng.uniform(*RATE_RANGE)), 3),
+                    pitch=round(float(rng.uniform(*PITCH_RANGE)), 3),
+                    channel_seed=int(rng.integers(2**SEED_BITS)),
+                    path=str(wav_dir / f"{index:06d}-{intent}.wav"),
+                )
+            )
+    return clips
+
+
+def _engine_weights(voices: Mapping[str, Sequence[tts.Voice]]) -> tuple[list[str], np.ndarray]:
+    """Engines in name order and their probabilities, 1 + log2(distinct speakers) each, normalised."""
+    engines = sorted(voices)
+    weights = np.array([1.0 + math.log2(len({v.speaker for v in voices[e]})) for e in engines])
+    return engines, weights / weights.sum()
+
+
+def render_clip(clip: Clip, config: channel.ChannelConfig) -> float:
+    """Speak, pass through the telephone channel, write 8 kHz s16 wav; returns the clip's seconds."""
+    samples, rate = tts.render(clip.text, clip.voice, clip.rate, clip.pitch)
+    audio, _ = channel.telephone(samples, rate, np.random.default_rng(clip.channel_seed), config)
+    sf.write(clip.path, audio, channel.TELEPHONE_RATE, subtype="PCM_16", format="WAV")
+    return audio.size / channel.TELEPHONE_RATE
+
+
+def _render_all(clips: Sequence[Clip], config: channel.ChannelConfig, workers: int, progress: bool) -> float:
+    """Render in a pool (spawned workers: safe even when the caller has torch threads running)."""
+    from tqdm import tqdm
+
+    def results() -> Iterator[float]:
+        if workers <= 1:
+            yield from (render_clip(c, config) for c in clips)
+            return
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            yield from pool.map(render_clip, clips, [config] * len(clips), chunksize=MAP_CHUNKSIZE)
+
+    total = 0.0
+    for seconds in tqdm(results(), total=len(clips), desc="synth", unit="clip", disable=not progress):
+        total += seconds
+    return total
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
+    """Create out_dir, or clear an earlier synth output there; refuse to mix into anything else."""
+    out_dir = out_dir.expanduser().resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainError(f"--out {out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / DATASET_MARKER).exists():
+            raise TrainError(
+                f"--out {out_dir} is not empty and holds no earlier synth output; choose another"
+            )
+        for name in (WAV_DIR, *SPLITS):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+        for name in (DATASET_MARKER, INFO_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+    try:
+        (out_dir / WAV_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrainError(f"cannot create --out {out_dir}: {err}") from err
+    if not os.access(out_dir / WAV_DIR, os.W_OK):
+        raise TrainError(f"--out {out_dir} is not writable")
+    return out_dir
+
+
+def _write_dataset(out_dir: Path, intents: IntentSet, clips: Sequence[Clip]) -> None:
+    """MInDS-14's columns plus `voice`, saved with save_to_disk; audio refers to the wavs under out_dir."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise TrainError("synth needs the training extras: pip install 'intentd[train]'") from err
+    features = datasets.Features(
+        {
+            "path": datasets.Value("string"),
+            "audio": datasets.Audio(sampling_rate=channel.TELEPHONE_RATE),
+            "transcription": datasets.Value("string"),
+            "english_transcription": datasets.Value("string"),
+            "intent_class": datasets.ClassLabel(names=list(intents.names)),
+            "lang_id": datasets.ClassLabel(names=[LANG_ID]),
+            "voice": datasets.Value("string"),
+        }
+    )
+    splits = {}
+    for split in SPLITS:
+        rows = [c for c in clips if c.split == split]
+        splits[split] = datasets.Dataset.from_dict(
+            {
+                "path": [c.path for c in rows],
+                "audio": [c.path for c in rows],
+                "transcription": [c.text for c in rows],
+                "english_transcription": [c.text for c in rows],
+                "intent_class": [intents.names.index(c.intent) for c in rows],
+                "lang_id": [0] * len(rows),
+                "voice": [c.voice.id for c in rows],
+            },
+            features=features,
+            split=datasets.NamedSplit(split),
+        )
+    try:
+        datasets.DatasetDict(splits).save_to_disk(str(out_dir))
+    except OSError as err:
+        raise TrainError(f"cannot write dataset to {out_dir}: {err}") from err
+
+
+def synthesize(
+    intents_path: str | Path,
+    out_dir: str | Path,
+    seed: int = 0,
+    per_intent: int = DEFAULT_PER_INTENT,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    engines: Sequence[str] | None = None,
+    workers: int | None = None,
+    codecs: Sequence[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Render a dataset from an intents file into out_dir (wavs + DatasetDict); returns out_dir's absolute path."""
+    if per_intent < 1:
+        raise TrainError(f"--per-intent must be at least 1, not {per_intent}")
+    if not 0 <= test_fraction < 1:
+        raise TrainError(f"--test-fraction must be in [0, 1), not {test_fraction}")
+    started = time.monotonic()
+    intents = load_intents(intents_path)
+    found = tts.available_engines(engines)
+    voices = {e.name: e.voices() for e in found}
+    if codecs is None:
+        codecs = ("none", "mulaw", "gsm") if channel.gsm_available() else ("none", "mulaw")
+    config = channel.ChannelConfig(codecs=tuple(codecs))
+    out = _prepare_out_dir(Path(out_dir))
+
+    rng = np.random.default_rng(seed)
+    sides = split_voices(voices, test_fraction, rng)
+    clips = plan_clips(intents, voices, sides, per_intent, test_fraction, rng, out / WAV_DIR)
+    for engine, vs in voices.items():
+        log.info(
+            "%s: %d voices (%d train, %d test)",
+            engine, len(vs), sum(sides[v] == "train" for v in vs), sum(sides[v] == "test" for v in vs),
+        )  # fmt: skip
+    workers = max(1, workers if workers is not None else os.cpu_count() or 1)
+    log.info("rendering %d clips (%d intents) with %d workers; codecs %s", len(clips), len(intents.names),
+             workers, ", ".join(codecs))  # fmt: skip
+    seconds = _render_all(clips, config, workers, progress)
+    _write_dataset(out, intents, clips)
+    info = {
+        "intents_file": str(Path(intents_path).resolve()),
+        "seed": seed,
+        "per_intent": per_intent,
+        "test_fraction": test_fraction,
+        "channel": asdict(config),
+        "voices": {split: sorted(v.id for v, s in sides.items() if s == split) for split in SPLITS},
+        "clips": {split: sum(c.split == split for c in clips) for split in SPLITS},
+        "audio_seconds": round(seconds, 1),
+    }
+    (out / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    log.info("wrote %s: %d clips, %.0f s of audio, in %.1f s", out, len(clips), seconds,
+             time.monotonic() - started)  # fmt: skip
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `synth` subcommand."""
+    parser = subparsers.add_parser(
+        "synth",
+        help="render a speech dataset from an intents file with local TTS engines",
+        description=__doc__,
+    )
+    parser.add_argument(
+        "--intents", type=Path, default=DEFAULT_INTENTS, help="intents TOML file (default: the MInDS-14 set)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder (wavs + load_from_disk dataset)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same audio and split (default 0)")
+    parser.add_argument(
+        "--per-intent",
+        type=int,
+        default=DEFAULT_PER_INTENT,
+        help=f"clips per intent (default {DEFAULT_PER_INTENT})",
+    )
+    parser.add_argument(
+        "--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+        help=f"share of clips (and of speakers) held out for test (default {DEFAULT_TEST_FRACTION})",
+    )  # fmt: skip
+    parser.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count)")
+    parser.add_argument(
+        "--engines", default=",".join(tts.ENGINES),
+        help=f"comma-separated TTS engines to use where installed (default {','.join(tts.ENGINES)})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--codecs", default=None,
+        help=f"comma-separated channel codecs from {','.join(channel.CODECS)} (default: all that are available)",
+    )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `synth` from parsed arguments."""
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else None
+    synthesize(
+        args.intents,
+        args.out,
+        seed=args.seed,
+        per_intent=args.per_intent,
+        test_fraction=args.test_fraction,
+        engines=engines,
+        workers=args.workers,
+        codecs=codecs,
+        progress=not args.no_progress,
+    )
+    return 0

@@ -1,0 +1,319 @@
+"""Text-to-speech engines found on PATH (espeak-ng, flite, festival) and the voices each one offers."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import soundfile as sf
+
+from train.errors import TrainError
+
+log = logging.getLogger(__name__)
+
+# Seconds one synthesis call may take; festival starts a Lisp interpreter per call (~0.2 s), so this is generous.
+RENDER_TIMEOUT_S = 60.0
+DISCOVERY_TIMEOUT_S = 30.0
+# Written in the `voice` column where a voice has no variant, so the column always has three fields.
+NO_VARIANT = "default"
+
+ESPEAK_DEFAULT_WPM = 175
+ESPEAK_DEFAULT_PITCH = 50  # espeak-ng's -p runs 0..99; 50 is each voice's own pitch
+ESPEAK_MAX_PITCH = 99
+ESPEAK_PROBE_LANGUAGE = "en-us"
+ESPEAK_PROBE_TEXT = "Check my balance."
+# Mean F0 (Hz) these voices are built around, so a pitch factor can be turned into an absolute target.
+FLITE_BASE_F0_HZ = {"kal": 100.0, "kal16": 100.0, "awb": 110.0, "rms": 100.0, "slt": 170.0}
+FLITE_FALLBACK_F0_HZ = 120.0
+FESTIVAL_BASE_F0_HZ = 105.0
+# Voices that are the same person through another engine or rate, kept on one side of the train/test split.
+SAME_SPEAKER = {"kal16": "kal", "kal_diphone": "kal"}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Voice:
+    """One engine voice; `variant` tweaks it (espeak-ng's +m3, +klatt...) and is "" where there is none."""
+
+    engine: str
+    name: str
+    variant: str = ""
+
+    @property
+    def id(self) -> str:
+        """engine/name/variant, the form stored in the dataset's `voice` column."""
+        return f"{self.engine}/{self.name}/{self.variant or NO_VARIANT}"
+
+    @property
+    def speaker(self) -> str:
+        """What makes voices sound like one person: splits by voice hold whole speakers out.
+
+        espeak-ng's variants set the formants (who is speaking) while the language picks the accent, so en-us+m3
+        and en-gb+m3 are one speaker; flite's kal/kal16 and festival's kal_diphone are one recorded speaker.
+        """
+        if self.engine == "espeak-ng":
+            return f"espeak-ng:{self.variant or NO_VARIANT}"
+        return SAME_SPEAKER.get(self.name, self.name)
+
+    @classmethod
+    def parse(cls, voice_id: str) -> Voice:
+        """Inverse of `id`."""
+        engine, name, variant = voice_id.split("/", 2)
+        return cls(engine, name, "" if variant == NO_VARIANT else variant)
+
+
+class Engine(Protocol):
+    """A TTS program: its voices and how to speak a sentence with one of them."""
+
+    name: str
+
+    def voices(self) -> list[Voice]:
+        """Every usable voice, in a stable order."""
+        ...
+
+    def render(self, text: str, voice: Voice, rate: float, pitch: float) -> tuple[np.ndarray, int]:
+        """Speak text: rate and pitch are factors (1.0 = the voice's own); returns float32 mono and its rate."""
+        ...
+
+
+def _run(cmd: Sequence[str], what: str, stdin: str | None = None, timeout: float = RENDER_TIMEOUT_S) -> str:
+    """Run a TTS program; failures become TrainErrors naming the command and its stderr."""
+    try:
+        proc = subprocess.run(
+            list(cmd), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise TrainError(f"{what}: {err}") from err
+    if proc.returncode != 0:
+        raise TrainError(f"{what}: {cmd[0]} exited with {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return proc.stdout
+
+
+def _read_wav(path: Path, what: str) -> tuple[np.ndarray, int]:
+    """Read a rendered file as float32 mono; empty output is an error (a voice that cannot say the text)."""
+    try:
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError, sf.LibsndfileError) as err:
+        raise TrainError(f"{what}: unreadable output: {err}") from err
+    if samples.shape[0] == 0:
+        raise TrainError(f"{what}: produced no audio")
+    return np.ascontiguousarray(samples.mean(axis=1), dtype=np.float32), int(rate)
+
+
+class EspeakNg:
+    """espeak-ng: a few English accents times ~100 voice variants (formant sets)."""
+
+    name = "espeak-ng"
+
+    def __init__(self, binary: str = "espeak-ng") -> None:
+        self.binary = binary
+
+    def voices(self) -> list[Voice]:
+        """English accents (MBROLA ones only when mbrola is installed) crossed with every variant."""
+        languages = _espeak_languages(self.binary)
+        variants = _espeak_variants(self.binary)
+        return [Voice(self.name, lang, var) for lang in languages for var in ("", *variants)]
+
+    def render(self, text: str, voice: Voice, rate: float, pitch: float) -> tuple[np.ndarray, int]:
+        """espeak-ng -s words-per-minute, -p 0..99 (roughly linear in F0 around the default 50)."""
+        name = f"{voice.name}+{voice.variant}" if voice.variant else voice.name
+        wpm = max(80, round(ESPEAK_DEFAULT_WPM * rate))
+        p = int(np.clip(round(ESPEAK_DEFAULT_PITCH * pitch), 0, ESPEAK_MAX_PITCH))
+        with tempfile.TemporaryDirectory(prefix="intentd-tts-") as tmp:
+            out = Path(tmp) / "out.wav"
+            # Text on stdin: a sentence starting with "-" must not be read as an option.
+            cmd = [self.binary, "-v", name, "-s", str(wpm), "-p", str(p), "-w", str(out), "--stdin"]
+            what = f"espeak-ng voice {voice.id} saying {text!r}"
+            _run(cmd, what, stdin=text)
+            return _read_wav(out, what)
+
+
+@cache
+def _espeak_languages(binary: str) -> tuple[str, ...]:
+    """Language names of the installed English voices; MBROLA voices need the mbrola program and its data."""
+    listing = _run([binary, "--voices=en"], "espeak-ng --voices=en", timeout=DISCOVERY_TIMEOUT_S)
+    has_mbrola = shutil.which("mbrola") is not None
+    names: list[str] = []
+    for line in listing.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        language, voice_file = fields[1], fields[4]
+        if voice_file.startswith("mb/"):
+            if has_mbrola:
+                names.append(voice_file.removeprefix("mb/"))
+            continue
+        # Generic "en" entries are the MBROLA foreign-accent voices; language names select the gmw/ voices.
+        if language.startswith("en") and language not in names:
+            names.append(language)
+    return tuple(names)
+
+
+@cache
+def _espeak_variants(binary: str) -> tuple[str, ...]:
+    """Variant file names (m1, f3, klatt, ...) usable after '+'."""
+    listing = _run([binary, "--voices=variant"], "espeak-ng --voices=variant", timeout=DISCOVERY_TIMEOUT_S)
+    variants: list[str] = []
+    for line in listing.splitlines()[1:]:
+        if "!v/" not in line:
+            continue
+        file_name = re.sub(r"\s+\(.*\)\s*$", "", line.split("!v/", 1)[1]).strip()
+        # "Mr serious" has a space, which the '+variant' syntax cannot carry.
+        if file_name and " " not in file_name and file_name not in variants:
+            variants.append(file_name)
+    return _distinct_variants(binary, variants)
+
+
+def _distinct_variants(binary: str, variants: Sequence[str]) -> tuple[str, ...]:
+    """Drop variants that sound exactly like an earlier one (caleb = klatt6; fast = default once -s is given).
+
+    Identical voices under two names would let one "speaker" sit on both sides of a voice-disjoint split.
+    """
+    kept: list[str] = []
+    seen: set[bytes] = set()
+    with tempfile.TemporaryDirectory(prefix="intentd-tts-") as tmp:
+        for variant in ("", *variants):
+            out = Path(tmp) / "probe.wav"
+            name = f"{ESPEAK_PROBE_LANGUAGE}+{variant}" if variant else ESPEAK_PROBE_LANGUAGE
+            cmd = [binary, "-v", name, "-s", str(ESPEAK_DEFAULT_WPM), "-w", str(out), ESPEAK_PROBE_TEXT]
+            try:
+                _run(cmd, f"espeak-ng variant {variant!r}", timeout=DISCOVERY_TIMEOUT_S)
+            except TrainError as err:
+                log.info("espeak-ng variant %r skipped: %s", variant, err)
+                continue
+            digest = hashlib.sha256(out.read_bytes()).digest()
+            if digest in seen:
+                log.debug("espeak-ng variant %r skipped: sounds like an earlier one", variant)
+            elif variant:
+                kept.append(variant)
+            seen.add(digest)
+    return tuple(kept)
+
+
+class Flite:
+    """flite: CMU's small synthesizer with a handful of built-in voices."""
+
+    name = "flite"
+    # Limited-domain voices speak only their domain (awb_time says clock times) and mangle anything else.
+    LIMITED_DOMAIN_SUFFIX = "_time"
+
+    def __init__(self, binary: str = "flite") -> None:
+        self.binary = binary
+
+    def voices(self) -> list[Voice]:
+        """Voices from `flite -lv`, less limited-domain ones."""
+        return [Voice(self.name, v) for v in _flite_voices(self.binary)]
+
+    def render(self, text: str, voice: Voice, rate: float, pitch: float) -> tuple[np.ndarray, int]:
+        """flite --setf duration_stretch / int_f0_target_mean (the rms voice ignores the F0 target)."""
+        f0 = FLITE_BASE_F0_HZ.get(voice.name, FLITE_FALLBACK_F0_HZ) * pitch
+        with tempfile.TemporaryDirectory(prefix="intentd-tts-") as tmp:
+            src, out = Path(tmp) / "in.txt", Path(tmp) / "out.wav"
+            src.write_text(text, encoding="utf-8")
+            cmd = [
+                self.binary, "-voice", voice.name,
+                "--setf", f"duration_stretch={1.0 / rate:.4f}",
+                "--setf", f"int_f0_target_mean={f0:.1f}",
+                "-f", str(src), "-o", str(out),
+            ]  # fmt: skip
+            what = f"flite voice {voice.id} saying {text!r}"
+            _run(cmd, what)
+            return _read_wav(out, what)
+
+
+@cache
+def _flite_voices(binary: str) -> tuple[str, ...]:
+    listing = _run([binary, "-lv"], "flite -lv", timeout=DISCOVERY_TIMEOUT_S)
+    _, _, names = listing.partition(":")
+    return tuple(n for n in names.split() if not n.endswith(Flite.LIMITED_DOMAIN_SUFFIX))
+
+
+class Festival:
+    """festival via text2wave; Debian ships kal_diphone (festvox-kallpc16k), more voices are other packages."""
+
+    name = "festival"
+
+    def __init__(self, binary: str = "text2wave", festival: str = "festival") -> None:
+        self.binary = binary
+        self.festival = festival
+
+    def voices(self) -> list[Voice]:
+        """Installed voices as festival itself lists them."""
+        return [Voice(self.name, v) for v in _festival_voices(self.festival)]
+
+    def render(self, text: str, voice: Voice, rate: float, pitch: float) -> tuple[np.ndarray, int]:
+        """text2wave with Duration_Stretch and, for voices using linear-regression intonation, a new F0 mean."""
+        f0 = FESTIVAL_BASE_F0_HZ * pitch
+        # The voice is selected first: selecting a voice resets int_lr_params to the voice's own.
+        setup = (
+            f"(begin (voice_{voice.name}) (Parameter.set 'Duration_Stretch {1.0 / rate:.4f}) "
+            f"(set! int_lr_params '((target_f0_mean {f0:.1f}) (target_f0_std 14) "
+            f"(model_f0_mean 170) (model_f0_std 34))))"
+        )
+        with tempfile.TemporaryDirectory(prefix="intentd-tts-") as tmp:
+            out = Path(tmp) / "out.wav"
+            what = f"festival voice {voice.id} saying {text!r}"
+            _run([self.binary, "-eval", setup, "-o", str(out)], what, stdin=text)
+            return _read_wav(out, what)
+
+
+@cache
+def _festival_voices(festival: str) -> tuple[str, ...]:
+    listing = _run(
+        [festival, "--batch", "(print (voice.list))"], "festival (voice.list)", timeout=DISCOVERY_TIMEOUT_S
+    )
+    match = re.search(r"\(([^()]*)\)", listing)
+    return tuple(match.group(1).split()) if match else ()
+
+
+# Engine name -> (factory, programs it needs on PATH).
+ENGINES: dict[str, tuple[type[EspeakNg | Flite | Festival], tuple[str, ...]]] = {
+    "espeak-ng": (EspeakNg, ("espeak-ng",)),
+    "flite": (Flite, ("flite",)),
+    "festival": (Festival, ("festival", "text2wave")),
+}
+
+
+def engine_by_name(name: str) -> Engine:
+    """A fresh engine object (cheap; workers build their own instead of receiving one)."""
+    try:
+        factory, _ = ENGINES[name]
+    except KeyError as err:
+        raise TrainError(f"unknown TTS engine {name!r} (known: {', '.join(ENGINES)})") from err
+    return factory()
+
+
+def available_engines(names: Iterable[str] | None = None) -> list[Engine]:
+    """The requested engines (default all) that are installed; absent ones are logged, none at all is an error."""
+    wanted = list(names) if names is not None else list(ENGINES)
+    found: list[Engine] = []
+    for name in wanted:
+        engine = engine_by_name(name)
+        missing = [p for p in ENGINES[name][1] if shutil.which(p) is None]
+        if missing:
+            log.info("TTS engine %s skipped: %s not on PATH", name, ", ".join(missing))
+            continue
+        if not engine.voices():
+            log.info("TTS engine %s skipped: it lists no usable voices", name)
+            continue
+        found.append(engine)
+    if not found:
+        raise TrainError(
+            f"no TTS engine available (tried {', '.join(wanted)}); "
+            "install e.g. `apt-get install espeak-ng flite festival festvox-kallpc16k`"
+        )
+    return found
+
+
+def render(text: str, voice: Voice, rate: float = 1.0, pitch: float = 1.0) -> tuple[np.ndarray, int]:
+    """Speak text with a voice: float32 mono samples and their sample rate."""
+    return engine_by_name(voice.engine).render(text, voice, rate, pitch)
