@@ -23,6 +23,11 @@ class Notifier:
         # A leading '@' names a socket in the abstract namespace.
         self._address = "\0" + address[1:] if address.startswith("@") else address
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        # Never block: sends run on the event loop, and a notify reader that falls max_dgram_qlen (often 10)
+        # datagrams behind would otherwise freeze the whole daemon, signal handling included.
+        self._sock.setblocking(False)
+        self._backlogged = False
+        self.dropped = 0
 
     @property
     def enabled(self) -> bool:
@@ -37,8 +42,17 @@ class Notifier:
         with self._lock:
             try:
                 self._sock.sendto(message, self._address)
+            except BlockingIOError:
+                # The receiver is not reading; a lost STATUS or WATCHDOG matters less than a frozen loop.
+                self.dropped += 1
+                if not self._backlogged:
+                    log.warning("systemd is not reading notifications at %s; dropping them until it does",
+                                self._address.lstrip("\0"))
+                self._backlogged = True
             except OSError as err:
                 log.warning("cannot notify systemd at %s: %s", self._address.lstrip("\0"), err)
+            else:
+                self._backlogged = False
 
     def ready(self, status: str | None = None) -> None:
         """The service is up: model warm, sockets bound."""
