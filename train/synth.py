@@ -162,8 +162,12 @@ def _render_all(clips: Sequence[Clip], config: channel.ChannelConfig, workers: i
             yield from (render_clip(c, config) for c in clips)
             return
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        try:
             yield from pool.map(render_clip, clips, [config] * len(clips), chunksize=MAP_CHUNKSIZE)
+        finally:
+            # map() queued every clip up front; on a failure or Ctrl-C, drop the rest instead of rendering it.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     total = 0.0
     for seconds in tqdm(results(), total=len(clips), desc="synth", unit="clip", disable=not progress):
@@ -194,7 +198,7 @@ def _prepare_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _write_dataset(out_dir: Path, intents: IntentSet, clips: Sequence[Clip]) -> None:
+def _write_dataset(out_dir: Path, intents: IntentSet, clips: Sequence[Clip], progress: bool) -> None:
     """MInDS-14's columns plus `voice`, saved with save_to_disk; audio refers to the wavs under out_dir."""
     try:
         import datasets
@@ -227,10 +231,17 @@ def _write_dataset(out_dir: Path, intents: IntentSet, clips: Sequence[Clip]) -> 
             features=features,
             split=datasets.NamedSplit(split),
         )
+    # datasets' progress switch is process-wide: put it back as it was.
+    bars_were_on = datasets.is_progress_bar_enabled()
+    if not progress:
+        datasets.disable_progress_bars()
     try:
         datasets.DatasetDict(splits).save_to_disk(str(out_dir))
     except OSError as err:
         raise TrainError(f"cannot write dataset to {out_dir}: {err}") from err
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
 
 
 def synthesize(
@@ -270,7 +281,7 @@ def synthesize(
     log.info("rendering %d clips (%d intents) with %d workers; codecs %s", len(clips), len(intents.names),
              workers, ", ".join(codecs))  # fmt: skip
     seconds = _render_all(clips, config, workers, progress)
-    _write_dataset(out, intents, clips)
+    _write_dataset(out, intents, clips, progress)
     info = {
         "intents_file": str(Path(intents_path).resolve()),
         "seed": seed,
