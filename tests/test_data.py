@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import TONE_LABELS, tone_clip, write_tone_folder, write_tone_saved
+
 from train import audio_io
 from train.data import detect_source, iter_clips, load_labelled, max_samples_for, prepare_features
 from train.errors import TrainError

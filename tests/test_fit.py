@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_tone_folder
+
 from train import frozen
 from train.data import iter_clips, load_labelled, prepare_features
 from train.errors import TrainError
@@ -26,10 +26,10 @@ def fit_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _settings(data: Path, base: Path, out: Path, **overrides: object) -> FitSettings:
-    values: dict[str, object] = dict(
-        dataset=str(data), base_model=str(base), out=str(out), epochs=8, batch_size=8, seed=SEED,
-        learning_rate=1e-2,
-    )
+    values: dict[str, object] = {
+        "dataset": str(data), "base_model": str(base), "out": str(out), "epochs": 8, "batch_size": 8,
+        "seed": SEED, "learning_rate": 1e-2,
+    }
     values.update(overrides)
     return FitSettings(**values)  # type: ignore[arg-type]
 

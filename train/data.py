@@ -219,7 +219,7 @@ def max_samples_for(extractor: Any, max_seconds: float) -> int:
     n_samples = getattr(extractor, "n_samples", None)
     if n_samples:
         return int(n_samples)
-    return int(round(max_seconds * MODEL_SAMPLE_RATE))
+    return round(max_seconds * MODEL_SAMPLE_RATE)
 
 
 def extract(extractor: Any, clips: list[np.ndarray], max_samples: int) -> dict[str, Any]:

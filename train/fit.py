@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from train.data import DEFAULT_MAX_SECONDS, DEFAULT_TEST_FRACTION, LabelledSplits, load_labelled, prepare_features
+from train.data import (
+    DEFAULT_MAX_SECONDS,
+    DEFAULT_TEST_FRACTION,
+    LabelledSplits,
+    load_labelled,
+    prepare_features,
+)
 from train.errors import TrainError
 from train.frozen import DEFAULT_LEARNING_RATES, DEFAULT_UNFREEZE_TOP, TRAIN_MODES
 
@@ -137,6 +143,7 @@ def _training_arguments(s: FitSettings, checkpoints: Path) -> Any:
     from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available()
+    assert s.learning_rate and s.eval_batch_size and s.grad_accumulation, "settings not resolved"
     return TrainingArguments(
         output_dir=str(checkpoints),
         eval_strategy="epoch",

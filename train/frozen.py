@@ -37,11 +37,11 @@ CACHE_BATCH_SIZE = 16
 _W2V_BASES = ("wav2vec2", "hubert", "wavlm", "data2vec_audio", "unispeech", "unispeech_sat", "sew", "sew_d")
 
 
-def _is_whisper(model: nn.Module) -> bool:
+def _is_whisper(model: Any) -> bool:
     return type(model).__name__ == "WhisperForAudioClassification"
 
 
-def _w2v_base(model: nn.Module) -> nn.Module | None:
+def _w2v_base(model: Any) -> nn.Module | None:
     """The wav2vec2-family base model inside a *ForSequenceClassification, or None for other architectures."""
     if not (hasattr(model, "projector") and hasattr(model, "classifier")):
         return None
@@ -52,13 +52,13 @@ def _w2v_base(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
+def encoder_layers(model: Any) -> nn.ModuleList:
     """The stack of transformer layers whose top N `top` mode trains."""
     if _is_whisper(model):
-        return model.encoder.layers  # type: ignore[return-value]
-    base = _w2v_base(model)
+        return model.encoder.layers
+    base: Any = _w2v_base(model)
     if base is not None:
-        return base.encoder.layers  # type: ignore[return-value]
+        return base.encoder.layers
     for module in model.modules():  # AST and other ViT-style encoders: the first ModuleList named layer(s)
         for name, child in module.named_children():
             if name in ("layer", "layers") and isinstance(child, nn.ModuleList):
@@ -66,7 +66,7 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
     raise TrainError(f"cannot find the encoder layers of {type(model).__name__}; use --train-mode head or full")
 
 
-def _head_parameter_names(model: nn.Module) -> list[str]:
+def _head_parameter_names(model: Any) -> list[str]:
     """Parameters outside the base encoder: projector, classifier, layer weights (and AST's classifier)."""
     base_prefixes = ("encoder.",) if _is_whisper(model) else tuple(f"{n}." for n in _W2V_BASES) + (
         "audio_spectrogram_transformer.",
@@ -74,7 +74,7 @@ def _head_parameter_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_parameters() if not name.startswith(base_prefixes)]
 
 
-def apply_train_mode(model: nn.Module, mode: str, unfreeze_top: int) -> dict[str, int]:
+def apply_train_mode(model: Any, mode: str, unfreeze_top: int) -> dict[str, int]:
     """Set requires_grad for a mode; returns trainable/total parameter counts."""
     if mode not in TRAIN_MODES:
         raise TrainError(f"unknown train mode {mode!r}; choose one of {', '.join(TRAIN_MODES)}")
@@ -105,7 +105,7 @@ def apply_train_mode(model: nn.Module, mode: str, unfreeze_top: int) -> dict[str
     return {"trainable": trainable, "total": total}
 
 
-def can_cache(model: nn.Module, mode: str) -> bool:
+def can_cache(model: Any, mode: str) -> bool:
     """Whether this model/mode has a cached fast path (else Trainer runs the full model with frozen weights)."""
     if mode == "head":
         return _is_whisper(model) or _w2v_base(model) is not None
@@ -124,7 +124,7 @@ def _output(loss: torch.Tensor | None, logits: torch.Tensor) -> dict[str, torch.
 class PooledHead(nn.Module):
     """projector -> classifier over cached pooled states (batch, layers, d); the full model's own modules."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.projector = model.projector
         self.classifier = model.classifier
@@ -134,7 +134,7 @@ class PooledHead(nn.Module):
         self.layer_weights = model.layer_weights if self.weighted else None
 
     def forward(self, pooled: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        if self.weighted:
+        if self.layer_weights is not None:
             weights = nn.functional.softmax(self.layer_weights, dim=-1)
             hidden = (pooled * weights.view(1, -1, 1)).sum(dim=1)
         else:
@@ -147,7 +147,7 @@ class PooledHead(nn.Module):
 class WhisperTop(nn.Module):
     """The top N Whisper encoder layers + final norm + head, over cached hidden states entering layer L-N."""
 
-    def __init__(self, model: nn.Module, unfreeze_top: int) -> None:
+    def __init__(self, model: Any, unfreeze_top: int) -> None:
         super().__init__()
         layers = model.encoder.layers
         self.layers = nn.ModuleList(layers[len(layers) - unfreeze_top :])
@@ -165,7 +165,7 @@ class WhisperTop(nn.Module):
         return _output(loss, logits)
 
 
-def small_module(model: nn.Module, mode: str, unfreeze_top: int) -> nn.Module:
+def small_module(model: Any, mode: str, unfreeze_top: int) -> nn.Module:
     """The module Trainer trains on the cache for a cacheable mode."""
     if mode == "head":
         return PooledHead(model)
@@ -192,7 +192,7 @@ class CachedSplit(torch.utils.data.Dataset):
         return {self.input_name: self.inputs[i], "labels": self.labels[i]}
 
 
-def _whisper_prefix(model: nn.Module, features: torch.Tensor, n_frozen_layers: int) -> torch.Tensor:
+def _whisper_prefix(model: Any, features: torch.Tensor, n_frozen_layers: int) -> torch.Tensor:
     """WhisperEncoder.forward up to (not including) layer n_frozen_layers, in eval mode."""
     enc = model.encoder
     h = nn.functional.gelu(enc.conv1(features))
@@ -204,7 +204,7 @@ def _whisper_prefix(model: nn.Module, features: torch.Tensor, n_frozen_layers: i
     return h
 
 
-def _pooled_states(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _pooled_states(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(batch, layers, d) mean-pooled encoder states: all layers if weighted layer sum, else the last one."""
     weighted = bool(model.config.use_weighted_layer_sum)
     if _is_whisper(model):
@@ -236,7 +236,7 @@ def _batches(features: Any, batch_size: int) -> Iterator[dict[str, torch.Tensor]
 
 @torch.no_grad()
 def build_cache(
-    model: nn.Module, features: Any, mode: str, unfreeze_top: int, batch_size: int = CACHE_BATCH_SIZE
+    model: Any, features: Any, mode: str, unfreeze_top: int, batch_size: int = CACHE_BATCH_SIZE
 ) -> tuple[CachedSplit, dict[str, float]]:
     """Run the frozen prefix once per clip of a feature dataset; returns the cache and its speed."""
     was_training = model.training

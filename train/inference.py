@@ -117,7 +117,7 @@ class PipelineClassifier:
             self.pipe = pipeline("audio-classification", model=str(path), device="cpu")
         except (OSError, ValueError, KeyError) as err:
             raise TrainError(f"cannot load model folder {path} into a pipeline: {err}") from err
-        self.num_labels = int(self.pipe.model.config.num_labels)
+        self.num_labels = len(self.pipe.model.config.id2label or {})
 
     def top_k(self, clip: np.ndarray, rate: int, k: int) -> list[Ranked]:
         """Best k labels for one mono clip at any rate (the pipeline resamples)."""
