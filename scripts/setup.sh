@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 
 APT_PACKAGES=(
   ffmpeg                 # torchcodec (datasets audio decoding) and the pipeline's file input
-  espeak-ng flite festival festvox-kallpc16k  # TTS engines for `intentd-train synth`
+  espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts  # TTS engines for synth
   sox libsox-fmt-all     # telephone channel shaping
   libportaudio2          # sounddevice
   pulseaudio pulseaudio-utils alsa-utils libasound2-plugins  # virtual capture device for tests

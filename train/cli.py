@@ -1,0 +1,46 @@
+"""`intentd-train` entry point: one parser, one subcommand per module, one place that turns errors into a line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from train.errors import TrainError
+
+# Each module exposes register(subparsers) and sets `func` on its parser; imported lazily-by-name here so a
+# broken optional dependency of one subcommand names itself instead of breaking the whole CLI.
+SUBCOMMAND_MODULES = ("train.backbones", "train.synth", "train.fit", "train.evaluation", "train.predict")
+
+log = logging.getLogger("intentd-train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="intentd-train", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; bad input ends with one `error:` line and exit status 2, never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except TrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
