@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, SourceError
 
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
@@ -195,6 +195,15 @@ def _check_cross_field(s: Settings) -> None:
         raise ConfigError("vad.min_utterance_ms must be below vad.max_utterance_ms")
     if not s.sources.listen:
         raise ConfigError("sources.listen is empty: give at least one audio source URI")
+    # A mistyped URI is a configuration error (exit 78, no restart), not an unavailable device (69): parse
+    # them here, before the model loads, rather than when the sources start.
+    from daemon.sources.uri import parse_source_uri  # stdlib only
+
+    for uri in s.sources.listen:
+        try:
+            parse_source_uri(uri)
+        except SourceError as err:
+            raise ConfigError(f"sources.listen: {err}") from err
 
 
 def load(path: str | Path | None) -> Settings:
@@ -223,7 +232,10 @@ def replace(settings: Settings, **overrides: Any) -> Settings:
         section, key = dotted.split(".", 1)
         sections.setdefault(section, {})[key] = value
     changed = {name: dataclasses.replace(getattr(settings, name), **kv) for name, kv in sections.items()}
-    return dataclasses.replace(settings, **changed)
+    updated = dataclasses.replace(settings, **changed)
+    # Overrides (CLI flags) get the same cross-field checks as the file, e.g. --listen URIs are parsed.
+    _check_cross_field(updated)
+    return updated
 
 
 def documented_fields() -> list[tuple[str, str, Any, dict[str, Any]]]:
