@@ -7,6 +7,7 @@ Every field carries its documentation, unit and allowed range in its metadata, s
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,9 @@ def _convert(key: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any:
         raise TypeError(f"no converter for {key}: {hint}")
     if not ok:
         raise ConfigError(f"{key} must be {expected[hint]}, got {value!r}")
+    # TOML has nan and inf; nan compares false with every bound and would slip through the range check.
+    if hint is float and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
     if lo is not None and value < lo or hi is not None and value > hi:
         raise ConfigError(f"{key} = {value!r} is out of range {lo}..{hi}")
