@@ -113,6 +113,7 @@ class Service:
         self._sources: list[Source] = []
         self._streams: StreamTable | None = None
         self._stop: asyncio.Event | None = None  # made on the loop in _main
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._reload_requested: asyncio.Event | None = None
         self._reloading = False
         self._publish_failed: str | None = None
@@ -136,7 +137,7 @@ class Service:
     # -- the pipeline --------------------------------------------------------------------------------------
 
     async def _main(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -332,9 +333,10 @@ class Service:
         self._stop.set()
 
     def request_stop(self) -> None:
-        """Ask a running service to drain and stop (thread-safe via the loop)."""
-        assert self._stop is not None
-        self._stop.set()
+        """Ask a running service to drain and stop; callable from any thread."""
+        assert self._stop is not None and self._loop is not None
+        # asyncio.Event is not thread-safe: set() from another thread would not wake the loop's waiter.
+        self._loop.call_soon_threadsafe(self._stop.set)
 
     async def _teardown(self, drain: bool) -> int:
         self.notifier.stopping()
