@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -87,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("configuration error: %s", err)
         return EXIT_CONFIG
     logs.configure(settings.service.log_level)
+    # transformers draws "Loading weights" progress bars on stderr: noise in a daemon's log, and lines without
+    # a priority prefix under journald. Set before transformers is imported (it reads this once).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     from daemon.service import Service  # heavy imports (torch) only once the config is known to be good
 
