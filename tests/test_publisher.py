@@ -119,9 +119,13 @@ def test_slow_subscriber_never_blocks_publish() -> None:
             context.term()
 
 
-def test_publish_is_thread_safe(publisher: Publisher) -> None:
+def test_publish_is_thread_safe() -> None:
     threads_n, per_thread = 4, 500
-    with Subscriber(publisher.endpoint, recv_timeout_s=RECV_TIMEOUT_S) as sub:
+    # The subscriber reads only after the threads finish: the HWM must hold everything (no drops here).
+    with (
+        Publisher("tcp://127.0.0.1:*", sndhwm=100_000) as publisher,
+        Subscriber(publisher.endpoint, recv_timeout_s=RECV_TIMEOUT_S) as sub,
+    ):
         assert sub.wait_connected(SYNC_TIMEOUT_S, poke=lambda: probe(publisher))
         base = publisher.seq
         seqs: list[list[int]] = [[] for _ in range(threads_n)]
