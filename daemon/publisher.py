@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import zmq
 
@@ -36,7 +36,9 @@ def check_uri(uri: str) -> None:
     if uri.startswith("tcp://"):
         host, sep, port = rest.rpartition(":")
         if not sep or not host or not (port == "*" or port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigError(f"publisher.uri {uri!r}: expected tcp://HOST:PORT with a port in 1-65535 (or *)")
+            raise ConfigError(
+                f"publisher.uri {uri!r}: expected tcp://HOST:PORT with a port in 1-65535 (or *)"
+            )
 
 
 class Publisher:
@@ -110,7 +112,7 @@ class Publisher:
         if self._own_context:
             self._context.term()
 
-    def __enter__(self) -> Publisher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import pytest
@@ -223,9 +224,12 @@ class _Lines:
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.queue: queue.Queue[str] = queue.Queue()
         assert proc.stdout is not None
-        stdout = proc.stdout
-        self.thread = threading.Thread(target=lambda: [self.queue.put(line) for line in stdout], daemon=True)
+        self.thread = threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True)
         self.thread.start()
+
+    def _pump(self, stdout: IO[str]) -> None:
+        for line in stdout:
+            self.queue.put(line)
 
     def get(self, timeout_s: float = RECV_TIMEOUT_S) -> str:
         return self.queue.get(timeout=timeout_s)
@@ -254,7 +258,7 @@ def test_intentd_sub_prints_json_lines_and_exits_cleanly_on_ctrl_c(publisher: Pu
         sync_seq = publisher.seq
         sent = [publisher.publish_message(_intent("a.wav", i)) for i in range(3)]
         sent.append(publisher.publish_message(events.error_message("a.wav", "boom", error="AudioError")))
-        printed = []
+        printed: list[dict[str, Any]] = []
         while len(printed) < len(sent):
             record = json.loads(lines.get())
             if record["topic"] == "status" and record["seq"] <= sync_seq:
