@@ -92,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a priority prefix under journald. Set before transformers is imported (it reads this once).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+    from daemon.publisher import PublisherError
     from daemon.service import Service  # heavy imports (torch) only once the config is known to be good
 
     try:
@@ -110,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NO_MODEL
     except SourceError as err:
         log.error("audio source error: %s", err)
+        return EXIT_UNAVAILABLE
+    except PublisherError as err:  # the event socket is busy: as unavailable as a busy audio port
+        log.error("%s", err)
         return EXIT_UNAVAILABLE
     except IntentdError as err:
         log.error("%s", err)
