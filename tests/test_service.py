@@ -44,7 +44,7 @@ IDLE_TIMEOUT_S = 1.0
 MAX_UTTERANCE_MS = 2500
 EVENT_TIMEOUT_S = 60.0
 REPLY_TIMEOUT_S = 30.0
-EXIT_CONFIG, EXIT_NO_MODEL = 78, 66
+EXIT_CONFIG, EXIT_NO_MODEL, EXIT_UNAVAILABLE = 78, 66, 69
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +304,16 @@ def test_check_validates_model_and_sources(tmp_path: Path, model_dir: Path) -> N
     uri = run_intentd("--model", str(model_dir), "--listen", "carrier-pigeon://home", "--check")
     assert uri.returncode == EXIT_CONFIG, uri
     assert "carrier-pigeon" in uri.stderr
+
+
+def test_busy_ports_exit_69_with_one_line(tmp_path: Path, model_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        uri = f"tcp://127.0.0.1:{busy.getsockname()[1]}"
+        for flag, other, word in (("--publish", "--listen", "event publisher"), ("--listen", "--publish", "listen")):
+            free = "tcp://127.0.0.1:0" if other == "--listen" else "tcp://127.0.0.1:*"
+            done = run_intentd("--model", str(model_dir), flag, uri, other, free)
+            assert done.returncode == EXIT_UNAVAILABLE, done
+            lines = [line for line in error_lines(done) if "ERROR" in line]
+            assert len(lines) == 1 and uri in lines[0] and word in lines[0], lines
