@@ -365,7 +365,7 @@ def speech_clips(count: int, tmp: Path, seed: int = 0) -> list[np.ndarray]:
 
 def silence(seconds: float, rate: int = SPEECH_RATE) -> np.ndarray:
     """Digital silence (webrtcvad calls it non-speech at every aggressiveness)."""
-    return np.zeros(int(round(seconds * rate)), dtype=np.float32)
+    return np.zeros(round(seconds * rate), dtype=np.float32)
 
 
 def write_speech_wav(path: Path, clips: Sequence[np.ndarray], gap_s: float = 1.0, lead_s: float = 0.5,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,16 @@ import soundfile as sf
 from clients.subscriber import Subscriber
 from daemon import events
 from daemon.classifier import MODEL_ID_HASH_CHARS, weights_digest
-from tests.daemon_proc import SPEECH_RATE, DaemonProc, collect, run_cli, running_daemon, send_files, \
-    speech_clips, write_speech_wav
+from tests.daemon_proc import (
+    SPEECH_RATE,
+    DaemonProc,
+    collect,
+    run_cli,
+    running_daemon,
+    send_files,
+    speech_clips,
+    write_speech_wav,
+)
 from tests.tiny_models import TINY_LABELS, build_tiny_whisper
 
 pytestmark = pytest.mark.slow
@@ -92,7 +101,7 @@ def test_intent_events_per_stream_in_order_with_contiguous_seq(
         assert [e.utterance for e in evs] == list(range(len(evs)))
         starts = [e.start_s for e in evs]
         assert starts == sorted(starts) and len(set(starts)) == len(starts)
-        for prev, e in zip(evs, evs[1:]):
+        for prev, e in itertools.pairwise(evs):
             assert e.start_s >= prev.end_s, f"{sid}: utterances overlap"
         for e in evs:
             assert e.label in TINY_LABELS and e.topic == events.intent_topic(e.label)
