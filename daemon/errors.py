@@ -23,5 +23,9 @@ class AudioError(IntentdError):
     """Audio that cannot be used: wrong rate, format or frame size, NaN/inf samples, unreadable file."""
 
 
-class SourceError(IntentdError):
+class UnavailableError(IntentdError):
+    """A resource the daemon needs is busy or absent right now (a port in use, a device gone): a restart may help."""
+
+
+class SourceError(UnavailableError):
     """An audio source (microphone, socket, file) failed or has a bad URI."""

@@ -8,8 +8,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from daemon import logs, settings as settings_mod
-from daemon.errors import ConfigError, IntentdError, ModelError, SourceError
+from daemon import logs
+from daemon import settings as settings_mod
+from daemon.errors import ConfigError, IntentdError, ModelError, SourceError, UnavailableError
 
 log = logging.getLogger("intentd")
 
@@ -92,7 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a priority prefix under journald. Set before transformers is imported (it reads this once).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-    from daemon.publisher import PublisherError
     from daemon.service import Service  # heavy imports (torch) only once the config is known to be good
 
     try:
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SourceError as err:
         log.error("audio source error: %s", err)
         return EXIT_UNAVAILABLE
-    except PublisherError as err:  # the event socket is busy: as unavailable as a busy audio port
+    except UnavailableError as err:  # a busy event or metrics port: a restart may succeed later
         log.error("%s", err)
         return EXIT_UNAVAILABLE
     except IntentdError as err:

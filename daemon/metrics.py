@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Metrics:
         try:
             server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
         except OSError as err:
-            raise ConfigError(f"metrics.listen = {listen!r} cannot be bound: {err.strerror}") from err
+            raise UnavailableError(f"metrics.listen = {listen!r} cannot be bound: {err.strerror}") from err
         self._server = server
         bound = server.server_address
         log.info("metrics on http://%s:%d/metrics", bound[0], bound[1])

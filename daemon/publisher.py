@@ -12,7 +12,7 @@ from typing import Any, Final, Self
 import zmq
 
 from daemon import events
-from daemon.errors import ConfigError, IntentdError
+from daemon.errors import ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ DEFAULT_LINGER_MS: Final = 1000
 SCHEMES: Final = ("tcp://", "ipc://")
 
 
-class PublisherError(IntentdError):
+class PublisherError(UnavailableError):
     """The event socket cannot be bound (address in use, no permission); the message names the URI."""
 
 

@@ -109,8 +109,9 @@ class ServiceSettings:
                              choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     drain_timeout_s: float = setting(20.0, "on SIGTERM, seconds to classify and publish what was heard",
                                      lo=0.1, hi=600.0)
+    # The batcher's idle loop wakes every 0.5 s, so anything near that would call an idle daemon stuck.
     stall_s: float = setting(10.0, "a batch running longer than this counts as stuck: watchdog pings stop",
-                             lo=0.5, hi=3600.0)
+                             lo=2.0, hi=3600.0)
 
 
 @dataclass(frozen=True, slots=True)

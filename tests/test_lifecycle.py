@@ -246,7 +246,7 @@ def test_watchdog_stops_while_a_batch_is_stuck_and_resumes_after(
     settings = settings_mod.from_dict({
         "sources": {"listen": ["tcp://127.0.0.1:0"]},
         "publisher": {"uri": f"tcp://127.0.0.1:{events_port}", "status_interval_s": 0.2},
-        "service": {"stall_s": 1.0},
+        "service": {"stall_s": 2.0},
     })
     engine = BlockingEngine()
     notify = NotifySocket()
