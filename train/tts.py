@@ -36,8 +36,10 @@ ESPEAK_PROBE_TEXT = "Check my balance."
 FLITE_BASE_F0_HZ = {"kal": 100.0, "kal16": 100.0, "awb": 110.0, "rms": 100.0, "slt": 170.0}
 FLITE_FALLBACK_F0_HZ = 120.0
 FESTIVAL_BASE_F0_HZ = 105.0
-# Voices that are the same person through another engine or rate, kept on one side of the train/test split.
-SAME_SPEAKER = {"kal16": "kal", "kal_diphone": "kal"}
+FESTIVAL_HTS_SUFFIX = "_hts"
+# Voices that are the same person through another engine or rate, kept on one side of the train/test split:
+# flite's slt and festival's cmu_us_slt_arctic_hts are both built from the CMU ARCTIC slt recordings.
+SAME_SPEAKER = {"kal16": "kal", "kal_diphone": "kal", "cmu_us_slt_arctic_hts": "slt"}
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -58,7 +60,8 @@ class Voice:
         """What makes voices sound like one person: splits by voice hold whole speakers out.
 
         espeak-ng's variants set the formants (who is speaking) while the language picks the accent, so en-us+m3
-        and en-gb+m3 are one speaker; flite's kal/kal16 and festival's kal_diphone are one recorded speaker.
+        and en-gb+m3 are one speaker; flite's kal/kal16 and festival's kal_diphone are one recorded speaker, as are
+        flite's slt and festival's cmu_us_slt_arctic_hts.
         """
         if self.engine == "espeak-ng":
             return f"espeak-ng:{self.variant or NO_VARIANT}"
@@ -259,6 +262,13 @@ class Festival:
             f"(set! int_lr_params '((target_f0_mean {f0:.1f}) (target_f0_std 14) "
             f"(model_f0_mean 170) (model_f0_std 34))))"
         )
+        if voice.name.endswith(FESTIVAL_HTS_SUFFIX):
+            # HTS voices ignore Duration_Stretch and int_lr_params; hts_engine's -r is their speaking rate
+            # (there is no pitch control through festival's HTS module, so pitch stays the voice's own).
+            setup = (
+                f"(begin (voice_{voice.name}) (set! hts_engine_params "
+                f"(append hts_engine_params (list (list \"-r\" {rate:.4f})))))"
+            )
         with tempfile.TemporaryDirectory(prefix="intentd-tts-") as tmp:
             out = Path(tmp) / "out.wav"
             what = f"festival voice {voice.id} saying {text!r}"
