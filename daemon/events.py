@@ -131,9 +131,12 @@ def error_message(stream_id: str, message: str, error: str = "", utterance: int 
 
 
 def vad_message(
-    started: bool, stream_id: str, utterance: int, at_sample: int, sample_rate: int, stream_origin_wall: float
+    started: bool, stream_id: str, utterance: int, at_sample: int, sample_rate: int, stream_origin_wall: float,
+    discarded: bool = False,
 ) -> Message:
-    """vad.start (speech onset, pre-roll excluded) or vad.end (last voiced sample) for one stream."""
+    """vad.start (speech onset, pre-roll excluded) or vad.end (last voiced sample) for one stream.
+
+    A vad.end with `discarded` closes speech shorter than the minimum: no intent event follows it."""
     at_s = at_sample / sample_rate
     topic = TOPIC_VAD_START if started else TOPIC_VAD_END
     return topic, {
@@ -142,6 +145,7 @@ def vad_message(
         "utterance": utterance,
         "at_s": round(at_s, TIME_DECIMALS),
         "at_wall": round(stream_origin_wall + at_s, TIME_DECIMALS),
+        **({} if started else {"discarded": discarded}),
     }
 
 
@@ -243,6 +247,7 @@ class VadEvent(Event):
     utterance: int
     at_s: float
     at_wall: float
+    discarded: bool = False  # vad.end of speech too short to classify
 
     @property
     def started(self) -> bool:
@@ -313,6 +318,7 @@ def _vad_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
         "utterance": int(raw["utterance"]),
         "at_s": float(raw["at_s"]),
         "at_wall": float(raw["at_wall"]),
+        "discarded": bool(raw.get("discarded", False)),
     }
 
 

@@ -61,20 +61,20 @@ class StreamTable:
         segmenter = self._streams.get(chunk.stream_id)
         if segmenter is None:
             raise IntentdError(f"stream {chunk.stream_id!r} sent audio but is not open")
-        self._handle(segmenter, segmenter.push(chunk))
+        self._handle(segmenter.push(chunk))
 
     def close_stream(self, stream_id: str, reason: str | None) -> None:
         """End a stream; an utterance still open is closed as if speech ended and classified."""
         segmenter = self._streams.pop(stream_id, None)
         if segmenter is None:
             return
-        self._handle(segmenter, segmenter.flush())
+        self._handle(segmenter.flush())
         if reason:
             log.info("stream %s closed: %s", stream_id, reason)
         else:
             log.info("stream %s ended", stream_id)
 
-    def _handle(self, segmenter: StreamSegmenter, vad_events: list[VadEvent]) -> None:
+    def _handle(self, vad_events: list[VadEvent]) -> None:
         for event in vad_events:
             if isinstance(event, Utterance):
                 if self._vad_events:
@@ -84,9 +84,12 @@ class StreamTable:
                     self._on_utterance(event)
                 self._submit(event)
             elif isinstance(event, UtteranceStarted) and self._vad_events:
-                origin = segmenter._origin_wall or 0.0
-                self._publish(events.vad_message(True, event.stream_id, -1, event.start_sample,
-                                                 event.sample_rate, origin))
+                self._publish(events.vad_message(True, event.stream_id, event.index, event.start_sample,
+                                                 event.sample_rate, event.stream_origin_wall))
             elif isinstance(event, UtteranceDiscarded):
                 log.debug("stream %s: discarded a %d-sample blip", event.stream_id,
                           event.end_sample - event.start_sample)
+                if self._vad_events:  # every vad.start gets its vad.end, so live views leave "speech"
+                    self._publish(events.vad_message(False, event.stream_id, event.index, event.end_sample,
+                                                     event.sample_rate, event.stream_origin_wall,
+                                                     discarded=True))

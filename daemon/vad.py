@@ -39,6 +39,8 @@ class UtteranceStarted:
     start_sample: int  # pre-roll included, stream time
     sample_rate: int
     detected_monotonic: float  # time.monotonic() when the start was detected
+    index: int  # the index the Utterance will carry (reused if this one is discarded)
+    stream_origin_wall: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,8 @@ class UtteranceDiscarded:
     start_sample: int
     end_sample: int
     sample_rate: int
+    index: int  # the index it would have had; the next utterance takes it
+    stream_origin_wall: float
 
 
 VadEvent = UtteranceStarted | Utterance | UtteranceDiscarded
@@ -213,10 +217,12 @@ class StreamSegmenter:
         base = self._base_sample or 0
         start_sample = base + event.start_frame * self.frame_samples
         if isinstance(event, SpeechStarted):
-            return UtteranceStarted(self.stream_id, start_sample, self.sample_rate, self._clock())
+            return UtteranceStarted(self.stream_id, start_sample, self.sample_rate, self._clock(), self._index,
+                                    self._origin_wall_now())
         end_sample = base + event.end_frame * self.frame_samples
         if isinstance(event, SpeechDiscarded):
-            return UtteranceDiscarded(self.stream_id, start_sample, end_sample, self.sample_rate)
+            return UtteranceDiscarded(self.stream_id, start_sample, end_sample, self.sample_rate, self._index,
+                                      self._origin_wall_now())
         first = event.start_frame - self._buf_first
         last = event.end_frame - self._buf_first
         if first < 0 or last > len(self._buf):  # the trimming below must keep every frame a start can use
@@ -232,10 +238,13 @@ class StreamSegmenter:
             truncated=event.truncated,
             hangover_samples=event.hangover_frames * self.frame_samples,
             closed_monotonic=self._clock() if now is None else now,
-            stream_origin_wall=self._origin_wall if self._origin_wall is not None else self._wall_clock(),
+            stream_origin_wall=self._origin_wall_now(),
         )
         self._index += 1
         return utterance
+
+    def _origin_wall_now(self) -> float:
+        return self._origin_wall if self._origin_wall is not None else self._wall_clock()
 
     def _trim(self) -> None:
         """Drop frames no utterance can use any more."""
