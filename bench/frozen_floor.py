@@ -1,0 +1,125 @@
+"""The floor fine-tuning must beat: frozen Whisper-tiny.en encoder, mean-pooled, + logistic regression.
+
+Usage: .venv/bin/python -m bench.frozen_floor [--fsdd DIR] [--workdir DIR] [--max-seconds S] [--synth DIR]
+
+Same splits as bench.fsdd_speakers (fit on three FSDD speakers, test on the fourth) and bench.fsdd_synth (fit on
+the train split of `intentd-train synth` digits, test on all 2,000 FSDD clips). Features: the imported backbone's
+last encoder layer averaged over every frame of the padded window (what the model's own pooling sees), then
+sklearn's LogisticRegression with its defaults (C=1; standardising the features first lost 1-5 points on every
+split, so the floor is the stronger, plain one). Features are computed once per clip and kept in the work folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import fsdd
+
+BATCH = 32
+SYNTH_SEED = 0
+SYNTH_PER_INTENT = 340
+
+
+def pooled_features(base: Path, paths: list[Path]) -> np.ndarray:
+    """(clips, d_model) mean-pooled last-layer states of the frozen encoder."""
+    import torch
+    from transformers import AutoFeatureExtractor, WhisperForAudioClassification
+
+    from train.audio_io import MODEL_SAMPLE_RATE, read_audio
+
+    extractor = AutoFeatureExtractor.from_pretrained(str(base))
+    model = WhisperForAudioClassification.from_pretrained(str(base), num_labels=2).eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(paths), BATCH):
+            clips = [read_audio(p)[: extractor.n_samples] for p in paths[start : start + BATCH]]
+            feats = extractor(clips, sampling_rate=MODEL_SAMPLE_RATE, return_tensors="pt").input_features
+            out.append(model.encoder(feats).last_hidden_state.mean(dim=1).numpy())
+    return np.concatenate(out)
+
+
+def cached_features(cache: Path, base: Path, paths: list[Path]) -> np.ndarray:
+    """pooled_features, stored as cache (.npy) after the first call."""
+    if cache.is_file():
+        return np.load(cache)
+    started = time.perf_counter()
+    feats = pooled_features(base, paths)
+    np.save(cache, feats)
+    print(f"features of {len(paths)} clips in {time.perf_counter() - started:.0f} s -> {cache}", file=sys.stderr)
+    return feats
+
+
+def logistic_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """(accuracy, predictions, fit seconds) of logistic regression on the raw pooled features."""
+    from sklearn.linear_model import LogisticRegression
+
+    started = time.perf_counter()
+    clf: Any = LogisticRegression(max_iter=3000)
+    clf.fit(x_train, y_train)
+    seconds = time.perf_counter() - started
+    predicted = clf.predict(x_test)
+    return float(np.mean(predicted == y_test)), predicted, seconds
+
+
+def synth_rows(synth_dir: Path) -> tuple[list[Path], np.ndarray]:
+    """Paths and digit ids of a synth dataset's train split."""
+    import datasets
+
+    train = datasets.load_from_disk(str(synth_dir))["train"]
+    names = train.features["intent_class"].names
+    to_digit = [fsdd.DIGIT_NAMES.index(n) for n in names]
+    return [Path(p) for p in train["path"]], np.array([to_digit[i] for i in train["intent_class"]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fsdd", type=Path, default=fsdd.DEFAULT_FSDD, help="FSDD recordings folder")
+    parser.add_argument("--workdir", type=Path, help="backbone, features, synth (default: a temp folder)")
+    parser.add_argument("--max-seconds", type=float, default=4.0, help="backbone crop (default 4)")
+    parser.add_argument("--synth", type=Path, help="an existing digits synth folder (default: render one)")
+    parser.add_argument("--seed", type=int, default=SYNTH_SEED, help="synth seed when rendering")
+    parser.add_argument("--per-intent", type=int, default=SYNTH_PER_INTENT, help="synth clips per digit")
+    args = parser.parse_args(argv)
+
+    recs = fsdd.require_fsdd(args.fsdd)
+    if recs is None:
+        return fsdd.SKIP_STATUS
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="intentd-frozen-floor-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    base, _ = fsdd.backbone(workdir, args.max_seconds, workdir / "steps.log")
+    crop = f"{args.max_seconds:g}s"
+    x_real = cached_features(workdir / f"fsdd-{crop}.npy", base, [r.path for r in recs])
+    y_real = np.array([r.digit for r in recs])
+    speakers = np.array([r.speaker for r in recs])
+
+    print("| split | accuracy | clips | LR fit s |")
+    print("|---|---|---|---|")
+    for speaker in fsdd.SPEAKERS:
+        held = speakers == speaker
+        acc, _, secs = logistic_accuracy(x_real[~held], y_real[~held], x_real[held], y_real[held])
+        print(f"| 3 speakers -> {speaker} | {acc:.2%} | {held.sum()} | {secs:.1f} |", flush=True)
+
+    synth_dir = args.synth or workdir / f"digits-synth-seed{args.seed}-{args.per_intent}"
+    if args.synth is None:
+        fsdd.synth_digits(synth_dir, args.seed, args.per_intent, workdir / "steps.log")
+    paths, y_synth = synth_rows(synth_dir)
+    x_synth = cached_features(workdir / f"synth-{synth_dir.name}-{crop}.npy", base, paths)
+    acc, predicted, secs = logistic_accuracy(x_synth, y_synth, x_real, y_real)
+    print(f"| synth ({len(paths)} train clips) -> all 4 speakers | {acc:.2%} | {len(y_real)} | {secs:.1f} |")
+    for speaker in fsdd.SPEAKERS:
+        held = speakers == speaker
+        print(f"| synth -> {speaker} | {np.mean(predicted[held] == y_real[held]):.2%} | {held.sum()} | |")
+    print(f"\nbackbone crop {crop}; synth {synth_dir}; work folder {workdir}")
+    print(f"reproduce: {fsdd.reproduce_line(argv)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

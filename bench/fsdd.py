@@ -1,0 +1,133 @@
+"""Shared pieces of the FSDD benchmarks: find the recordings, lay them out as audiofolders of symlinks, run
+`intentd-train` steps as subprocesses and time them.
+
+The recordings are never copied: each benchmark builds `SPLIT/LABEL/FILE.wav` symlinks under a work folder
+outside the repository, with labels named like train/intents/digits.toml (zero..nine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
+DIGITS_INTENTS = REPO / "train" / "intents" / "digits.toml"
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+SPEAKERS = ("george", "jackson", "lucas", "nicolas")
+# Exit status of a benchmark that could not run (data absent): distinct from a failure, like pytest's skip.
+SKIP_STATUS = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """One FSDD file: {digit}_{speaker}_{take}.wav."""
+
+    path: Path
+    digit: int
+    speaker: str
+    take: int
+
+    @property
+    def label(self) -> str:
+        return DIGIT_NAMES[self.digit]
+
+
+def recordings(fsdd_dir: Path) -> list[Recording]:
+    """Every recording under fsdd_dir, sorted by name; an absent folder gives an empty list."""
+    found: list[Recording] = []
+    if not fsdd_dir.is_dir():
+        return found
+    for path in sorted(fsdd_dir.glob("*.wav")):
+        digit, speaker, take = path.stem.split("_")
+        found.append(Recording(path.resolve(), int(digit), speaker, int(take)))
+    return found
+
+
+def require_fsdd(fsdd_dir: Path) -> list[Recording] | None:
+    """The recordings, or None after printing why the benchmark is skipped."""
+    found = recordings(fsdd_dir)
+    if not found:
+        print(f"SKIPPED: no FSDD recordings in {fsdd_dir} (pass --fsdd DIR)", file=sys.stderr)
+        return None
+    return found
+
+
+def audiofolder(root: Path, splits: dict[str, Iterable[Recording]]) -> Path:
+    """root/SPLIT/LABEL/FILE.wav symlinks for each split; returns root (which must not exist yet)."""
+    root.mkdir(parents=True)
+    for split, rows in splits.items():
+        for rec in rows:
+            folder = root / split / rec.label
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / rec.path.name).symlink_to(rec.path)
+    return root
+
+
+def intentd_train() -> list[str]:
+    """The CLI as a command line: the venv's console script beside this interpreter, else `-m train.cli`."""
+    script = Path(sys.executable).parent / "intentd-train"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "train.cli"]
+
+
+def run_step(args: Sequence[str], log_file: Path | None = None) -> tuple[float, str]:
+    """Run `intentd-train ARGS`; returns (seconds, stdout). stderr goes to log_file; a failure exits with it."""
+    cmd = [*intentd_train(), "--log-level", "WARNING", *args]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+                               "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    seconds = time.perf_counter() - started
+    if log_file is not None:
+        with log_file.open("a") as f:
+            f.write(f"$ {shlex.join(cmd)}\n{proc.stderr}\n")
+    if proc.returncode != 0:
+        sys.exit(f"step failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr.strip()[-3000:]}")
+    return seconds, proc.stdout
+
+
+def eval_accuracy(model: Path, dataset: Path, split: str = "test", log_file: Path | None = None) -> tuple[float, int, float]:
+    """(accuracy, clips, seconds) of `intentd-train eval --json` on one split."""
+    seconds, out = run_step(["eval", "--model", str(model), "--dataset", str(dataset), "--split", split, "--json"],
+                            log_file)
+    report = json.loads(out.strip().splitlines()[-1])
+    return float(report["accuracy"]), int(report["n"]), seconds
+
+
+def fit_args(dataset: Path, base_model: Path, out: Path, extra: Sequence[str]) -> list[str]:
+    """`fit` arguments with caching on and progress bars off."""
+    return ["fit", "--dataset", str(dataset), "--base-model", str(base_model), "--out", str(out), *extra]
+
+
+def backbone(workdir: Path, max_seconds: float, log_file: Path | None = None) -> tuple[Path, float]:
+    """Import whisper-tiny.en cropped to max_seconds under workdir (once); returns (folder, seconds)."""
+    out = workdir / f"backbone-whisper-tiny.en-{max_seconds:g}s"
+    if (out / "config.json").is_file():
+        return out, 0.0
+    seconds, _ = run_step(["import-backbone", "whisper-tiny.en", "--out", str(out), "--max-seconds", f"{max_seconds:g}",
+                           "--force"], log_file)
+    return out, seconds
+
+
+def reproduce_line(argv: Sequence[str] | None = None) -> str:
+    """The command line that reproduces this run, from the repository root."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    module = Path(sys.argv[0]).stem
+    return shlex.join([".venv/bin/python", "-m", f"bench.{module}", *args])
+
+
+def synth_digits(out: Path, seed: int, per_intent: int, log_file: Path | None = None,
+                 extra: Sequence[str] = ()) -> float:
+    """`intentd-train synth` of the ten digit words into out, unless a finished one is there; returns seconds."""
+    if (out / "synth.json").is_file():
+        return 0.0
+    seconds, _ = run_step(["synth", "--intents", str(DIGITS_INTENTS), "--out", str(out), "--seed", str(seed),
+                           "--per-intent", str(per_intent), "--no-progress", *extra], log_file)
+    return seconds
