@@ -30,6 +30,7 @@ import glob
 import logging
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -578,6 +579,10 @@ def merge(base: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]) -> 
     return out
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep and the batching comparison; print markdown tables."""
     p = argparse.ArgumentParser(prog="bench.daemon_load", description=__doc__.split("\n\n")[0])
@@ -594,6 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--keep-going", action="store_true", help="continue the sweep after a failing step")
     p.add_argument("--keep-logs", action="store_true", help="keep the tmp folder with configs and daemon logs")
     args = p.parse_args(argv)
+    # A killed benchmark must still stop the daemons it started (the finally blocks below).
+    signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     if not args.fsdd.is_dir():
@@ -627,8 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 elif not args.keep_going:
                     break
         finally:
-            collector.close()
             daemon.stop()
+            collector.close()
         print(f"\nMost streams sustained (p99 processing < {P99_LIMIT_MS:g} ms, no drops): {best}", flush=True)
 
         if args.flood:
