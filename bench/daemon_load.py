@@ -619,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemon = start_daemon(args.model, workdir, "sweep", overrides)
         collector = Collector(daemon.events_uri)
         print(f"\n## Real-time sweep: {args.duration:g} s per step (longer for few streams), 8 kHz s16le, {CHUNK_MS} ms chunks, "
-              f"default batcher\n\n{HEADER}", flush=True)
+              f"config overrides: {args.set or 'none'}\n\n{HEADER}", flush=True)
         cache: dict[tuple[int, float], tuple[bytes, int]] = {}
         best = 0
         try:
