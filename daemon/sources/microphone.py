@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -26,6 +27,8 @@ RETRY_MAX_S: Final = 30.0
 # No callback for this long means the device vanished without PortAudio telling us (common with USB and ALSA).
 STALL_TIMEOUT_S: Final = 2.0
 SHUTDOWN_REASON: Final = "server shutting down"
+# Opening, starting or aborting a PortAudio stream that takes longer than this is treated as a failed device.
+BACKEND_CALL_TIMEOUT_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +174,7 @@ class MicrophoneSource:
             # PortAudio enumerates devices once at initialisation; re-initialise so a re-plugged device is seen.
             # Only when the device is missing: re-initialising stops every other open PortAudio stream.
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(_reinitialise, sd)
+                await _call_in_thread(_reinitialise, sd)
             info = find_device(list_devices(sd), self.device)
         rate = int(info.default_sample_rate)
         channels = max(1, min(info.channels, MAX_CHANNELS))
@@ -206,7 +209,7 @@ class MicrophoneSource:
                 loop.call_soon_threadsafe(fail, "device stream stopped")
 
         try:
-            stream = await asyncio.to_thread(
+            stream = await _call_in_thread(
                 sd.InputStream,
                 device=info.index,
                 samplerate=rate,
@@ -224,7 +227,7 @@ class MicrophoneSource:
         reason: str | None = None
         try:
             try:
-                await asyncio.to_thread(stream.start)
+                await _call_in_thread(stream.start)
             except Exception as err:
                 raise SourceError(f"cannot start input device {info.name!r}: {err}") from err
             state.last_block = time.monotonic()
@@ -250,17 +253,51 @@ class MicrophoneSource:
             reason = str(err)
             raise
         finally:
-            # abort() can block while the backend tears down; keep it off the loop, but finish it before
-            # reopening (also on shutdown: a stream left running keeps calling back).
-            with contextlib.suppress(Exception):
-                await asyncio.shield(asyncio.to_thread(_abort_and_close, stream))
+            # Close the sink's stream first: with a dead backend, abort() below can take long or hang.
+            fail(reason or "closed")  # on_block ignores callbacks that are still in flight
             self._sink.close_stream(self.stream_id, reason)
+            try:
+                await asyncio.shield(_call_in_thread(_abort_and_close, stream))
+            except Exception as err:  # noqa: BLE001 - any backend failure here is logged; the next open decides
+                log.warning("%s: could not close input device %r cleanly: %s", self.stream_id, info.name, err)
 
 
 @dataclass(slots=True)
 class _SessionState:
     next_sample: int = 0
     last_block: float = 0.0
+
+
+async def _call_in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking PortAudio call on a daemon thread; SourceError if it does not return in time.
+
+    Not asyncio.to_thread: a backend call that never returns (ALSA on a vanished server does that) would pin
+    the default executor, and asyncio.run() waits for that executor at exit.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not done.done():
+            (done.set_result if ok else done.set_exception)(value)
+
+    def work() -> None:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - re-raised in the awaiting coroutine, not swallowed
+            ok, value = False, err
+        else:
+            ok, value = True, result
+        with contextlib.suppress(RuntimeError):  # the loop is gone; nobody is waiting
+            loop.call_soon_threadsafe(settle, ok, value)
+
+    threading.Thread(target=work, name="intentd-portaudio", daemon=True).start()
+    try:
+        return await asyncio.wait_for(done, BACKEND_CALL_TIMEOUT_S)
+    except TimeoutError:
+        raise SourceError(
+            f"audio backend call {getattr(fn, '__name__', fn)} hung for {BACKEND_CALL_TIMEOUT_S:g} s"
+        ) from None
 
 
 def _abort_and_close(stream: Any) -> None:
