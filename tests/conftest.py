@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.tiny_models import make_tiny_wav2vec2, make_tiny_whisper
+
 # Pitches far apart on the mel scale, so even a random tiny encoder separates them.
 TONE_LABELS: dict[str, float] = {"low": 220.0, "mid": 880.0, "high": 3000.0}
-TINY_WHISPER_SECONDS = 1  # max_source_positions=50 frames = 1 s of audio
-WHISPER_CONV_STD = 0.2
 
 
 def tone_clip(freq_hz: float, rate: int, rng: np.random.Generator, channels: int = 1) -> np.ndarray:
@@ -91,75 +91,6 @@ def write_tone_saved(
         ds = ds.train_test_split(test_size=0.25, seed=seed, stratify_by_column="intent_class")
     ds.save_to_disk(str(root))
     return root
-
-
-def make_tiny_whisper(out: Path, labels: list[str] | None = None) -> Path:
-    """A 2-layer d_model=32 WhisperForAudioClassification folder with a 1 s WhisperFeatureExtractor."""
-    import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
-
-    labels = labels or ["a", "b"]
-    torch.manual_seed(0)
-    config = WhisperConfig(
-        vocab_size=64,
-        num_mel_bins=80,
-        d_model=32,
-        encoder_layers=2,
-        encoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_layers=1,
-        decoder_attention_heads=2,
-        decoder_ffn_dim=64,
-        max_source_positions=50 * TINY_WHISPER_SECONDS,
-        max_target_positions=16,
-        classifier_proj_size=16,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-        pad_token_id=1,
-        bos_token_id=2,
-        eos_token_id=3,
-        decoder_start_token_id=2,
-    )
-    model = WhisperForAudioClassification(config)
-    # At the default init (std 0.02) the conv front end is drowned by the sinusoidal positions and every clip
-    # encodes alike; a louder front end keeps pitch audible, as a pretrained one would.
-    with torch.no_grad():
-        for conv in (model.encoder.conv1, model.encoder.conv2):
-            conv.weight.normal_(0.0, WHISPER_CONV_STD)
-    model.save_pretrained(str(out))
-    WhisperFeatureExtractor(feature_size=80, chunk_length=TINY_WHISPER_SECONDS).save_pretrained(str(out))
-    return out
-
-
-def make_tiny_wav2vec2(out: Path, labels: list[str] | None = None) -> Path:
-    """A 2-layer hidden=32 Wav2Vec2ForSequenceClassification folder with its feature extractor."""
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
-
-    labels = labels or ["a", "b"]
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(
-        vocab_size=16,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16, 16, 16),
-        conv_stride=(5, 4, 4),
-        conv_kernel=(10, 8, 8),
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        classifier_proj_size=16,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-    )
-    Wav2Vec2ForSequenceClassification(config).save_pretrained(str(out))
-    Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16_000, return_attention_mask=False
-    ).save_pretrained(str(out))
-    return out
 
 
 @pytest.fixture(scope="session")
