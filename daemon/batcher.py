@@ -34,7 +34,8 @@ REASON_DRAINING = "draining"
 class Engine(Protocol):
     """What the batcher runs: one call per batch, one Prediction per utterance, in order."""
 
-    model_id: str
+    @property
+    def model_id(self) -> str: ...
 
     def classify(self, utterances: list[Utterance]) -> list[Prediction]: ...
 

@@ -16,9 +16,10 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from daemon import events
+from daemon.batcher import Engine as BatchEngine
 from daemon.batcher import MicroBatcher
 from daemon.errors import ConfigError, IntentdError
 from daemon.frames import Classified, Prediction, Utterance
@@ -37,14 +38,6 @@ MS_PER_S = 1000.0
 PUBLISH_LINGER_MS = 2000
 # With no systemd watchdog armed the health check still runs, to log a stall and feed `status`.
 DEFAULT_HEALTH_INTERVAL_S = 1.0
-
-
-class BatchEngine:
-    """What the batcher calls: `model_id` and `classify(utterances)` (daemon.engine.Engine or a test fake)."""
-
-    model_id: str
-
-    def classify(self, utterances: Sequence[Utterance]) -> list[Prediction]: ...
 
 
 def load_engine(settings: Settings) -> BatchEngine:
@@ -81,9 +74,9 @@ class _MeteredEngine:
         self.model_id = engine.model_id
         self._metrics = metrics
 
-    def classify(self, utterances: Sequence[Utterance]) -> list[Prediction]:
+    def classify(self, utterances: list[Utterance]) -> list[Prediction]:
         started = time.monotonic()
-        result = self.inner.classify(list(utterances))
+        result = self.inner.classify(utterances)
         self._metrics.batch_size.observe(len(utterances))
         self._metrics.inference.observe(time.monotonic() - started)
         return result
@@ -284,6 +277,7 @@ class Service:
             was_healthy = ok
 
     async def _reload_loop(self) -> None:
+        assert self._reload_requested is not None
         while True:
             await self._reload_requested.wait()
             self._reload_requested.clear()
