@@ -102,7 +102,7 @@ def eval_accuracy(model: Path, dataset: Path, split: str = "test", log_file: Pat
 
 
 def fit_args(dataset: Path, base_model: Path, out: Path, extra: Sequence[str]) -> list[str]:
-    """`fit` arguments with caching on and progress bars off."""
+    """`intentd-train fit` arguments: DATA, MODEL, DIR, then the caller's extra flags."""
     return ["fit", "--dataset", str(dataset), "--base-model", str(base_model), "--out", str(out), *extra]
 
 
