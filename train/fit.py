@@ -38,8 +38,9 @@ CONFUSION_FILE = "confusion_matrix.png"
 ACCURACY_METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
 # The tutorial's settings; frozen modes take many cheap steps, so they accumulate fewer gradients by default.
 DEFAULT_BATCH_SIZE = 32
-# Measured: digits peak by epoch 3-5, the 14-intent synth set at epoch 7 of 10 (bench/README.md); the best epoch
-# is kept, so 10 costs time, not accuracy.
+# Measured (bench/README.md): with top-2 digits peaked by epoch 3-5 and the 14-intent synth set at epoch 7; with
+# top-1 (the default) the 14-intent set still gains until epoch 9 of 10. The best epoch is kept, so 10 costs time,
+# not accuracy; whether more epochs help top-1 is not yet measured.
 DEFAULT_EPOCHS = 10
 DEFAULT_WARMUP_RATIO = 0.1
 DEFAULT_GRAD_ACCUMULATION = {"head": 1, "top": 1, "full": 4}
