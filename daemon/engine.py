@@ -32,6 +32,9 @@ class ClipClassifier(Protocol):
         ...
 
 
+KEEP_WARM_SAMPLES = 1600  # 0.1 s at 16 kHz; fixed-window models pad it to their window anyway
+
+
 class Engine:
     """Glue between the batcher and the model: resample every utterance, then classify them together."""
 
@@ -48,6 +51,10 @@ class Engine:
     def model_id(self) -> str:
         """The loaded model's `<folder>@<weights hash>`, stamped on every intent event."""
         return self._classifier.model_id
+
+    def keep_warm(self) -> None:
+        """A throw-away forward on a short silent clip, keeping weights and kernels hot between utterances."""
+        self._classifier.classify([np.zeros(KEEP_WARM_SAMPLES, dtype=np.float32)])
 
     def classify(self, utterances: Sequence[Utterance]) -> list[Prediction]:
         """One Prediction per utterance, in order, from a single batched forward."""

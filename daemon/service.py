@@ -74,6 +74,11 @@ class _MeteredEngine:
         self.model_id = engine.model_id
         self._metrics = metrics
 
+    def keep_warm(self) -> None:
+        warm = getattr(self.inner, "keep_warm", None)
+        if warm is not None:
+            warm()
+
     def classify(self, utterances: list[Utterance]) -> list[Prediction]:
         started = time.monotonic()
         result = self.inner.classify(utterances)
@@ -159,7 +164,7 @@ class Service:
         self._batcher = MicroBatcher(
             _MeteredEngine(engine, self.metrics), self._on_result, on_drop=self._on_drop,
             on_error=self._on_error, max_batch=s.batcher.max_batch, max_wait_ms=s.batcher.max_wait_ms,
-            queue_size=s.batcher.queue_size, drop_policy=s.batcher.drop_policy,
+            queue_size=s.batcher.queue_size, drop_policy=s.batcher.drop_policy, keep_warm_s=s.model.keep_warm_s,
         )
         self.metrics.set_queue_depth_source(lambda: self._batcher.stats().queued if self._batcher else 0)
         self._batcher.start()

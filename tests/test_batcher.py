@@ -309,3 +309,37 @@ def test_health_follows_the_worker_loop(sink: Sink, batchers: list[MicroBatcher]
 def test_bad_settings_raise_naming_the_key(kwargs: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         MicroBatcher(FakeEngine(), lambda c: None, **kwargs)  # type: ignore[arg-type]
+
+
+class WarmEngine(FakeEngine):
+    """Counts keep-warm calls and can hold one open to show real work is not blocked behind the lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warmed = threading.Event()
+        self.warm_calls = 0
+
+    def keep_warm(self) -> None:
+        self.warm_calls += 1
+        self.warmed.set()
+
+
+def test_an_idle_worker_keeps_the_engine_warm_and_stops_while_busy_or_draining(sink: Sink) -> None:
+    engine = WarmEngine()
+    b = make(engine, sink, max_batch=1, max_wait_ms=0.0, keep_warm_s=0.05, heartbeat_s=0.02)
+    assert engine.warmed.wait(WAIT_S), "an idle batcher never called keep_warm"
+    # Real work still flows between keep-warm calls, and counts as activity.
+    b.submit(utt("s1", 0))
+    sink.wait(results=1)
+    assert b.drain(WAIT_S)
+    after_drain = engine.warm_calls
+    assert not b.wait_iterations(3, 0.2)  # the worker has stopped...
+    assert engine.warm_calls == after_drain  # ...and so have the keep-warm calls
+
+
+def test_keep_warm_off_by_zero(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    engine = WarmEngine()
+    b = make(engine, sink, keep_warm_s=0.0, heartbeat_s=0.02)
+    batchers.append(b)
+    assert b.wait_iterations(10, WAIT_S)
+    assert engine.warm_calls == 0
