@@ -21,7 +21,10 @@ $(BACKBONE)/config.json: | setup
 $(DATA)/dataset_dict.json: | setup
 	$(BIN)/intentd-train synth --intents train/intents/minds14.toml --out $(DATA) --seed $(SEED)
 
-$(MODEL)/model.safetensors: $(BACKBONE)/config.json $(DATA)/dataset_dict.json
+# The backbone and data are made inside the recipe, not as prerequisites: an existing model is kept even when
+# the backbone or data it came from were deleted.
+$(MODEL)/model.safetensors:
+	$(MAKE) --no-print-directory $(BACKBONE)/config.json $(DATA)/dataset_dict.json
 	$(BIN)/intentd-train fit --dataset $(DATA) --base-model $(BACKBONE) --out $(MODEL) --seed $(SEED)
 
 model: setup $(MODEL)/model.safetensors

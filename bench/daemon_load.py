@@ -53,6 +53,7 @@ from daemon import events
 from daemon.frames import AudioChunk, Utterance
 from daemon.protocol import ReplyDecoder, StreamHeader, encode_audio, encode_end, encode_header
 from daemon.segmenter import SegmenterSettings
+from daemon.settings import BatcherSettings
 from daemon.vad import DEFAULT_AGGRESSIVENESS, StreamSegmenter
 
 log = logging.getLogger("bench.daemon_load")
@@ -643,8 +644,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"(batcher.queue_size={FLOOD_QUEUE})\n\n| batcher | events/expected | utterances/s "
                   f"| batch mean/max | processing p50 / p99 ms | daemon CPU % |\n|---|---|---|---|---|---|",
                   flush=True)
-            for name, batcher in (("default (max_batch 16, max_wait 5 ms)", {}), ("max_batch = 1",
-                                                                                  {"max_batch": 1})):
+            defaults = BatcherSettings()
+            default_name = f"default (max_batch {defaults.max_batch}, max_wait {defaults.max_wait_ms:g} ms)"
+            for name, batcher in ((default_name, {}), ("max_batch = 1", {"max_batch": 1})):
                 d = start_daemon(args.model, workdir, f"flood{len(batcher)}",
                                  merge(overrides, {"batcher": {"queue_size": FLOOD_QUEUE, **batcher}}))
                 try:
