@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +20,14 @@ from pathlib import Path
 from bench import fsdd
 
 MINDS14_INTENTS = fsdd.REPO / "train" / "intents" / "minds14.toml"
+
+
+def makefile_per_intent() -> str:
+    """The default build's clips per intent, read from the Makefile so this benchmark cannot drift from it."""
+    match = re.search(r"synth .*--per-intent (\d+)", (fsdd.REPO / "Makefile").read_text())
+    if match is None:
+        raise SystemExit("bench.train_default: no `synth ... --per-intent N` in the Makefile")
+    return match.group(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import_s, _ = fsdd.run_step(["import-backbone", "whisper-tiny.en", "--out", str(backbone), "--force"], log_file)
     synth_s, _ = fsdd.run_step(["synth", "--intents", str(MINDS14_INTENTS), "--out", str(data), "--seed",
-                                str(args.seed), "--no-progress"], log_file)
+                                str(args.seed), "--per-intent", makefile_per_intent(), "--no-progress"], log_file)
     fit_s, _ = fsdd.run_step(["fit", "--dataset", str(data), "--base-model", str(backbone), "--out", str(model),
                               "--seed", str(args.seed), *fit_flags], log_file)
     metrics = json.loads((model / "metrics.json").read_text())
