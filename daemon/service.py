@@ -26,7 +26,6 @@ from daemon.frames import Classified, Prediction, Utterance
 from daemon.metrics import Metrics
 from daemon.notify import Notifier, watchdog_interval_s
 from daemon.publisher import Publisher
-from daemon.segmenter import SegmenterSettings
 from daemon.settings import Settings
 from daemon.sources import Source, create_source
 from daemon.streams import StreamTable
@@ -56,14 +55,6 @@ def load_engine(settings: Settings) -> BatchEngine:
     classifier.warmup()
     log.info("model %s loaded and warm in %.1f s", classifier.model_id, time.monotonic() - started)
     return Engine(classifier, Resampler())
-
-
-def segmenter_settings(settings: Settings) -> SegmenterSettings:
-    """The VAD section as the segmenter takes it."""
-    v = settings.vad
-    return SegmenterSettings(frame_ms=v.frame_ms, start_ms=v.start_ms, preroll_ms=v.preroll_ms,
-                             hangover_ms=v.hangover_ms, min_utterance_ms=v.min_utterance_ms,
-                             max_utterance_ms=v.max_utterance_ms)
 
 
 class _MeteredEngine:
@@ -168,7 +159,7 @@ class Service:
         )
         self.metrics.set_queue_depth_source(lambda: self._batcher.stats().queued if self._batcher else 0)
         self._batcher.start()
-        self._streams = StreamTable(segmenter_settings(s), s.vad.aggressiveness, self._submit, self._publish,
+        self._streams = StreamTable(s.vad.segmenter(), s.vad.aggressiveness, self._submit, self._publish,
                                     vad_events=s.publisher.vad_events, on_utterance=self._count_utterance)
         for uri in s.sources.listen:
             source = create_source(uri, self._streams, idle_timeout_s=s.sources.idle_timeout_s,
@@ -305,7 +296,7 @@ class Service:
         else:
             old = self._batcher.swap_engine(_MeteredEngine(engine, self.metrics))
             self.settings = new
-            self._streams.configure(segmenter_settings(new), new.vad.aggressiveness, new.publisher.vad_events)
+            self._streams.configure(new.vad.segmenter(), new.vad.aggressiveness, new.publisher.vad_events)
             log.info("reloaded: model %s replaces %s", engine.model_id, old.model_id)
             self.metrics.reloads.labels(result="ok").inc()
             self.counters["reloads"] += 1

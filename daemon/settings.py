@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from daemon.errors import ConfigError, SourceError
+from daemon.segmenter import SegmenterSettings
 
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
@@ -72,6 +73,12 @@ class VadSettings:
     min_utterance_ms: int = setting(200, "shorter voiced blips are discarded, in ms", lo=0, hi=10000)
     max_utterance_ms: int = setting(8000, "longer speech is cut here, classified and flagged truncated, in ms",
                                     lo=500, hi=60000)
+
+    def segmenter(self) -> SegmenterSettings:
+        """The segmenter's view of this section; it checks the rules between keys (ConfigError naming them)."""
+        return SegmenterSettings(frame_ms=self.frame_ms, start_ms=self.start_ms, preroll_ms=self.preroll_ms,
+                                 hangover_ms=self.hangover_ms, min_utterance_ms=self.min_utterance_ms,
+                                 max_utterance_ms=self.max_utterance_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +210,9 @@ def from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Settings:
 
 
 def _check_cross_field(s: Settings) -> None:
-    if s.vad.min_utterance_ms >= s.vad.max_utterance_ms:
-        raise ConfigError("vad.min_utterance_ms must be below vad.max_utterance_ms")
+    # The segmenter owns the rules between VAD keys (minimum below maximum, hangover at least one frame...):
+    # checking them here makes a bad combination exit 78 before the model loads.
+    s.vad.segmenter()
     if not s.sources.listen:
         raise ConfigError("sources.listen is empty: give at least one audio source URI")
     # A mistyped URI is a configuration error (exit 78, no restart), not an unavailable device (69): parse

@@ -54,6 +54,10 @@ def _invalid_cases() -> list[tuple[dict[str, Any], str]]:
         ({"sources": {"listen": ["gopher://x"]}}, "sources.listen"),
         ({"vad": {"frame_ms": 25}}, "vad.frame_ms"),
         ({"vad": {"min_utterance_ms": 5000, "max_utterance_ms": 4000}}, "vad.min_utterance_ms"),
+        # Rules between VAD keys come from the segmenter, checked at load time rather than at stream open.
+        ({"vad": {"start_ms": 10}}, "vad.start_ms"),
+        ({"vad": {"frame_ms": 30, "hangover_ms": 40, "preroll_ms": 2000, "max_utterance_ms": 1000}},
+         "vad.max_utterance_ms"),
         ({"publisher": {"vad_events": 1}}, "publisher.vad_events"),
         ({"service": {"drain_timeout_s": float("nan")}}, "service.drain_timeout_s"),
         ({"service": {"stall_s": float("inf")}}, "service.stall_s"),
