@@ -29,6 +29,7 @@ from daemon.publisher import Publisher
 from daemon.settings import Settings
 from daemon.sources import Source, create_source
 from daemon.streams import StreamTable
+from daemon.threads import run_in_new_thread
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class Service:
 
     async def _start(self) -> None:
         s = self.settings
-        engine = await asyncio.to_thread(self._timed_load, s)
+        engine = await run_in_new_thread(lambda: self._timed_load(s), name="intentd-load")
         self._publisher = Publisher(s.publisher.uri, sndhwm=s.publisher.sndhwm)
         self._batcher = MicroBatcher(
             _MeteredEngine(engine, self.metrics), self._on_result, on_drop=self._on_drop,
@@ -288,7 +289,7 @@ class Service:
         try:
             new = self._reload_settings()
             self._check_restart_only(new)
-            engine = await asyncio.to_thread(self._timed_load, new)
+            engine = await run_in_new_thread(lambda: self._timed_load(new), name="intentd-reload")
         except IntentdError as err:
             log.error("reload failed, still serving model %s: %s", self._batcher.engine.model_id, err)
             self.metrics.reloads.labels(result="failed").inc()
