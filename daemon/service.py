@@ -38,6 +38,8 @@ MS_PER_S = 1000.0
 PUBLISH_LINGER_MS = 2000
 # With no systemd watchdog armed the health check still runs, to log a stall and feed `status`.
 DEFAULT_HEALTH_INTERVAL_S = 1.0
+# How long READY waits for the batcher thread's own first forward (see MicroBatcher._warm_this_thread).
+WORKER_WARM_TIMEOUT_S = 60.0
 
 
 def load_engine(settings: Settings) -> BatchEngine:
@@ -160,6 +162,8 @@ class Service:
         )
         self.metrics.set_queue_depth_source(lambda: self._batcher.stats().queued if self._batcher else 0)
         self._batcher.start()
+        if not await asyncio.to_thread(self._batcher.wait_started, WORKER_WARM_TIMEOUT_S):
+            log.warning("the batcher's start-up forward took over %.0f s; serving anyway", WORKER_WARM_TIMEOUT_S)
         self._streams = StreamTable(s.vad.segmenter(), s.vad.aggressiveness, self._submit, self._publish,
                                     vad_events=s.publisher.vad_events, on_utterance=self._count_utterance)
         for uri in s.sources.listen:

@@ -337,9 +337,42 @@ def test_an_idle_worker_keeps_the_engine_warm_and_stops_while_busy_or_draining(s
     assert engine.warm_calls == after_drain  # ...and so have the keep-warm calls
 
 
-def test_keep_warm_off_by_zero(sink: Sink, batchers: list[MicroBatcher]) -> None:
+def test_keep_warm_off_by_zero_after_the_start_up_call(sink: Sink, batchers: list[MicroBatcher]) -> None:
     engine = WarmEngine()
     b = make(engine, sink, keep_warm_s=0.0, heartbeat_s=0.02)
     batchers.append(b)
+    assert b.wait_started(WAIT_S)
     assert b.wait_iterations(10, WAIT_S)
-    assert engine.warm_calls == 0
+    assert engine.warm_calls == 1  # the start-up call on the worker thread, and no idle ones
+
+
+class ThreadRecordingEngine(WarmEngine):
+    """Records which thread each call ran on, and holds the start-up keep-warm until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.calls: list[tuple[str, str]] = []
+
+    def keep_warm(self) -> None:
+        self.calls.append(("warm", threading.current_thread().name))
+        self.release.wait(WAIT_S)
+        super().keep_warm()
+
+    def classify(self, utterances: list[Utterance]) -> list[Prediction]:
+        self.calls.append(("classify", threading.current_thread().name))
+        return super().classify(utterances)
+
+
+def test_the_worker_warms_its_own_thread_before_the_first_utterance(
+    sink: Sink, batchers: list[MicroBatcher]
+) -> None:
+    engine = ThreadRecordingEngine()
+    b = make(engine, sink, max_batch=1, max_wait_ms=0.0)
+    batchers.append(b)
+    assert not b.wait_started(0.05)  # the start-up forward is still running
+    b.submit(utt("s1", 0))  # arrives meanwhile: queued behind it, not lost
+    engine.release.set()
+    assert b.wait_started(WAIT_S)
+    sink.wait(results=1)
+    assert engine.calls == [("warm", "intentd-batcher"), ("classify", "intentd-batcher")]
