@@ -1,11 +1,14 @@
 """Unseen-speaker accuracy on FSDD: fit on three speakers with `intentd-train fit`, test on the fourth, each in turn.
 
-Usage: .venv/bin/python -m bench.fsdd_speakers [--fsdd DIR] [--workdir DIR] [--max-seconds S] [-- FIT FLAGS...]
+Usage: .venv/bin/python -m bench.fsdd_speakers [--fsdd DIR] [--workdir DIR] [--max-seconds S] [--synth DIR]
+                                              [-- FIT FLAGS...]
 
 Each fold builds two audiofolders of symlinks under the work folder: the three training speakers (fit holds out a
 random 20% of them to pick the best epoch, so the unseen speaker never influences training) and the unseen
 speaker, scored with `intentd-train eval`. Target: >= 98% on every speaker. Prints one row per speaker and the
-command that reproduces the table.
+command that reproduces the table. `--synth DIR` passes `--add-dataset DIR` to fit: an `intentd-train synth` digits
+folder joins every fold's data (its train voices to training, its test voices to the held-out part that picks the
+best epoch), i.e. real speech from three speakers plus text-made speech, as a user would combine them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fsdd", type=Path, default=fsdd.DEFAULT_FSDD, help="FSDD recordings folder")
     parser.add_argument("--workdir", type=Path, help="where symlinks and models go (default: a temp folder)")
     parser.add_argument("--max-seconds", type=float, default=4.0, help="backbone crop (default 4, the product's)")
+    parser.add_argument("--synth", type=Path, help="also train on this digits synth folder (fit --add-dataset)")
     parser.add_argument("--speakers", nargs="+", default=list(fsdd.SPEAKERS), help="held-out speakers to run")
     parser.add_argument("fit_flags", nargs=argparse.REMAINDER, help="after --: extra `intentd-train fit` flags")
     args = parser.parse_args(argv)
@@ -38,14 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     log_file = workdir / "steps.log"
     base, _ = fsdd.backbone(workdir, args.max_seconds, log_file)
-    tag = "-".join([f"{args.max_seconds:g}s", *[f.lstrip("-") for f in fit_flags]]) or "default"
+    extra = [f"plus-{args.synth.name}"] if args.synth else []
+    tag = "-".join([f"{args.max_seconds:g}s", *extra, *[f.lstrip("-") for f in fit_flags]]) or "default"
 
     rows = []
     for speaker in args.speakers:
         fold = workdir / f"{tag}-{speaker}"
         train = fsdd.audiofolder(fold / "train-data", {"train": [r for r in recs if r.speaker != speaker]})
         test = fsdd.audiofolder(fold / "test-data", {"test": [r for r in recs if r.speaker == speaker]})
-        fit_seconds, _ = fsdd.run_step(fsdd.fit_args(train, base, fold / "model", fit_flags), log_file)
+        more = ["--add-dataset", str(args.synth)] if args.synth else []
+        fit_seconds, _ = fsdd.run_step(fsdd.fit_args(train, base, fold / "model", [*more, *fit_flags]), log_file)
         accuracy, n, eval_seconds = fsdd.eval_accuracy(fold / "model", test, log_file=log_file)
         metrics = json.loads((fold / "model" / "metrics.json").read_text())
         rows.append((speaker, accuracy, n, fit_seconds, metrics["accuracy"], eval_seconds))

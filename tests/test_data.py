@@ -12,7 +12,14 @@ import soundfile as sf
 from conftest import TONE_LABELS, tone_clip, write_tone_folder, write_tone_saved
 
 from train import audio_io
-from train.data import detect_source, iter_clips, load_labelled, max_samples_for, prepare_features
+from train.data import (
+    detect_source,
+    iter_clips,
+    load_combined,
+    load_labelled,
+    max_samples_for,
+    prepare_features,
+)
 from train.errors import TrainError
 
 
@@ -60,6 +67,37 @@ def test_label_column_override(tmp_path: Path) -> None:
     data = load_labelled(str(root), label_column="transcription")
     assert data.label_column == "transcription"
     assert data.label_names == sorted(TONE_LABELS)
+
+
+def _dominant_hz(clip: np.ndarray, rate: int = 16_000) -> float:
+    spectrum = np.abs(np.fft.rfft(clip))
+    return float(np.argmax(spectrum) * rate / len(clip))
+
+
+def test_combined_datasets_match_labels_by_name_and_keep_each_held_out_split(tmp_path: Path) -> None:
+    # A folder with one label of its own ("top") and one shared with the saved set ("mid"), at another rate and
+    # with another label column: the join must map every clip to the right name, not the right index.
+    folder = write_tone_folder(tmp_path / "mine", per_label=5, rate=16_000, labels={"top": 5000.0, "mid": 880.0},
+                               layout="splits")
+    saved = write_tone_saved(tmp_path / "synth", per_label=4)
+    data = load_combined([str(folder), str(saved)], seed=0)
+    assert data.source == "combined"
+    assert data.label_column == "label"  # the first dataset's column
+    assert data.label_names == ["mid", "top", "low", "high"]  # first's order, then the new ones
+    alone = [load_labelled(str(folder), seed=0), load_labelled(str(saved), seed=0)]
+    for split in ("train", "test"):
+        assert len(data.splits[split]) == sum(len(d.splits[split]) for d in alone)
+    hz = {"top": 5000.0, "mid": 880.0, "low": 220.0, "high": 3000.0}
+    for split in ("train", "test"):
+        for clips, rows in iter_clips(data.splits[split], batch_size=8):
+            for clip, label in zip(clips, rows["label"], strict=True):
+                assert abs(_dominant_hz(clip) - hz[data.label_names[label]]) < 0.05 * hz[data.label_names[label]]
+
+
+def test_combined_with_one_dataset_is_load_labelled(tmp_path: Path) -> None:
+    saved = write_tone_saved(tmp_path / "synth", per_label=4)
+    data = load_combined([str(saved)], seed=0)
+    assert data.source == "saved" and data.label_column == "intent_class"
 
 
 def test_detect_source() -> None:

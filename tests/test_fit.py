@@ -147,3 +147,20 @@ def test_full_mode_and_resume(fit_data: Path, tiny_wav2vec2_dir: Path, tmp_path:
     epochs = [row["epoch"] for row in resumed.metrics["history"]]
     assert epochs[-1] == 2.0
     assert (out / CHECKPOINTS_DIR / "checkpoint-8").is_dir()  # 4 steps per epoch, continued to 8
+
+
+def test_add_dataset_trains_on_the_union_of_labels(fit_data: Path, tiny_whisper_dir: Path, tmp_path: Path) -> None:
+    from train.cli import main
+
+    extra = write_tone_folder(tmp_path / "extra", per_label=12, labels={"mid": 880.0, "top": 5000.0}, seed=2)
+    out = tmp_path / "union"
+    status = main(["fit", "--dataset", str(fit_data), "--add-dataset", str(extra), "--base-model",
+                   str(tiny_whisper_dir), "--out", str(out), "--train-mode", "head", "--epochs", "8",
+                   "--batch-size", "8", "--learning-rate", "1e-2", "--seed", str(SEED)])
+    assert status == 0
+    config = json.loads((out / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == ["high", "low", "mid", "top"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["add_datasets"] == [str(extra)]
+    assert metrics["dataset"]["sizes"] == {"train": 28 + 19, "test": 8 + 5}
+    assert metrics["accuracy"] >= 0.75, metrics["history"]

@@ -89,6 +89,48 @@ def load_labelled(
     return LabelledSplits(splits=raw, label_column=column, label_names=names, source=source)
 
 
+def load_combined(
+    specs: list[str],
+    config: str | None = None,
+    label_column: str | None = None,
+    seed: int = 42,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+) -> LabelledSplits:
+    """Several DATA as one: each loaded as by load_labelled, labels matched by name, splits joined by name.
+
+    The first dataset's label column and label order come first; labels only later datasets have are appended.
+    Each dataset keeps its own held-out split (or its own stratified split), so no test clip of one dataset
+    can be a training clip of another. Only the audio and label columns survive the join.
+    """
+    import datasets
+
+    if len(specs) == 1:
+        return load_labelled(specs[0], config, label_column, seed, test_fraction)
+    parts = [load_labelled(spec, config, label_column, seed, test_fraction) for spec in specs]
+    column = parts[0].label_column
+    names = list(parts[0].label_names)
+    for part in parts[1:]:
+        names.extend(n for n in part.label_names if n not in names)
+    joined: dict[str, list[Any]] = {}
+    for spec, part in zip(specs, parts, strict=True):
+        mapping = [names.index(n) for n in part.label_names]
+        for split, ds in part.splits.items():
+            ds = ds.select_columns([AUDIO_COLUMN, part.label_column])
+            if part.label_column != column:
+                ds = ds.rename_column(part.label_column, column)
+            features = datasets.Features({
+                AUDIO_COLUMN: datasets.Audio(sampling_rate=MODEL_SAMPLE_RATE),
+                column: datasets.ClassLabel(names=names),
+            })
+            ds = ds.cast_column(AUDIO_COLUMN, datasets.Audio(sampling_rate=MODEL_SAMPLE_RATE))
+            ds = ds.map(lambda batch, m=mapping: {column: [m[i] for i in batch[column]]}, batched=True,
+                        features=features, desc=f"labels of {spec} ({split})")
+            joined.setdefault(split, []).append(ds)
+    splits = datasets.DatasetDict({k: datasets.concatenate_datasets(v) for k, v in joined.items()})
+    log.info("combined %s: %s, %d labels", specs, {k: len(v) for k, v in splits.items()}, len(names))
+    return LabelledSplits(splits=splits, label_column=column, label_names=names, source="combined")
+
+
 def _load_raw(spec: str, source: str, config: str | None) -> Any:
     """The dataset as stored, before any relabelling."""
     import datasets

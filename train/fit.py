@@ -22,7 +22,7 @@ from train.data import (
     DEFAULT_MAX_SECONDS,
     DEFAULT_TEST_FRACTION,
     LabelledSplits,
-    load_labelled,
+    load_combined,
     prepare_features,
 )
 from train.errors import TrainError
@@ -52,6 +52,7 @@ class FitSettings:
 
     dataset: str
     out: str
+    add_datasets: tuple[str, ...] = ()  # more DATA joined to `dataset` by label name (load_combined)
     base_model: str = DEFAULT_BASE_MODEL
     dataset_config: str | None = None
     label_column: str | None = None
@@ -211,9 +212,10 @@ def fit(settings: FitSettings) -> FitResult:
     checkpoints = out / CHECKPOINTS_DIR
     set_seed(s.seed)
 
-    data: LabelledSplits = load_labelled(s.dataset, s.dataset_config, s.label_column, s.seed, s.test_fraction)
+    specs = [s.dataset, *s.add_datasets]
+    data: LabelledSplits = load_combined(specs, s.dataset_config, s.label_column, s.seed, s.test_fraction)
     if "train" not in data.splits:
-        raise TrainError(f"dataset {s.dataset} has no train split; splits found: {sorted(data.splits)}")
+        raise TrainError(f"dataset {' + '.join(specs)} has no train split; splits found: {sorted(data.splits)}")
     model, extractor = load_base_model(s.base_model, data.label_names)
     counts = frozen.apply_train_mode(model, s.train_mode, s.unfreeze_top)
     log.info("train mode %s: %d of %d parameters trainable", s.train_mode, counts["trainable"], counts["total"])
@@ -309,6 +311,9 @@ def register(subparsers: Any) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, metavar="DATA",
                    help="hub id (with --dataset-config), audio folder, or save_to_disk folder")
+    p.add_argument("--add-dataset", dest="add_datasets", action="append", default=[], metavar="DATA",
+                   help="also train on DATA (repeatable): labels are matched by name, its held-out split joins "
+                        "the test set; e.g. your recordings plus `intentd-train synth` speech")
     p.add_argument("--dataset-config", help="hub dataset config, e.g. en-US for PolyAI/minds14")
     p.add_argument("--label-column", help="label column (default: intent_class or label)")
     p.add_argument("--base-model", default=DEFAULT_BASE_MODEL, metavar="MODEL",
@@ -344,6 +349,7 @@ def run(args: argparse.Namespace) -> int:
     """CLI entry: build FitSettings from flags and fit."""
     names = FitSettings.__dataclass_fields__
     settings = FitSettings(**{k: v for k, v in vars(args).items() if k in names})
+    settings.add_datasets = tuple(settings.add_datasets)
     result = fit(settings)
     print(f"accuracy {result.accuracy:.4f} ({len(result.test_labels)} test clips); model in {settings.out}")
     return 0
