@@ -13,6 +13,7 @@ from conftest import TONE_LABELS, tone_clip, write_tone_folder, write_tone_saved
 
 from train import audio_io
 from train.data import (
+    change_speed,
     detect_source,
     iter_clips,
     load_combined,
@@ -92,6 +93,33 @@ def test_combined_datasets_match_labels_by_name_and_keep_each_held_out_split(tmp
         for clips, rows in iter_clips(data.splits[split], batch_size=8):
             for clip, label in zip(clips, rows["label"], strict=True):
                 assert abs(_dominant_hz(clip) - hz[data.label_names[label]]) < 0.05 * hz[data.label_names[label]]
+
+
+def test_change_speed_shortens_and_raises_pitch_by_the_factor() -> None:
+    t = np.arange(16_000) / 16_000
+    tone = np.sin(2 * np.pi * 1000.0 * t).astype(np.float32)
+    faster = change_speed(tone, 1.25)
+    assert abs(len(faster) - 16_000 / 1.25) <= 2
+    assert abs(_dominant_hz(faster) - 1250.0) < 10
+    slower = change_speed(tone, 0.8)
+    assert abs(len(slower) - 16_000 / 0.8) <= 2
+    assert abs(_dominant_hz(slower) - 800.0) < 10
+    assert change_speed(tone, 1.0) is tone
+
+
+def test_speed_perturbed_features_add_one_labelled_copy_per_speed(tone_folder: Path, tiny_whisper_dir: Path) -> None:
+    from transformers import AutoFeatureExtractor
+
+    extractor = AutoFeatureExtractor.from_pretrained(str(tiny_whisper_dir))
+    data = load_labelled(str(tone_folder), seed=0)
+    train = data.splits["train"]
+    plain = prepare_features(train, data.label_column, extractor, 4.0)
+    perturbed = prepare_features(train, data.label_column, extractor, 4.0, speeds=(1.0, 0.9, 1.1))
+    assert len(perturbed) == 3 * len(plain)
+    assert list(perturbed["labels"]) == list(plain["labels"]) * 3  # one batch: copies follow the originals
+    first = np.asarray(perturbed["input_features"][: len(plain)])
+    assert np.allclose(first, np.asarray(plain["input_features"]))  # speed 1.0 is the clip itself
+    assert not np.allclose(np.asarray(perturbed["input_features"][len(plain):2 * len(plain)]), first)
 
 
 def test_combined_with_one_dataset_is_load_labelled(tmp_path: Path) -> None:

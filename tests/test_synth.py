@@ -20,6 +20,8 @@ HAS_ESPEAK = shutil.which("espeak-ng") is not None
 HAS_FLITE = shutil.which("flite") is not None
 HAS_FESTIVAL = shutil.which("festival") is not None and shutil.which("text2wave") is not None
 needs_espeak = pytest.mark.skipif(not HAS_ESPEAK, reason="espeak-ng is not installed")
+HAS_PIPER = bool(tts.tts_neural.piper_program()) and bool(tts.tts_neural.Piper().voices())
+HAS_HIBARI = tts.tts_neural.installed("hibari")
 
 TINY = """
 [slots]
@@ -188,6 +190,8 @@ def test_no_tts_engine_is_an_error(
     intents_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setattr(tts.tts_neural, "installed", lambda module: False)  # and no pip-installed voices
+    monkeypatch.setattr(tts.tts_neural, "piper_program", lambda: "")
     with pytest.raises(TrainError, match="no TTS engine available"):
         synth.synthesize(intents_file, tmp_path / "out", progress=False)
 
@@ -223,6 +227,8 @@ def test_bad_sizes_are_refused(intents_file: Path, tmp_path: Path) -> None:
         pytest.param(
             "festival", marks=pytest.mark.skipif(not HAS_FESTIVAL, reason="festival is not installed")
         ),
+        pytest.param("piper", marks=pytest.mark.skipif(not HAS_PIPER, reason="piper-tts is not installed")),
+        pytest.param("hibari", marks=pytest.mark.skipif(not HAS_HIBARI, reason="hibari-tts is not installed")),
     ],
 )
 def test_each_engine_speaks_and_rate_changes_duration(engine: str) -> None:
@@ -241,3 +247,18 @@ def test_espeak_voices_are_distinct_and_mbrola_free() -> None:
     assert len(set(voices)) == len(voices)
     assert all(v.name.startswith("en") for v in voices)
     assert not any(v.name.startswith("mb-") for v in voices) or shutil.which("mbrola")
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        pytest.param("piper", marks=pytest.mark.skipif(not HAS_PIPER, reason="piper-tts is not installed")),
+        pytest.param("hibari", marks=pytest.mark.skipif(not HAS_HIBARI, reason="hibari-tts is not installed")),
+    ],
+)
+def test_neural_voices_repeat_exactly_so_a_seed_gives_the_same_dataset(engine: str) -> None:
+    voice = tts.engine_by_name(engine).voices()[0]
+    first, rate = tts.render("seven", voice, 1.1, 1.0)
+    again, _ = tts.render("seven", voice, 1.1, 1.0)
+    assert rate >= 16_000
+    assert np.array_equal(first, again)

@@ -99,3 +99,12 @@ def test_unreachable_hub_model_suggests_import_backbone(tone_folder: Path, tmp_p
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     _fails(_fit(tone_folder, Path("intentd-test/no-such-model"), tmp_path / "out"), capsys, "import-backbone")
+
+
+def test_bad_speed_perturb_and_missing_added_dataset(tmp_path: Path, tiny_whisper_dir: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    root = write_tone_folder(tmp_path / "data", per_label=3, labels={"a": 300.0, "b": 2500.0})
+    _fails(_fit(root, tiny_whisper_dir, tmp_path / "out", "--speed-perturb", "0.9,3"), capsys,
+           "--speed-perturb", "3.0")
+    _fails(_fit(root, tiny_whisper_dir, tmp_path / "out", "--add-dataset", str(tmp_path / "gone")), capsys,
+           "gone", "does not exist")

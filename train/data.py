@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,8 +273,31 @@ def extract(extractor: Any, clips: list[np.ndarray], max_samples: int) -> dict[s
     return dict(extractor(clips, sampling_rate=MODEL_SAMPLE_RATE))
 
 
-def prepare_features(ds: Any, label_column: str, extractor: Any, max_seconds: float, batch_size: int = 32) -> Any:
-    """A split -> a Dataset of model inputs (input_features or input_values) and `labels`, kept in memory."""
+def change_speed(clip: np.ndarray, factor: float) -> np.ndarray:
+    """Play a 16 kHz clip `factor` times faster (tempo and pitch together, as Kaldi's speed perturbation does)."""
+    import torch
+    import torchaudio.functional as taf
+
+    if factor == 1.0:
+        return clip
+    # Reading the clip as if recorded at factor x 16 kHz and resampling to 16 kHz shortens it by the factor.
+    faster = taf.resample(torch.from_numpy(clip), orig_freq=round(MODEL_SAMPLE_RATE * factor),
+                          new_freq=MODEL_SAMPLE_RATE)
+    return faster.numpy().astype(np.float32, copy=False)
+
+
+def prepare_features(
+    ds: Any,
+    label_column: str,
+    extractor: Any,
+    max_seconds: float,
+    batch_size: int = 32,
+    speeds: Sequence[float] = (1.0,),
+) -> Any:
+    """A split -> a Dataset of model inputs (input_features or input_values) and `labels`, kept in memory.
+
+    Each clip yields one row per entry of `speeds` (speed perturbation for the train split; 1.0 is the clip).
+    """
     import datasets
 
     max_samples = max_samples_for(extractor, max_seconds)
@@ -281,8 +305,9 @@ def prepare_features(ds: Any, label_column: str, extractor: Any, max_seconds: fl
 
     def batch_features(batch: dict[str, list], indices: list[int]) -> dict[str, Any]:
         clips = [decode_clip(v, f"row {i}") for v, i in zip(batch[AUDIO_COLUMN], indices)]
+        clips = [change_speed(clip, factor) for factor in speeds for clip in clips]
         features = extract(extractor, clips, max_samples)
-        features[LABELS] = batch[label_column]
+        features[LABELS] = list(batch[label_column]) * len(speeds)
         return features
 
     return plain.map(

@@ -44,6 +44,8 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_EPOCHS = 10
 DEFAULT_WARMUP_RATIO = 0.1
 DEFAULT_GRAD_ACCUMULATION = {"head": 1, "top": 1, "full": 4}
+# Speed perturbation beyond this range stops sounding like the same word said by another person.
+MIN_SPEED, MAX_SPEED = 0.5, 2.0
 
 
 @dataclass(slots=True)
@@ -53,6 +55,7 @@ class FitSettings:
     dataset: str
     out: str
     add_datasets: tuple[str, ...] = ()  # more DATA joined to `dataset` by label name (load_combined)
+    speed_perturb: tuple[float, ...] = ()  # extra copies of every training clip at these speeds
     base_model: str = DEFAULT_BASE_MODEL
     dataset_config: str | None = None
     label_column: str | None = None
@@ -80,6 +83,9 @@ class FitSettings:
         for name in ("batch_size", "epochs", "max_seconds"):
             if getattr(self, name) <= 0:
                 raise TrainError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for factor in self.speed_perturb:
+            if not MIN_SPEED <= factor <= MAX_SPEED:
+                raise TrainError(f"--speed-perturb factors must be in [{MIN_SPEED}, {MAX_SPEED}], got {factor}")
         if not 0 < self.test_fraction < 1:
             raise TrainError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}")
         out = FitSettings(**asdict(self))
@@ -220,8 +226,10 @@ def fit(settings: FitSettings) -> FitResult:
     counts = frozen.apply_train_mode(model, s.train_mode, s.unfreeze_top)
     log.info("train mode %s: %d of %d parameters trainable", s.train_mode, counts["trainable"], counts["total"])
 
+    speeds = {"train": (1.0, *s.speed_perturb), "test": (1.0,)}
     features = {
-        name: prepare_features(data.split(name), data.label_column, extractor, s.max_seconds, s.batch_size)
+        name: prepare_features(data.split(name), data.label_column, extractor, s.max_seconds, s.batch_size,
+                               speeds=speeds[name])
         for name in ("train", "test")
     }
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -314,6 +322,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--add-dataset", dest="add_datasets", action="append", default=[], metavar="DATA",
                    help="also train on DATA (repeatable): labels are matched by name, its held-out split joins "
                         "the test set; e.g. your recordings plus `intentd-train synth` speech")
+    p.add_argument("--speed-perturb", type=_speeds, default=(), metavar="F,F",
+                   help="also train on every training clip played F times faster, e.g. 0.9,1.1 (tempo and "
+                        "pitch together; the held-out split is left as is)")
     p.add_argument("--dataset-config", help="hub dataset config, e.g. en-US for PolyAI/minds14")
     p.add_argument("--label-column", help="label column (default: intent_class or label)")
     p.add_argument("--base-model", default=DEFAULT_BASE_MODEL, metavar="MODEL",
@@ -343,6 +354,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--push-to-hub", action="store_true", help="upload the final model (needs hub access)")
     p.add_argument("--hub-model-id", help="repo id for --push-to-hub (default: DIR's name)")
     p.set_defaults(func=run)
+
+
+def _speeds(text: str) -> tuple[float, ...]:
+    """`0.9,1.1` -> (0.9, 1.1) for --speed-perturb."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.9,1.1, got {text!r}") from err
 
 
 def run(args: argparse.Namespace) -> int:

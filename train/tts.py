@@ -1,4 +1,5 @@
-"""Text-to-speech engines found on PATH (espeak-ng, flite, festival) and the voices each one offers."""
+"""Text-to-speech engines found here (espeak-ng, flite, festival on PATH; piper, hibari as pip packages) and their
+voices."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import soundfile as sf
 
+from train import tts_neural
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ class Engine(Protocol):
         ...
 
 
-def _run(cmd: Sequence[str], what: str, stdin: str | None = None, timeout: float = RENDER_TIMEOUT_S) -> str:
+def run_program(cmd: Sequence[str], what: str, stdin: str | None = None, timeout: float = RENDER_TIMEOUT_S) -> str:
     """Run a TTS program; failures become TrainErrors naming the command and its stderr."""
     try:
         proc = subprocess.run(
@@ -101,7 +103,7 @@ def _run(cmd: Sequence[str], what: str, stdin: str | None = None, timeout: float
     return proc.stdout
 
 
-def _read_wav(path: Path, what: str) -> tuple[np.ndarray, int]:
+def read_wav(path: Path, what: str) -> tuple[np.ndarray, int]:
     """Read a rendered file as float32 mono; empty output is an error (a voice that cannot say the text)."""
     try:
         samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
@@ -136,15 +138,18 @@ class EspeakNg:
             # Text on stdin: a sentence starting with "-" must not be read as an option.
             cmd = [self.binary, "-v", name, "-s", str(wpm), "-p", str(p), "-w", str(out), "--stdin"]
             what = f"espeak-ng voice {voice.id} saying {text!r}"
-            _run(cmd, what, stdin=text)
-            return _read_wav(out, what)
+            run_program(cmd, what, stdin=text)
+            return read_wav(out, what)
 
 
 @cache
 def _espeak_languages(binary: str) -> tuple[str, ...]:
-    """Language names of the installed English voices; MBROLA voices need the mbrola program and its data."""
-    listing = _run([binary, "--voices=en"], "espeak-ng --voices=en", timeout=DISCOVERY_TIMEOUT_S)
-    has_mbrola = shutil.which("mbrola") is not None
+    """Language names of the installed English voices, MBROLA ones left out.
+
+    MBROLA voices are never used: their data is licensed for non-commercial use with the mbrola program only,
+    and espeak-ng lists them whether or not each voice's data is installed (a listed one can fail every call).
+    """
+    listing = run_program([binary, "--voices=en"], "espeak-ng --voices=en", timeout=DISCOVERY_TIMEOUT_S)
     names: list[str] = []
     for line in listing.splitlines()[1:]:
         fields = line.split()
@@ -152,8 +157,6 @@ def _espeak_languages(binary: str) -> tuple[str, ...]:
             continue
         language, voice_file = fields[1], fields[4]
         if voice_file.startswith("mb/"):
-            if has_mbrola:
-                names.append(voice_file.removeprefix("mb/"))
             continue
         # Generic "en" entries are the MBROLA foreign-accent voices; language names select the gmw/ voices.
         if language.startswith("en") and language not in names:
@@ -164,7 +167,7 @@ def _espeak_languages(binary: str) -> tuple[str, ...]:
 @cache
 def _espeak_variants(binary: str) -> tuple[str, ...]:
     """Variant file names (m1, f3, klatt, ...) usable after '+'."""
-    listing = _run([binary, "--voices=variant"], "espeak-ng --voices=variant", timeout=DISCOVERY_TIMEOUT_S)
+    listing = run_program([binary, "--voices=variant"], "espeak-ng --voices=variant", timeout=DISCOVERY_TIMEOUT_S)
     variants: list[str] = []
     for line in listing.splitlines()[1:]:
         if "!v/" not in line:
@@ -189,7 +192,7 @@ def _distinct_variants(binary: str, variants: Sequence[str]) -> tuple[str, ...]:
             name = f"{ESPEAK_PROBE_LANGUAGE}+{variant}" if variant else ESPEAK_PROBE_LANGUAGE
             cmd = [binary, "-v", name, "-s", str(ESPEAK_DEFAULT_WPM), "-w", str(out), ESPEAK_PROBE_TEXT]
             try:
-                _run(cmd, f"espeak-ng variant {variant!r}", timeout=DISCOVERY_TIMEOUT_S)
+                run_program(cmd, f"espeak-ng variant {variant!r}", timeout=DISCOVERY_TIMEOUT_S)
             except TrainError as err:
                 log.info("espeak-ng variant %r skipped: %s", variant, err)
                 continue
@@ -229,13 +232,13 @@ class Flite:
                 "-f", str(src), "-o", str(out),
             ]  # fmt: skip
             what = f"flite voice {voice.id} saying {text!r}"
-            _run(cmd, what)
-            return _read_wav(out, what)
+            run_program(cmd, what)
+            return read_wav(out, what)
 
 
 @cache
 def _flite_voices(binary: str) -> tuple[str, ...]:
-    listing = _run([binary, "-lv"], "flite -lv", timeout=DISCOVERY_TIMEOUT_S)
+    listing = run_program([binary, "-lv"], "flite -lv", timeout=DISCOVERY_TIMEOUT_S)
     _, _, names = listing.partition(":")
     return tuple(n for n in names.split() if not n.endswith(Flite.LIMITED_DOMAIN_SUFFIX))
 
@@ -272,31 +275,33 @@ class Festival:
         with tempfile.TemporaryDirectory(prefix="intentd-tts-") as tmp:
             out = Path(tmp) / "out.wav"
             what = f"festival voice {voice.id} saying {text!r}"
-            _run([self.binary, "-eval", setup, "-o", str(out)], what, stdin=text)
-            return _read_wav(out, what)
+            run_program([self.binary, "-eval", setup, "-o", str(out)], what, stdin=text)
+            return read_wav(out, what)
 
 
 @cache
 def _festival_voices(festival: str) -> tuple[str, ...]:
-    listing = _run(
+    listing = run_program(
         [festival, "--batch", "(print (voice.list))"], "festival (voice.list)", timeout=DISCOVERY_TIMEOUT_S
     )
     match = re.search(r"\(([^()]*)\)", listing)
     return tuple(match.group(1).split()) if match else ()
 
 
-# Engine name -> (factory, programs it needs on PATH).
-ENGINES: dict[str, tuple[type[EspeakNg | Flite | Festival], tuple[str, ...]]] = {
-    "espeak-ng": (EspeakNg, ("espeak-ng",)),
-    "flite": (Flite, ("flite",)),
-    "festival": (Festival, ("festival", "text2wave")),
+# Engine name -> (factory, programs it needs on PATH, Python packages it needs importable).
+ENGINES: dict[str, tuple[Callable[[], Engine], tuple[str, ...], tuple[str, ...]]] = {
+    "espeak-ng": (EspeakNg, ("espeak-ng",), ()),
+    "flite": (Flite, ("flite",), ()),
+    "festival": (Festival, ("festival", "text2wave"), ()),
+    "piper": (tts_neural.Piper, (), ()),
+    "hibari": (tts_neural.Hibari, (), ("hibari",)),
 }
 
 
 def engine_by_name(name: str) -> Engine:
     """A fresh engine object (cheap; workers build their own instead of receiving one)."""
     try:
-        factory, _ = ENGINES[name]
+        factory, _, _ = ENGINES[name]
     except KeyError as err:
         raise TrainError(f"unknown TTS engine {name!r} (known: {', '.join(ENGINES)})") from err
     return factory()
@@ -308,9 +313,16 @@ def available_engines(names: Iterable[str] | None = None) -> list[Engine]:
     found: list[Engine] = []
     for name in wanted:
         engine = engine_by_name(name)
-        missing = [p for p in ENGINES[name][1] if shutil.which(p) is None]
+        _, programs, packages = ENGINES[name]
+        missing = [p for p in programs if shutil.which(p) is None]
+        if name == "piper" and not tts_neural.piper_program():
+            missing.append(tts_neural.PIPER_PROGRAM)  # looked for beside the interpreter too
         if missing:
             log.info("TTS engine %s skipped: %s not on PATH", name, ", ".join(missing))
+            continue
+        absent = [p for p in packages if not tts_neural.installed(p)]
+        if absent:
+            log.info("TTS engine %s skipped: Python package %s not installed", name, ", ".join(absent))
             continue
         if not engine.voices():
             log.info("TTS engine %s skipped: it lists no usable voices", name)
