@@ -116,6 +116,11 @@ def backbone(workdir: Path, max_seconds: float, log_file: Path | None = None) ->
     return out, seconds
 
 
+def flags_tag(flags: Sequence[str]) -> list[str]:
+    """Fit flags as folder-name parts: dashes stripped, paths reduced to their last part."""
+    return [Path(f).name if "/" in f else f.lstrip("-") for f in flags]
+
+
 def reproduce_line(argv: Sequence[str] | None = None) -> str:
     """The command line that reproduces this run, from the repository root."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     log_file = workdir / "steps.log"
     base, _ = fsdd.backbone(workdir, args.max_seconds, log_file)
     extra = [f"plus-{args.synth.name}"] if args.synth else []
-    tag = "-".join([f"{args.max_seconds:g}s", *extra, *[f.lstrip("-") for f in fit_flags]]) or "default"
+    tag = "-".join([f"{args.max_seconds:g}s", *extra, *fsdd.flags_tag(fit_flags)]) or "default"
 
     rows = []
     for speaker in args.speakers:

@@ -262,3 +262,14 @@ def test_neural_voices_repeat_exactly_so_a_seed_gives_the_same_dataset(engine: s
     again, _ = tts.render("seven", voice, 1.1, 1.0)
     assert rate >= 16_000
     assert np.array_equal(first, again)
+
+
+@needs_espeak
+def test_no_test_voices_gives_a_train_only_dataset_that_loads(intents_file: Path, tmp_path: Path) -> None:
+    from train.data import load_labelled
+
+    out = _synth(intents_file, tmp_path / "out", test_fraction=0.0)
+    assert set(datasets.load_from_disk(str(out))) == {"train"}
+    data = load_labelled(str(out), seed=0)  # fit then holds out its own stratified part
+    assert set(data.splits) == {"train", "test"}
+    assert len(data.splits["train"]) + len(data.splits["test"]) == 2 * PER_INTENT

@@ -139,7 +139,7 @@ def _load_raw(spec: str, source: str, config: str | None) -> Any:
     if source == "saved":
         try:
             return datasets.load_from_disk(spec)
-        except (FileNotFoundError, ValueError, OSError) as err:
+        except (FileNotFoundError, ValueError, OSError, IndexError) as err:  # IndexError: a split with no data
             raise TrainError(f"cannot load saved dataset {spec}: {err}") from err
     if source == "audiofolder":
         try:

@@ -218,6 +218,8 @@ def _write_dataset(out_dir: Path, intents: IntentSet, clips: Sequence[Clip], pro
     splits = {}
     for split in SPLITS:
         rows = [c for c in clips if c.split == split]
+        if not rows:
+            continue  # --test-fraction 0: an empty split would save as a folder load_from_disk cannot read
         splits[split] = datasets.Dataset.from_dict(
             {
                 "path": [c.path for c in rows],
