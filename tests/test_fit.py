@@ -51,27 +51,32 @@ def _model(path: Path, labels: int = 3, weighted: bool = False) -> torch.nn.Modu
 
 
 @pytest.mark.parametrize(
-    ("kind", "mode", "weighted"),
-    [("whisper", "head", False), ("whisper", "head", True), ("whisper", "top", False),
-     ("wav2vec2", "head", False), ("wav2vec2", "head", True)],
+    ("kind", "mode", "weighted", "unfreeze"),
+    [("whisper", "head", False, 1), ("whisper", "head", True, 1), ("whisper", "top", False, 1),
+     ("whisper", "top", True, 1), ("whisper", "top", True, 2), ("wav2vec2", "head", False, 1),
+     ("wav2vec2", "head", True, 1)],
 )
 def test_cached_prefix_reproduces_full_model_logits(
-    kind: str, mode: str, weighted: bool, tone_folder: Path, tiny_whisper_dir: Path, tiny_wav2vec2_dir: Path
+    kind: str, mode: str, weighted: bool, unfreeze: int, tone_folder: Path, tiny_whisper_dir: Path,
+    tiny_wav2vec2_dir: Path,
 ) -> None:
     from transformers import AutoFeatureExtractor
 
     base = tiny_whisper_dir if kind == "whisper" else tiny_wav2vec2_dir
     model = _model(base, weighted=weighted)
+    if weighted:  # uneven weights, so a layer taken from the wrong place would show
+        with torch.no_grad():
+            model.layer_weights.copy_(torch.randn(model.layer_weights.shape, generator=torch.Generator().manual_seed(1)))
     extractor = AutoFeatureExtractor.from_pretrained(str(base))
     data = load_labelled(str(tone_folder))
     features = prepare_features(data.splits["test"], data.label_column, extractor, 1.0)
     assert frozen.can_cache(model, mode)
-    cache, speed = frozen.build_cache(model, features, mode, unfreeze_top=1)
+    cache, speed = frozen.build_cache(model, features, mode, unfreeze_top=unfreeze)
     assert speed["clips_per_second"] > 0
-    small = frozen.small_module(model, mode, unfreeze_top=1).eval()
+    small = frozen.small_module(model, mode, unfreeze_top=unfreeze).eval()
     column = "input_features" if kind == "whisper" else "input_values"
     with torch.no_grad():
-        cached = small(**{cache.input_name: cache.inputs})["logits"]
+        cached = small(**cache.model_inputs())["logits"]
         full = torch.cat([model(**{column: torch.tensor([row[column]])}).logits for row in features])
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-4)
 

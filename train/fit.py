@@ -56,6 +56,7 @@ class FitSettings:
     out: str
     add_datasets: tuple[str, ...] = ()  # more DATA joined to `dataset` by label name (load_combined)
     speed_perturb: tuple[float, ...] = ()  # extra copies of every training clip at these speeds
+    weighted_layer_sum: bool = False  # pool a learned mix of all encoder layers (config.use_weighted_layer_sum)
     base_model: str = DEFAULT_BASE_MODEL
     dataset_config: str | None = None
     label_column: str | None = None
@@ -105,8 +106,12 @@ class FitResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def load_base_model(name: str, label_names: list[str]) -> tuple[Any, Any]:
-    """Base model with a fresh num_labels head (sizes may mismatch a previous head) and its feature extractor."""
+def load_base_model(name: str, label_names: list[str], weighted_layer_sum: bool = False) -> tuple[Any, Any]:
+    """Base model with a fresh num_labels head (sizes may mismatch a previous head) and its feature extractor.
+
+    weighted_layer_sum: pool a learned softmax-weighted sum of every encoder layer's output instead of the last
+    one (the transformers config option; the pipeline loads such a model like any other).
+    """
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
     local = Path(name).expanduser()
@@ -122,6 +127,7 @@ def load_base_model(name: str, label_names: list[str]) -> tuple[Any, Any]:
             label2id=label2id,
             id2label={i: n for n, i in label2id.items()},
             ignore_mismatched_sizes=True,
+            **({"use_weighted_layer_sum": True} if weighted_layer_sum else {}),
         )
         extractor = AutoFeatureExtractor.from_pretrained(str(local) if local.exists() else name)
     except (OSError, ValueError) as err:
@@ -222,7 +228,7 @@ def fit(settings: FitSettings) -> FitResult:
     data: LabelledSplits = load_combined(specs, s.dataset_config, s.label_column, s.seed, s.test_fraction)
     if "train" not in data.splits:
         raise TrainError(f"dataset {' + '.join(specs)} has no train split; splits found: {sorted(data.splits)}")
-    model, extractor = load_base_model(s.base_model, data.label_names)
+    model, extractor = load_base_model(s.base_model, data.label_names, s.weighted_layer_sum)
     counts = frozen.apply_train_mode(model, s.train_mode, s.unfreeze_top)
     log.info("train mode %s: %d of %d parameters trainable", s.train_mode, counts["trainable"], counts["total"])
 
@@ -325,6 +331,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--speed-perturb", type=_speeds, default=(), metavar="F,F",
                    help="also train on every training clip played F times faster, e.g. 0.9,1.1 (tempo and "
                         "pitch together; the held-out split is left as is)")
+    p.add_argument("--weighted-layer-sum", action="store_true",
+                   help="classify a learned weighted sum of every encoder layer, not only the last")
     p.add_argument("--dataset-config", help="hub dataset config, e.g. en-US for PolyAI/minds14")
     p.add_argument("--label-column", help="label column (default: intent_class or label)")
     p.add_argument("--base-model", default=DEFAULT_BASE_MODEL, metavar="MODEL",

@@ -7,7 +7,9 @@ supported models we run it once per clip, keep its output, and train a small mod
   * head (Whisper and the wav2vec2 family): the encoder's mean-pooled hidden states. The projector is linear and
     pooling is a (masked) mean, so mean-then-project equals project-then-mean; a weighted layer sum is linear too,
     so we keep one pooled vector per layer and let the small module learn the weights.
-  * top N (Whisper): the hidden states entering the first unfrozen layer, a (frames, d_model) array per clip.
+  * top N (Whisper): the hidden states entering the first unfrozen layer, a (frames, d_model) array per clip;
+    with a weighted layer sum also the mean-pooled states of the embeddings and every frozen layer, since the
+    sum, the projector and the mean are all linear.
 
 The small modules hold *the full model's own* submodules, not copies, so whatever Trainer does to their weights
 (steps, load-best-at-end) lands in the full model, which is then saved as a normal, complete classifier.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -115,7 +117,7 @@ def can_cache(model: Any, mode: str) -> bool:
     if mode == "head":
         return _is_whisper(model) or _w2v_base(model) is not None
     if mode == "top":
-        return _is_whisper(model) and not model.config.use_weighted_layer_sum
+        return _is_whisper(model)
     return False
 
 
@@ -150,7 +152,12 @@ class PooledHead(nn.Module):
 
 
 class WhisperTop(nn.Module):
-    """The top N Whisper encoder layers + final norm + head, over cached hidden states entering layer L-N."""
+    """The top N Whisper encoder layers + final norm + head, over cached hidden states entering layer L-N.
+
+    With a weighted layer sum it also takes `frozen_pooled` (batch, L-N+1, d): the mean-pooled embeddings and
+    frozen layer outputs, i.e. the first entries of WhisperEncoder's hidden_states; the trainable layers add the
+    rest (the last one after the final layer norm, as transformers records it).
+    """
 
     def __init__(self, model: Any, unfreeze_top: int) -> None:
         super().__init__()
@@ -159,13 +166,28 @@ class WhisperTop(nn.Module):
         self.layer_norm = model.encoder.layer_norm
         self.projector = model.projector
         self.classifier = model.classifier
+        self.weighted = bool(model.config.use_weighted_layer_sum)
+        self.layer_weights = model.layer_weights if self.weighted else None
 
-    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        for layer in self.layers:
+    def forward(
+        self, hidden: torch.Tensor, frozen_pooled: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        pooled: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
             out = layer(hidden, None)
             hidden = out[0] if isinstance(out, tuple) else out
-        hidden = self.projector(self.layer_norm(hidden))
-        logits = self.classifier(hidden.mean(dim=1))
+            if i < len(self.layers) - 1:
+                pooled.append(hidden.mean(dim=1))
+        hidden = self.layer_norm(hidden)
+        if self.layer_weights is None:
+            mixed = hidden.mean(dim=1)
+        else:
+            if frozen_pooled is None:
+                raise ValueError("a weighted layer sum needs the frozen layers' pooled states (frozen_pooled)")
+            states = torch.cat([frozen_pooled, torch.stack([*pooled, hidden.mean(dim=1)], dim=1)], dim=1)
+            weights = nn.functional.softmax(self.layer_weights, dim=-1)
+            mixed = (states * weights.view(1, -1, 1)).sum(dim=1)
+        logits = self.classifier(self.projector(mixed))
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return _output(loss, logits)
 
@@ -189,24 +211,32 @@ class CachedSplit(torch.utils.data.Dataset):
     inputs: torch.Tensor
     labels: torch.Tensor
     input_name: str
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # more per-clip inputs, by argument name
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {self.input_name: self.inputs[i], "labels": self.labels[i]}
+        return {self.input_name: self.inputs[i], **{k: v[i] for k, v in self.extra.items()}, "labels": self.labels[i]}
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """Every input of every clip at once, as the small module's keyword arguments."""
+        return {self.input_name: self.inputs, **self.extra}
 
 
-def _whisper_prefix(model: Any, features: torch.Tensor, n_frozen_layers: int) -> torch.Tensor:
-    """WhisperEncoder.forward up to (not including) layer n_frozen_layers, in eval mode."""
+def _whisper_prefix(model: Any, features: torch.Tensor, n_frozen_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """WhisperEncoder.forward up to (not including) layer n_frozen_layers, in eval mode: the hidden states there
+    and (batch, n_frozen_layers + 1, d) time means of the embeddings and of each frozen layer's output."""
     enc = model.encoder
     h = nn.functional.gelu(enc.conv1(features))
     h = nn.functional.gelu(enc.conv2(h)).permute(0, 2, 1)
     h = h + enc.embed_positions.weight[: h.shape[1]]
+    means = [h.mean(dim=1)]
     for layer in enc.layers[:n_frozen_layers]:
         out = layer(h, None)
         h = out[0] if isinstance(out, tuple) else out
-    return h
+        means.append(h.mean(dim=1))
+    return h, torch.stack(means, dim=1)
 
 
 def _pooled_states(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -248,6 +278,7 @@ def build_cache(
     model.eval()
     device = next(model.parameters()).device
     outputs: list[torch.Tensor] = []
+    frozen_means: list[torch.Tensor] = []
     start = time.perf_counter()
     for batch in _batches(features, batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -255,12 +286,17 @@ def build_cache(
             outputs.append(_pooled_states(model, batch).float().cpu())
         else:
             n_frozen = len(model.encoder.layers) - unfreeze_top
-            outputs.append(_whisper_prefix(model, batch["input_features"], n_frozen).float().cpu())
+            hidden, means = _whisper_prefix(model, batch["input_features"], n_frozen)
+            outputs.append(hidden.float().cpu())
+            frozen_means.append(means.float().cpu())
     seconds = time.perf_counter() - start
     model.train(was_training)
     labels = torch.as_tensor(features["labels"], dtype=torch.long)
     inputs = torch.cat(outputs) if outputs else torch.empty(0)
+    extra = {}
+    if mode == "top" and model.config.use_weighted_layer_sum:
+        extra["frozen_pooled"] = torch.cat(frozen_means) if frozen_means else torch.empty(0)
     speed = {"clips": float(len(labels)), "seconds": seconds, "clips_per_second": len(labels) / max(seconds, 1e-9)}
     log.info("cached frozen prefix of %d clips in %.2f s (%.1f clips/s)", len(labels), seconds,
              speed["clips_per_second"])
-    return CachedSplit(inputs, labels, "pooled" if mode == "head" else "hidden"), speed
+    return CachedSplit(inputs, labels, "pooled" if mode == "head" else "hidden", extra), speed
