@@ -125,3 +125,21 @@ def test_gsm_round_trip_keeps_length_and_band() -> None:
 def test_unknown_codec_is_refused() -> None:
     with pytest.raises(TrainError, match="unknown codec 'amr'"):
         channel.ChannelConfig(codecs=("amr",))
+
+
+def test_a_lower_band_edge_keeps_low_tones_and_is_drawn_in_range() -> None:
+    rate = channel.TELEPHONE_RATE
+    t = np.arange(rate) / rate
+    low = np.sin(2 * np.pi * 150.0 * t)
+    assert np.allclose(channel.bandpass(low, rate, low_hz=50.0), low, atol=1e-9)  # 150 Hz is inside 100-3350
+    config = channel.ChannelConfig(codecs=("none",), low_cut_hz=(50.0, 100.0))
+    rng = np.random.default_rng(9)
+    for _ in range(20):
+        out, params = channel.telephone(low.astype(np.float32), rate, rng, config)
+        assert 50.0 <= params.low_cut_hz <= 100.0
+        power = np.abs(np.fft.rfft(out.astype(np.float64))) ** 2
+        freqs = np.fft.rfftfreq(out.size, d=1.0 / rate)
+        near = (freqs > 140.0) & (freqs < 160.0)
+        assert power[near].sum() > 0.5 * power.sum()  # the tone came through, above the added noise
+    with pytest.raises(TrainError, match="low cut"):
+        channel.ChannelConfig(low_cut_hz=(300.0, 100.0))

@@ -39,6 +39,8 @@ class ChannelConfig:
     # Codecs drawn with equal probability; "gsm" needs sox with GSM support (see gsm_available()).
     codecs: tuple[str, ...] = ("none", "mulaw")
     noise_colours: tuple[str, ...] = field(default=("white", "pink"))
+    # The band's lower edge: 300 Hz on a classic line; VoIP and wideband mobile calls keep far lower frequencies.
+    low_cut_hz: tuple[float, float] = (BAND_LOW_HZ, BAND_LOW_HZ)
 
     def __post_init__(self) -> None:
         for codec in self.codecs:
@@ -46,6 +48,9 @@ class ChannelConfig:
                 raise TrainError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
         if not self.codecs:
             raise TrainError("channel needs at least one codec ('none' for no codec)")
+        low, high = self.low_cut_hz
+        if not 0 <= low <= high <= BAND_HIGH_HZ - 2 * BAND_RAMP_HZ:
+            raise TrainError(f"low cut range {low:g}-{high:g} Hz must be ordered, within 0-{BAND_HIGH_HZ - 2 * BAND_RAMP_HZ:g} Hz")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,7 @@ class ChannelParams:
     trail_samples: int
     codec: str
     noise_colour: str
+    low_cut_hz: float = BAND_LOW_HZ
 
 
 def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
@@ -90,11 +96,11 @@ def band_mask(n: int, rate: int, low_hz: float = BAND_LOW_HZ, high_hz: float = B
     return mask
 
 
-def bandpass(samples: np.ndarray, rate: int) -> np.ndarray:
-    """Telephone band: 300-3400 Hz."""
+def bandpass(samples: np.ndarray, rate: int, low_hz: float = BAND_LOW_HZ) -> np.ndarray:
+    """Telephone band: low_hz (300 Hz on a classic line) to 3400 Hz."""
     if samples.size == 0:
         return samples.astype(np.float64)
-    spectrum = np.fft.rfft(samples) * band_mask(samples.size, rate)
+    spectrum = np.fft.rfft(samples) * band_mask(samples.size, rate, low_hz)
     return np.fft.irfft(spectrum, n=samples.size)
 
 
@@ -195,12 +201,13 @@ def telephone(
         trail_samples=round(_draw(rng, config.trail_silence_s) * TELEPHONE_RATE),
         codec=_choice(rng, config.codecs),
         noise_colour=_choice(rng, config.noise_colours),
+        low_cut_hz=_draw(rng, config.low_cut_hz),
     )
     speech = resample(samples, rate, TELEPHONE_RATE)
     speech_power = float(np.mean(speech**2)) if speech.size else 0.0
     padded = np.pad(speech, (params.lead_samples, params.trail_samples))
     noisy = add_noise(padded, params.snr_db, rng, params.noise_colour, reference_power=speech_power)
-    banded = bandpass(noisy, TELEPHONE_RATE)
+    banded = bandpass(noisy, TELEPHONE_RATE, params.low_cut_hz)
     peak = float(np.max(np.abs(banded))) if banded.size else 0.0
     if peak > 0:
         banded *= 10 ** (params.peak_dbfs / 20) / peak
@@ -208,5 +215,5 @@ def telephone(
         banded = mulaw_round_trip(banded)
     elif params.codec == "gsm":
         # A mobile call's decoded GSM enters the fixed network, which band-limits it again.
-        banded = bandpass(gsm_round_trip(banded), TELEPHONE_RATE)
+        banded = bandpass(gsm_round_trip(banded), TELEPHONE_RATE, params.low_cut_hz)
     return banded.astype(np.float32), params

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 DEFAULT_INTENTS = Path(__file__).parent / "intents" / "minds14.toml"
 DEFAULT_PER_INTENT = 50
 DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_LOW_CUT_HZ = (channel.BAND_LOW_HZ, channel.BAND_LOW_HZ)  # a classic phone line
 # Speaking-rate and pitch factors drawn per clip; wider than this and espeak/flite stop sounding like speech.
 RATE_RANGE = (0.8, 1.25)
 PITCH_RANGE = (0.85, 1.2)
@@ -255,6 +256,7 @@ def synthesize(
     engines: Sequence[str] | None = None,
     workers: int | None = None,
     codecs: Sequence[str] | None = None,
+    low_cut_hz: tuple[float, float] | None = None,
     progress: bool = True,
 ) -> Path:
     """Render a dataset from an intents file into out_dir (wavs + DatasetDict); returns out_dir's absolute path."""
@@ -268,7 +270,7 @@ def synthesize(
     voices = {e.name: e.voices() for e in found}
     if codecs is None:
         codecs = ("none", "mulaw", "gsm") if channel.gsm_available() else ("none", "mulaw")
-    config = channel.ChannelConfig(codecs=tuple(codecs))
+    config = channel.ChannelConfig(codecs=tuple(codecs), low_cut_hz=low_cut_hz or DEFAULT_LOW_CUT_HZ)
     out = _prepare_out_dir(Path(out_dir))
 
     rng = np.random.default_rng(seed)
@@ -333,8 +335,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--codecs", default=None,
         help=f"comma-separated channel codecs from {','.join(channel.CODECS)} (default: all that are available)",
     )  # fmt: skip
+    parser.add_argument(
+        "--low-cut-hz", type=_hz_range, default=DEFAULT_LOW_CUT_HZ, metavar="LOW[,HIGH]",
+        help="the channel's lower band edge in Hz, or a range drawn per clip (default "
+             f"{','.join(f'{f:g}' for f in DEFAULT_LOW_CUT_HZ)})",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
+
+
+def _hz_range(text: str) -> tuple[float, float]:
+    """`300` -> (300, 300); `50,300` -> (50, 300)."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected Hz like 300 or 50,300, got {text!r}") from err
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected one or two values, got {text!r}")
+    return (values[0], values[-1])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -350,6 +368,7 @@ def run(args: argparse.Namespace) -> int:
         engines=engines,
         workers=args.workers,
         codecs=codecs,
+        low_cut_hz=args.low_cut_hz,
         progress=not args.no_progress,
     )
     return 0
