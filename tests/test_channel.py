@@ -143,3 +143,18 @@ def test_a_lower_band_edge_keeps_low_tones_and_is_drawn_in_range() -> None:
         assert power[near].sum() > 0.5 * power.sum()  # the tone came through, above the added noise
     with pytest.raises(TrainError, match="low cut"):
         channel.ChannelConfig(low_cut_hz=(300.0, 100.0))
+
+
+def test_a_higher_band_edge_keeps_tones_above_3400_hz() -> None:
+    rate = channel.TELEPHONE_RATE
+    t = np.arange(rate) / rate
+    high = np.sin(2 * np.pi * 3700.0 * t)
+    assert np.max(np.abs(channel.bandpass(high, rate))) < 1e-9  # a classic line cuts it
+    assert np.allclose(channel.bandpass(high, rate, high_hz=3950.0), high, atol=1e-9)
+    config = channel.ChannelConfig(codecs=("none",), high_cut_hz=(3800.0, 3950.0))
+    _, params = channel.telephone(high.astype(np.float32), rate, np.random.default_rng(10), config)
+    assert 3800.0 <= params.high_cut_hz <= 3950.0
+    with pytest.raises(TrainError, match="high cut"):
+        channel.ChannelConfig(high_cut_hz=(3400.0, 4000.0))  # the ramp would cross Nyquist
+    with pytest.raises(TrainError, match="high cut"):
+        channel.ChannelConfig(low_cut_hz=(300.0, 300.0), high_cut_hz=(350.0, 3400.0))

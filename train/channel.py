@@ -41,6 +41,8 @@ class ChannelConfig:
     noise_colours: tuple[str, ...] = field(default=("white", "pink"))
     # The band's lower edge: 300 Hz on a classic line; VoIP and wideband mobile calls keep far lower frequencies.
     low_cut_hz: tuple[float, float] = (BAND_LOW_HZ, BAND_LOW_HZ)
+    # The upper edge: 3400 Hz on a classic line; up to just under Nyquist (4 kHz) where the codec passes more.
+    high_cut_hz: tuple[float, float] = (BAND_HIGH_HZ, BAND_HIGH_HZ)
 
     def __post_init__(self) -> None:
         for codec in self.codecs:
@@ -49,8 +51,15 @@ class ChannelConfig:
         if not self.codecs:
             raise TrainError("channel needs at least one codec ('none' for no codec)")
         low, high = self.low_cut_hz
-        if not 0 <= low <= high <= BAND_HIGH_HZ - 2 * BAND_RAMP_HZ:
-            raise TrainError(f"low cut range {low:g}-{high:g} Hz must be ordered, within 0-{BAND_HIGH_HZ - 2 * BAND_RAMP_HZ:g} Hz")
+        top_low, top_high = self.high_cut_hz
+        nyquist = TELEPHONE_RATE / 2
+        if not 0 <= low <= high:
+            raise TrainError(f"low cut range {low:g}-{high:g} Hz must be ordered and not negative")
+        if not high + 2 * BAND_RAMP_HZ <= top_low <= top_high <= nyquist - BAND_RAMP_HZ:
+            raise TrainError(
+                f"high cut range {top_low:g}-{top_high:g} Hz must be ordered, at least {2 * BAND_RAMP_HZ:g} Hz above "
+                f"the low cut ({high:g} Hz) and at most {nyquist - BAND_RAMP_HZ:g} Hz"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,7 @@ class ChannelParams:
     codec: str
     noise_colour: str
     low_cut_hz: float = BAND_LOW_HZ
+    high_cut_hz: float = BAND_HIGH_HZ
 
 
 def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
@@ -96,11 +106,11 @@ def band_mask(n: int, rate: int, low_hz: float = BAND_LOW_HZ, high_hz: float = B
     return mask
 
 
-def bandpass(samples: np.ndarray, rate: int, low_hz: float = BAND_LOW_HZ) -> np.ndarray:
-    """Telephone band: low_hz (300 Hz on a classic line) to 3400 Hz."""
+def bandpass(samples: np.ndarray, rate: int, low_hz: float = BAND_LOW_HZ, high_hz: float = BAND_HIGH_HZ) -> np.ndarray:
+    """Telephone band: low_hz to high_hz (300-3400 Hz on a classic line)."""
     if samples.size == 0:
         return samples.astype(np.float64)
-    spectrum = np.fft.rfft(samples) * band_mask(samples.size, rate, low_hz)
+    spectrum = np.fft.rfft(samples) * band_mask(samples.size, rate, low_hz, high_hz)
     return np.fft.irfft(spectrum, n=samples.size)
 
 
@@ -202,12 +212,13 @@ def telephone(
         codec=_choice(rng, config.codecs),
         noise_colour=_choice(rng, config.noise_colours),
         low_cut_hz=_draw(rng, config.low_cut_hz),
+        high_cut_hz=_draw(rng, config.high_cut_hz),
     )
     speech = resample(samples, rate, TELEPHONE_RATE)
     speech_power = float(np.mean(speech**2)) if speech.size else 0.0
     padded = np.pad(speech, (params.lead_samples, params.trail_samples))
     noisy = add_noise(padded, params.snr_db, rng, params.noise_colour, reference_power=speech_power)
-    banded = bandpass(noisy, TELEPHONE_RATE, params.low_cut_hz)
+    banded = bandpass(noisy, TELEPHONE_RATE, params.low_cut_hz, params.high_cut_hz)
     peak = float(np.max(np.abs(banded))) if banded.size else 0.0
     if peak > 0:
         banded *= 10 ** (params.peak_dbfs / 20) / peak
@@ -215,5 +226,5 @@ def telephone(
         banded = mulaw_round_trip(banded)
     elif params.codec == "gsm":
         # A mobile call's decoded GSM enters the fixed network, which band-limits it again.
-        banded = bandpass(gsm_round_trip(banded), TELEPHONE_RATE, params.low_cut_hz)
+        banded = bandpass(gsm_round_trip(banded), TELEPHONE_RATE, params.low_cut_hz, params.high_cut_hz)
     return banded.astype(np.float32), params

@@ -32,6 +32,7 @@ DEFAULT_INTENTS = Path(__file__).parent / "intents" / "minds14.toml"
 DEFAULT_PER_INTENT = 50
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_LOW_CUT_HZ = (channel.BAND_LOW_HZ, channel.BAND_LOW_HZ)  # a classic phone line
+DEFAULT_HIGH_CUT_HZ = (channel.BAND_HIGH_HZ, channel.BAND_HIGH_HZ)
 # Speaking-rate and pitch factors drawn per clip; wider than this and espeak/flite stop sounding like speech.
 RATE_RANGE = (0.8, 1.25)
 PITCH_RANGE = (0.85, 1.2)
@@ -257,6 +258,7 @@ def synthesize(
     workers: int | None = None,
     codecs: Sequence[str] | None = None,
     low_cut_hz: tuple[float, float] | None = None,
+    high_cut_hz: tuple[float, float] | None = None,
     progress: bool = True,
 ) -> Path:
     """Render a dataset from an intents file into out_dir (wavs + DatasetDict); returns out_dir's absolute path."""
@@ -270,7 +272,8 @@ def synthesize(
     voices = {e.name: e.voices() for e in found}
     if codecs is None:
         codecs = ("none", "mulaw", "gsm") if channel.gsm_available() else ("none", "mulaw")
-    config = channel.ChannelConfig(codecs=tuple(codecs), low_cut_hz=low_cut_hz or DEFAULT_LOW_CUT_HZ)
+    config = channel.ChannelConfig(codecs=tuple(codecs), low_cut_hz=low_cut_hz or DEFAULT_LOW_CUT_HZ,
+                                   high_cut_hz=high_cut_hz or DEFAULT_HIGH_CUT_HZ)
     out = _prepare_out_dir(Path(out_dir))
 
     rng = np.random.default_rng(seed)
@@ -340,6 +343,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the channel's lower band edge in Hz, or a range drawn per clip (default "
              f"{','.join(f'{f:g}' for f in DEFAULT_LOW_CUT_HZ)})",
     )  # fmt: skip
+    parser.add_argument(
+        "--high-cut-hz", type=_hz_range, default=DEFAULT_HIGH_CUT_HZ, metavar="LOW[,HIGH]",
+        help="the channel's upper band edge in Hz, or a range drawn per clip (at most 3950; default "
+             f"{','.join(f'{f:g}' for f in DEFAULT_HIGH_CUT_HZ)})",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -369,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         codecs=codecs,
         low_cut_hz=args.low_cut_hz,
+        high_cut_hz=args.high_cut_hz,
         progress=not args.no_progress,
     )
     return 0
