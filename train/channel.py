@@ -1,4 +1,5 @@
-"""A telephone channel for clean TTS audio: 8 kHz, 300-3400 Hz, level, padding, noise and a narrowband codec.
+"""A telephone channel for clean TTS audio: 8 kHz, a 300-3400 Hz band (edges can vary per clip), level, padding,
+noise and a narrowband codec.
 
 Pure numpy (FFT-domain filtering of whole clips), deterministic given a numpy Generator. Clips are seconds long
 and offline, so whole-clip FFTs are simpler and exact where streaming filters would only approximate.
@@ -191,6 +192,11 @@ def _draw(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 
 
+def _draw_if_range(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    """A fixed value draws nothing, so datasets rendered before the band edges could vary stay bit-identical."""
+    return bounds[0] if bounds[0] == bounds[1] else _draw(rng, bounds)
+
+
 def _choice(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
@@ -211,8 +217,8 @@ def telephone(
         trail_samples=round(_draw(rng, config.trail_silence_s) * TELEPHONE_RATE),
         codec=_choice(rng, config.codecs),
         noise_colour=_choice(rng, config.noise_colours),
-        low_cut_hz=_draw(rng, config.low_cut_hz),
-        high_cut_hz=_draw(rng, config.high_cut_hz),
+        low_cut_hz=_draw_if_range(rng, config.low_cut_hz),
+        high_cut_hz=_draw_if_range(rng, config.high_cut_hz),
     )
     speech = resample(samples, rate, TELEPHONE_RATE)
     speech_power = float(np.mean(speech**2)) if speech.size else 0.0

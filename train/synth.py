@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 DEFAULT_INTENTS = Path(__file__).parent / "intents" / "minds14.toml"
 DEFAULT_PER_INTENT = 50
 DEFAULT_TEST_FRACTION = 0.2
-DEFAULT_LOW_CUT_HZ = (channel.BAND_LOW_HZ, channel.BAND_LOW_HZ)  # a classic phone line
+# The band's lower edge is drawn per clip between 50 Hz (VoIP, wideband mobile) and 300 Hz (a classic line):
+# synth-only digits -> real FSDD measured 96.70% against 96.45% with every clip cut at 300 Hz (bench/README.md).
+DEFAULT_LOW_CUT_HZ = (50.0, channel.BAND_LOW_HZ)
 DEFAULT_HIGH_CUT_HZ = (channel.BAND_HIGH_HZ, channel.BAND_HIGH_HZ)
 # Speaking-rate and pitch factors drawn per clip; wider than this and espeak/flite stop sounding like speech.
 RATE_RANGE = (0.8, 1.25)
