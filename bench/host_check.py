@@ -2,8 +2,8 @@
 
 Usage: .venv/bin/python -m bench.host_check --model DIR
 
-Prints, with no daemon: one `Classifier.classify` of a 1 s clip back to back and after 1 s idle (median of 12),
-and two small torch ops timed on the main thread and then on a second thread once the main thread has used torch's
+Prints, with no daemon: two small torch ops and one `Classifier.classify` of a 1 s clip (median of 12; back to
+back and after 1 s idle) on the main thread, then the same on a second thread once the main thread has used torch's
 OpenMP pool (the situation daemon/threads.py avoids; a large gap there means a second pool is parking its workers).
 """
 
@@ -75,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     classifier.warmup()
     print(f"classify 1 s clip: back to back {classify_ms(classifier, 0.0):.1f} ms, "
           f"after 1 s idle {classify_ms(classifier, 1.0):.1f} ms")
+    on_second: list[float] = []
+    worker = threading.Thread(target=lambda: on_second.append(classify_ms(classifier, 0.0)))
+    worker.start()
+    worker.join()
+    print(f"classify 1 s clip back to back on a second thread, the main thread's pool alive: {on_second[0]:.1f} ms "
+          "(what the daemon did before daemon/threads.py)")
     return 0
 
 

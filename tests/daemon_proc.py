@@ -397,3 +397,32 @@ def collect(sub: Any, done: Callable[[list[Any]], bool], timeout_s: float = 60.0
         if event is not None and keep(event):
             kept.append(event)
     return kept
+
+
+def serve_while(service: Any, drive: Callable[[], None], join_s: float = 60.0) -> int:
+    """Run an in-process Service on this (main) thread while `drive` runs on another; then stop it.
+
+    Signal handlers need the main thread, so the test's steps go to a driver thread. Whatever `drive` raises is
+    re-raised here after the service has stopped; the service's exit status is returned.
+    """
+    problems: list[BaseException] = []
+
+    def driver() -> None:
+        try:
+            drive()
+        except BaseException as err:  # noqa: BLE001 -- handed to the main thread
+            problems.append(err)
+        finally:
+            while service._loop is None and not problems:
+                threading.Event().wait(0.05)
+            service.request_stop()
+
+    thread = threading.Thread(target=driver, name="test-driver")
+    thread.start()
+    try:
+        status = int(service.run())
+    finally:
+        thread.join(join_s)
+    if problems:
+        raise problems[0]
+    return status

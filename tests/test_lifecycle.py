@@ -26,6 +26,7 @@ from tests.daemon_proc import (
     collect,
     free_port,
     running_daemon,
+    serve_while,
     silence,
     speech_clips,
 )
@@ -251,53 +252,39 @@ def test_watchdog_stops_while_a_batch_is_stuck_and_resumes_after(
     engine = BlockingEngine()
     notify = NotifySocket()
     service = Service(settings, engine_loader=lambda s: engine, notifier=Notifier(notify.path))
-    problems: list[BaseException] = []
     interval_s = WATCHDOG_USEC / 2e6
 
     def drive() -> None:
-        try:
-            notify.wait_for("READY", "1", timeout_s=30.0)
-            with Subscriber(f"tcp://127.0.0.1:{events_port}", recv_timeout_s=EVENT_TIMEOUT_S) as sub:
-                assert sub.wait_connected(10.0)
-                notify.wait_for("WATCHDOG", "1", timeout_s=5.0)
-                engine.block.set()
-                t = Talker(service.bound_sources[0], "stuck")
-                t.say(clips[0], silence(1.0))
-                assert engine.entered.wait(30.0)
-                deadline = time.monotonic() + 10.0
-                while service.healthy():
-                    assert time.monotonic() < deadline, "a stuck batch never made the service unhealthy"
-                    engine.release.wait(interval_s / 4)
-                stopped_at = notify.count("WATCHDOG", "1")
-                # Watch five health intervals: at most one ping that was already on its way.
-                threading.Event().wait(5 * interval_s)
-                assert notify.count("WATCHDOG", "1") <= stopped_at + 1
-                engine.block.clear()
-                engine.release.set()
-                evs = intents(sub, "stuck", 1)
-                assert evs[0].model_id == "fake@0"
-                resumed = notify.count("WATCHDOG", "1")
-                notify.wait_for("WATCHDOG", "1", timeout_s=5.0)  # an unread one from before is fine too...
-                deadline = time.monotonic() + 5.0
-                while notify.count("WATCHDOG", "1") < resumed + 2:  # ...so require two fresh ones
-                    assert time.monotonic() < deadline, "watchdog pings did not resume"
-                    engine.release.wait(interval_s / 4)
-                t.end()
-                t.close()
-        except BaseException as err:  # noqa: BLE001 -- handed to the main thread
-            problems.append(err)
-        finally:
-            while service._loop is None and not problems:
-                threading.Event().wait(0.05)
-            service.request_stop()
+        notify.wait_for("READY", "1", timeout_s=30.0)
+        with Subscriber(f"tcp://127.0.0.1:{events_port}", recv_timeout_s=EVENT_TIMEOUT_S) as sub:
+            assert sub.wait_connected(10.0)
+            notify.wait_for("WATCHDOG", "1", timeout_s=5.0)
+            engine.block.set()
+            t = Talker(service.bound_sources[0], "stuck")
+            t.say(clips[0], silence(1.0))
+            assert engine.entered.wait(30.0)
+            deadline = time.monotonic() + 10.0
+            while service.healthy():
+                assert time.monotonic() < deadline, "a stuck batch never made the service unhealthy"
+                engine.release.wait(interval_s / 4)
+            stopped_at = notify.count("WATCHDOG", "1")
+            # Watch five health intervals: at most one ping that was already on its way.
+            threading.Event().wait(5 * interval_s)
+            assert notify.count("WATCHDOG", "1") <= stopped_at + 1
+            engine.block.clear()
+            engine.release.set()
+            evs = intents(sub, "stuck", 1)
+            assert evs[0].model_id == "fake@0"
+            resumed = notify.count("WATCHDOG", "1")
+            notify.wait_for("WATCHDOG", "1", timeout_s=5.0)  # an unread one from before is fine too...
+            deadline = time.monotonic() + 5.0
+            while notify.count("WATCHDOG", "1") < resumed + 2:  # ...so require two fresh ones
+                assert time.monotonic() < deadline, "watchdog pings did not resume"
+                engine.release.wait(interval_s / 4)
+            t.end()
+            t.close()
 
-    driver = threading.Thread(target=drive, name="test-driver")
-    driver.start()
     try:
-        status = service.run()  # signal handlers need the main thread
+        assert serve_while(service, drive) == 0  # signal handlers need the main thread
     finally:
-        driver.join(60.0)
         notify.close()
-    if problems:
-        raise problems[0]
-    assert status == 0

@@ -22,6 +22,10 @@ HAS_FESTIVAL = shutil.which("festival") is not None and shutil.which("text2wave"
 needs_espeak = pytest.mark.skipif(not HAS_ESPEAK, reason="espeak-ng is not installed")
 HAS_PIPER = bool(tts.tts_neural.piper_program()) and bool(tts.tts_neural.Piper().voices())
 HAS_HIBARI = tts.tts_neural.installed("hibari")
+NEURAL_ENGINES = [
+    pytest.param("piper", marks=pytest.mark.skipif(not HAS_PIPER, reason="piper-tts is not installed")),
+    pytest.param("hibari", marks=pytest.mark.skipif(not HAS_HIBARI, reason="hibari-tts is not installed")),
+]
 
 TINY = """
 [slots]
@@ -227,8 +231,7 @@ def test_bad_sizes_are_refused(intents_file: Path, tmp_path: Path) -> None:
         pytest.param(
             "festival", marks=pytest.mark.skipif(not HAS_FESTIVAL, reason="festival is not installed")
         ),
-        pytest.param("piper", marks=pytest.mark.skipif(not HAS_PIPER, reason="piper-tts is not installed")),
-        pytest.param("hibari", marks=pytest.mark.skipif(not HAS_HIBARI, reason="hibari-tts is not installed")),
+        *NEURAL_ENGINES,
     ],
 )
 def test_each_engine_speaks_and_rate_changes_duration(engine: str) -> None:
@@ -249,13 +252,7 @@ def test_espeak_voices_are_distinct_and_mbrola_free() -> None:
     assert not any(v.name.startswith("mb-") for v in voices) or shutil.which("mbrola")
 
 
-@pytest.mark.parametrize(
-    "engine",
-    [
-        pytest.param("piper", marks=pytest.mark.skipif(not HAS_PIPER, reason="piper-tts is not installed")),
-        pytest.param("hibari", marks=pytest.mark.skipif(not HAS_HIBARI, reason="hibari-tts is not installed")),
-    ],
-)
+@pytest.mark.parametrize("engine", NEURAL_ENGINES)
 def test_neural_voices_repeat_exactly_so_a_seed_gives_the_same_dataset(engine: str) -> None:
     voice = tts.engine_by_name(engine).voices()[0]
     first, rate = tts.render("seven", voice, 1.1, 1.0)

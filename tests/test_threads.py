@@ -12,7 +12,7 @@ from daemon import settings as settings_mod
 from daemon.frames import Prediction, Utterance
 from daemon.notify import Notifier
 from daemon.threads import run_in_new_thread
-from tests.daemon_proc import NotifySocket, free_port
+from tests.daemon_proc import NotifySocket, free_port, serve_while
 
 
 def test_returns_the_result_from_a_thread_that_has_ended() -> None:
@@ -92,28 +92,14 @@ def test_the_service_loads_its_model_on_a_thread_that_is_gone_before_ready() -> 
 
     notify = NotifySocket()
     service = Service(settings, engine_loader=loader, notifier=Notifier(notify.path))
-    problems: list[BaseException] = []
 
     def drive() -> None:
-        try:
-            notify.wait_for("READY", "1", timeout_s=30.0)
-            assert len(loaded_on) == 1
-            assert loaded_on[0] is not threading.main_thread()
-            assert not loaded_on[0].is_alive()
-        except BaseException as err:  # noqa: BLE001 -- handed to the main thread
-            problems.append(err)
-        finally:
-            while service._loop is None and not problems:
-                threading.Event().wait(0.05)
-            service.request_stop()
+        notify.wait_for("READY", "1", timeout_s=30.0)
+        assert len(loaded_on) == 1
+        assert loaded_on[0] is not threading.main_thread()
+        assert not loaded_on[0].is_alive()
 
-    driver = threading.Thread(target=drive, name="test-driver")
-    driver.start()
     try:
-        status = service.run()
+        assert serve_while(service, drive) == 0
     finally:
-        driver.join(30.0)
         notify.close()
-    if problems:
-        raise problems[0]
-    assert status == 0
