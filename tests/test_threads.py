@@ -54,7 +54,10 @@ def test_a_cancelled_wait_leaves_the_loop_usable_and_the_thread_finishes() -> No
         finished.set()
         return "late"
 
+    loop_errors: list[dict[str, object]] = []
+
     async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: loop_errors.append(context))
         task = asyncio.create_task(run_in_new_thread(work, name="t-slow"))
         await asyncio.sleep(0)
         task.cancel()
@@ -67,6 +70,7 @@ def test_a_cancelled_wait_leaves_the_loop_usable_and_the_thread_finishes() -> No
 
     asyncio.run(main())
     assert finished.is_set()
+    assert loop_errors == []  # e.g. InvalidStateError from settling a cancelled future would land here
 
 
 class _RecordingEngine:

@@ -112,6 +112,10 @@ def load_combined(
     names = list(parts[0].label_names)
     for part in parts[1:]:
         names.extend(n for n in part.label_names if n not in names)
+    features = datasets.Features({
+        AUDIO_COLUMN: datasets.Audio(sampling_rate=MODEL_SAMPLE_RATE),
+        column: datasets.ClassLabel(names=names),
+    })
     joined: dict[str, list[Any]] = {}
     for spec, part in zip(specs, parts, strict=True):
         mapping = [names.index(n) for n in part.label_names]
@@ -119,10 +123,6 @@ def load_combined(
             ds = ds.select_columns([AUDIO_COLUMN, part.label_column])
             if part.label_column != column:
                 ds = ds.rename_column(part.label_column, column)
-            features = datasets.Features({
-                AUDIO_COLUMN: datasets.Audio(sampling_rate=MODEL_SAMPLE_RATE),
-                column: datasets.ClassLabel(names=names),
-            })
             ds = ds.cast_column(AUDIO_COLUMN, datasets.Audio(sampling_rate=MODEL_SAMPLE_RATE))
             ds = ds.map(lambda batch, m=mapping: {column: [m[i] for i in batch[column]]}, batched=True,
                         features=features, desc=f"labels of {spec} ({split})")

@@ -166,8 +166,7 @@ class WhisperTop(nn.Module):
         self.layer_norm = model.encoder.layer_norm
         self.projector = model.projector
         self.classifier = model.classifier
-        self.weighted = bool(model.config.use_weighted_layer_sum)
-        self.layer_weights = model.layer_weights if self.weighted else None
+        self.layer_weights = model.layer_weights if model.config.use_weighted_layer_sum else None
 
     def forward(
         self, hidden: torch.Tensor, frozen_pooled: torch.Tensor | None = None, labels: torch.Tensor | None = None
