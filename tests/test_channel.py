@@ -158,3 +158,53 @@ def test_a_higher_band_edge_keeps_tones_above_3400_hz() -> None:
         channel.ChannelConfig(high_cut_hz=(3400.0, 4000.0))  # the ramp would cross Nyquist
     with pytest.raises(TrainError, match="high cut"):
         channel.ChannelConfig(low_cut_hz=(300.0, 300.0), high_cut_hz=(350.0, 3400.0))
+
+
+def _word(rate: int) -> np.ndarray:
+    """0.2 s silence, a weak 0.1 s hiss (a fricative, 23 dB down), a 0.3 s loud vowel, 0.2 s silence."""
+    rng = np.random.default_rng(11)
+    t = np.arange(int(0.3 * rate)) / rate
+    parts = [
+        np.zeros(int(0.2 * rate)),
+        0.05 * rng.standard_normal(int(0.1 * rate)),
+        np.sin(2 * np.pi * 500.0 * t),
+        np.zeros(int(0.2 * rate)),
+    ]
+    return np.concatenate(parts)
+
+
+def test_trim_edges_cuts_silence_and_whatever_is_further_below_the_peak_than_asked() -> None:
+    rate = 16_000
+    word = _word(rate)
+    # 35 dB keeps the hiss and drops only the silence.
+    assert channel.trim_edges(word, rate, 35.0).size == pytest.approx(0.4 * rate, abs=0.01 * rate)
+    # 15 dB drops the hiss too: only the vowel is left, as an endpointer that clips a weak onset leaves it.
+    assert channel.trim_edges(word, rate, 15.0).size == pytest.approx(0.3 * rate, abs=0.01 * rate)
+    assert channel.trim_edges(np.zeros(rate), rate, 20.0).size == rate  # nothing to find: left as it was
+    assert channel.trim_edges(np.zeros(5), rate, 20.0).size == 5  # under one frame
+
+
+def test_trimmed_clips_are_drawn_at_the_configured_rate_and_keep_little_silence() -> None:
+    rate = 16_000
+    word = _word(rate)
+    config = channel.ChannelConfig(codecs=("none",), trim_probability=0.5, trim_db=(12.0, 20.0))
+    rng = np.random.default_rng(12)
+    drawn = [channel.telephone(word, rate, rng, config) for _ in range(200)]
+    trimmed = [(out, p) for out, p in drawn if p.trim_db is not None]
+    assert 70 <= len(trimmed) <= 130
+    for out, params in trimmed:
+        assert 12.0 <= params.trim_db <= 20.0
+        assert params.lead_samples <= 0.5 * channel.TRIMMED_SILENCE_SCALE * channel.TELEPHONE_RATE + 1
+        speech = out.size - params.lead_samples - params.trail_samples
+        assert speech == pytest.approx(0.3 * channel.TELEPHONE_RATE, abs=0.01 * channel.TELEPHONE_RATE)
+    # Untrimmed clips keep their whole 0.8 s and the usual padding.
+    for out, params in drawn:
+        if params.trim_db is None:
+            assert out.size == round(0.8 * channel.TELEPHONE_RATE) + params.lead_samples + params.trail_samples
+
+
+def test_bad_trim_settings_are_refused() -> None:
+    with pytest.raises(TrainError, match="trim probability"):
+        channel.ChannelConfig(trim_probability=1.5)
+    with pytest.raises(TrainError, match="trim range"):
+        channel.ChannelConfig(trim_db=(30.0, 10.0))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from train import synth, tts
+from train import accent, synth, tts
 from train.errors import TrainError
 
 datasets = pytest.importorskip("datasets")
@@ -35,7 +35,9 @@ balance = ["(what's|what is) my {account} balance", "how much (money|cash) do I 
 freeze = ["(freeze|block) my card [please]", "stop my card"]
 """
 PER_INTENT = 5
-COLUMNS = ["path", "audio", "transcription", "english_transcription", "intent_class", "lang_id", "voice"]
+COLUMNS = [
+    "path", "audio", "transcription", "english_transcription", "intent_class", "lang_id", "voice", "accent"
+]  # fmt: skip
 # Fast engines only where the test is about the pipeline; festival gets its own render test.
 FAST_ENGINES = [e for e, present in (("espeak-ng", HAS_ESPEAK), ("flite", HAS_FLITE)) if present]
 
@@ -68,7 +70,7 @@ def test_dataset_has_minds14_columns_and_types(intents_file: Path, tmp_path: Pat
     assert features["intent_class"].names == ["balance", "freeze"]
     assert features["lang_id"].names == ["en-US"]
     assert features["audio"].sampling_rate == 8000
-    for name in ("path", "transcription", "english_transcription", "voice"):
+    for name in ("path", "transcription", "english_transcription", "voice", "accent"):
         assert features[name].dtype == "string"
 
     row = loaded["train"][0]
@@ -221,6 +223,34 @@ def test_bad_sizes_are_refused(intents_file: Path, tmp_path: Path) -> None:
         synth.synthesize(intents_file, tmp_path / "o", per_intent=0, progress=False)
     with pytest.raises(TrainError, match="--test-fraction"):
         synth.synthesize(intents_file, tmp_path / "o", test_fraction=1.0, progress=False)
+    with pytest.raises(TrainError, match="--accent-fraction"):
+        synth.synthesize(intents_file, tmp_path / "o", accent_fraction=1.5, progress=False)
+
+
+@needs_espeak
+def test_accents_change_only_the_espeak_clips_they_are_drawn_for(intents_file: Path, tmp_path: Path) -> None:
+    plain = _synth(intents_file, tmp_path / "plain", per_intent=12)
+    accented = _synth(intents_file, tmp_path / "accented", per_intent=12, accent_fraction=0.5)
+
+    def rows(out: Path) -> list[dict[str, str]]:
+        loaded = datasets.load_from_disk(str(out))
+        return [r for split in ("train", "test") for r in loaded[split].remove_columns("audio")]
+
+    before, after = rows(plain), rows(accented)
+    # The accent draws have their own stream: texts, voices and the split are those of the plain dataset.
+    assert [(r["voice"], r["transcription"]) for r in before] == [(r["voice"], r["transcription"]) for r in after]
+    assert not any(r["accent"] for r in before)
+    marked = [r for r in after if r["accent"]]
+    assert marked and all(r["voice"].startswith("espeak-ng/") for r in marked)
+    assert len(marked) < sum(r["voice"].startswith("espeak-ng/") for r in after)
+    for r in marked:
+        assert accent.parse(r["accent"])
+    same_audio = [Path(o["path"]).read_bytes() == Path(n["path"]).read_bytes() for o, n in zip(before, after)]
+    assert all(same for same, r in zip(same_audio, after) if not r["accent"])
+    # An accent can leave a sentence as it was ("do I have" has no sound that any drawn process rewrites).
+    assert not all(same for same, r in zip(same_audio, after) if r["accent"])
+    info = json.loads((accented / synth.INFO_FILE).read_text())
+    assert info["accented_clips"] == len(marked)
 
 
 @pytest.mark.parametrize(

@@ -16,13 +16,13 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from train import channel, tts
+from train import accent, channel, tts
 from train.errors import TrainError
 from train.intents import IntentSet, load_intents
 
@@ -45,6 +45,10 @@ INFO_FILE = "synth.json"
 # Files save_to_disk writes (plus the split folders); their presence marks a folder as an earlier synth output.
 DATASET_MARKER = "dataset_dict.json"
 SEED_BITS = 63
+# Second seed word of the accent draws' own Generator (see assign_accents).
+ACCENT_STREAM = 1
+DEFAULT_ACCENT_FRACTION = 0.0
+DEFAULT_TRIM_FRACTION = 0.0
 MAP_CHUNKSIZE = 4
 
 
@@ -61,6 +65,7 @@ class Clip:
     pitch: float
     channel_seed: int
     path: str
+    accent: tuple[str, ...] = ()  # train/accent.py processes; only espeak-ng clips get one
 
 
 def split_voices(
@@ -142,6 +147,19 @@ def plan_clips(
     return clips
 
 
+def assign_accents(clips: Sequence[Clip], fraction: float, rng: np.random.Generator) -> list[Clip]:
+    """Give about `fraction` of the espeak-ng clips a drawn accent (the only engine that speaks phonemes).
+
+    rng is a stream of its own, so the rest of the plan (texts, voices, channel) is the same at any fraction.
+    """
+    if fraction <= 0:
+        return list(clips)
+    return [
+        replace(c, accent=accent.draw(rng)) if c.voice.engine == tts.EspeakNg.name and rng.random() < fraction else c
+        for c in clips
+    ]
+
+
 def _engine_weights(voices: Mapping[str, Sequence[tts.Voice]]) -> tuple[list[str], np.ndarray]:
     """Engines in name order and their probabilities, 1 + log2(distinct speakers) each, normalised."""
     engines = sorted(voices)
@@ -151,7 +169,7 @@ def _engine_weights(voices: Mapping[str, Sequence[tts.Voice]]) -> tuple[list[str
 
 def render_clip(clip: Clip, config: channel.ChannelConfig) -> float:
     """Speak, pass through the telephone channel, write 8 kHz s16 wav; returns the clip's seconds."""
-    samples, rate = tts.render(clip.text, clip.voice, clip.rate, clip.pitch)
+    samples, rate = tts.render(clip.text, clip.voice, clip.rate, clip.pitch, clip.accent)
     audio, _ = channel.telephone(samples, rate, np.random.default_rng(clip.channel_seed), config)
     sf.write(clip.path, audio, channel.TELEPHONE_RATE, subtype="PCM_16", format="WAV")
     return audio.size / channel.TELEPHONE_RATE
@@ -217,6 +235,7 @@ def _write_dataset(out_dir: Path, intents: IntentSet, clips: Sequence[Clip], pro
             "intent_class": datasets.ClassLabel(names=list(intents.names)),
             "lang_id": datasets.ClassLabel(names=[LANG_ID]),
             "voice": datasets.Value("string"),
+            "accent": datasets.Value("string"),
         }
     )
     splits = {}
@@ -233,6 +252,7 @@ def _write_dataset(out_dir: Path, intents: IntentSet, clips: Sequence[Clip], pro
                 "intent_class": [intents.names.index(c.intent) for c in rows],
                 "lang_id": [0] * len(rows),
                 "voice": [c.voice.id for c in rows],
+                "accent": [",".join(c.accent) for c in rows],
             },
             features=features,
             split=datasets.NamedSplit(split),
@@ -261,6 +281,8 @@ def synthesize(
     codecs: Sequence[str] | None = None,
     low_cut_hz: tuple[float, float] | None = None,
     high_cut_hz: tuple[float, float] | None = None,
+    accent_fraction: float = DEFAULT_ACCENT_FRACTION,
+    trim_fraction: float = DEFAULT_TRIM_FRACTION,
     progress: bool = True,
 ) -> Path:
     """Render a dataset from an intents file into out_dir (wavs + DatasetDict); returns out_dir's absolute path."""
@@ -268,19 +290,24 @@ def synthesize(
         raise TrainError(f"--per-intent must be at least 1, not {per_intent}")
     if not 0 <= test_fraction < 1:
         raise TrainError(f"--test-fraction must be in [0, 1), not {test_fraction}")
+    if not 0 <= accent_fraction <= 1:
+        raise TrainError(f"--accent-fraction must be in [0, 1], not {accent_fraction}")
     started = time.monotonic()
     intents = load_intents(intents_path)
     found = tts.available_engines(engines)
     voices = {e.name: e.voices() for e in found}
     if codecs is None:
         codecs = ("none", "mulaw", "gsm") if channel.gsm_available() else ("none", "mulaw")
+    if not 0 <= trim_fraction <= 1:
+        raise TrainError(f"--trim-fraction must be in [0, 1], not {trim_fraction}")
     config = channel.ChannelConfig(codecs=tuple(codecs), low_cut_hz=low_cut_hz or DEFAULT_LOW_CUT_HZ,
-                                   high_cut_hz=high_cut_hz or DEFAULT_HIGH_CUT_HZ)
+                                   high_cut_hz=high_cut_hz or DEFAULT_HIGH_CUT_HZ, trim_probability=trim_fraction)
     out = _prepare_out_dir(Path(out_dir))
 
     rng = np.random.default_rng(seed)
     sides = split_voices(voices, test_fraction, rng)
     clips = plan_clips(intents, voices, sides, per_intent, test_fraction, rng, out / WAV_DIR)
+    clips = assign_accents(clips, accent_fraction, np.random.default_rng([seed, ACCENT_STREAM]))
     for engine, vs in voices.items():
         log.info(
             "%s: %d voices (%d train, %d test)",
@@ -299,6 +326,8 @@ def synthesize(
         "channel": asdict(config),
         "voices": {split: sorted(v.id for v, s in sides.items() if s == split) for split in SPLITS},
         "clips": {split: sum(c.split == split for c in clips) for split in SPLITS},
+        "accent_fraction": accent_fraction,
+        "accented_clips": sum(bool(c.accent) for c in clips),
         "audio_seconds": round(seconds, 1),
     }
     (out / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
@@ -350,6 +379,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the channel's upper band edge in Hz, or a range drawn per clip (at most 3950; default "
              f"{','.join(f'{f:g}' for f in DEFAULT_HIGH_CUT_HZ)})",
     )  # fmt: skip
+    parser.add_argument(
+        "--accent-fraction", type=float, default=DEFAULT_ACCENT_FRACTION, metavar="F",
+        help="share of espeak-ng clips spoken with a drawn foreign accent (th-stopping, tense vowels, ...; "
+             f"default {DEFAULT_ACCENT_FRACTION:g})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trim-fraction", type=float, default=DEFAULT_TRIM_FRACTION, metavar="F",
+        help="share of clips cut tight at an energy threshold 10-30 dB below their peak, as an endpointer or "
+             f"VAD cuts recordings (weak onsets like the s of 'six' go too; default {DEFAULT_TRIM_FRACTION:g})",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -380,6 +419,8 @@ def run(args: argparse.Namespace) -> int:
         codecs=codecs,
         low_cut_hz=args.low_cut_hz,
         high_cut_hz=args.high_cut_hz,
+        accent_fraction=args.accent_fraction,
+        trim_fraction=args.trim_fraction,
         progress=not args.no_progress,
     )
     return 0

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import soundfile as sf
 
-from train import tts_neural
+from train import accent, tts_neural
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -128,18 +128,34 @@ class EspeakNg:
         variants = _espeak_variants(self.binary)
         return [Voice(self.name, lang, var) for lang in languages for var in ("", *variants)]
 
-    def render(self, text: str, voice: Voice, rate: float, pitch: float) -> tuple[np.ndarray, int]:
-        """espeak-ng -s words-per-minute, -p 0..99 (roughly linear in F0 around the default 50)."""
+    def render(
+        self, text: str, voice: Voice, rate: float, pitch: float, accent: Sequence[str] = ()
+    ) -> tuple[np.ndarray, int]:
+        """espeak-ng -s words-per-minute, -p 0..99 (roughly linear in F0 around the default 50).
+
+        With an accent (train/accent.py process names) the text is first turned into the voice's own phonemes,
+        rewritten, and spoken as phoneme input.
+        """
         name = f"{voice.name}+{voice.variant}" if voice.variant else voice.name
         wpm = max(80, round(ESPEAK_DEFAULT_WPM * rate))
         p = int(np.clip(round(ESPEAK_DEFAULT_PITCH * pitch), 0, ESPEAK_MAX_PITCH))
+        what = f"espeak-ng voice {voice.id} saying {text!r}" + (f" with accent {','.join(accent)}" if accent else "")
+        if accent:
+            text = self._accented(text, voice.name, accent, what)
         with tempfile.TemporaryDirectory(prefix="intentd-tts-") as tmp:
             out = Path(tmp) / "out.wav"
             # Text on stdin: a sentence starting with "-" must not be read as an option.
             cmd = [self.binary, "-v", name, "-s", str(wpm), "-p", str(p), "-w", str(out), "--stdin"]
-            what = f"espeak-ng voice {voice.id} saying {text!r}"
             run_program(cmd, what, stdin=text)
             return read_wav(out, what)
+
+    def _accented(self, text: str, language: str, processes: Sequence[str], what: str) -> str:
+        """The text as rewritten phoneme input: one [[...]] per clause espeak-ng printed, commas between."""
+        printed = run_program([self.binary, "-v", language, "-q", "-x", "--stdin"], what, stdin=text)
+        clauses = [accent.apply(line.strip(), processes) for line in printed.splitlines() if line.strip()]
+        if not clauses:
+            raise TrainError(f"{what}: espeak-ng printed no phonemes")
+        return ", ".join(f"[[{c}]]" for c in clauses)
 
 
 @cache
@@ -336,6 +352,13 @@ def available_engines(names: Iterable[str] | None = None) -> list[Engine]:
     return found
 
 
-def render(text: str, voice: Voice, rate: float = 1.0, pitch: float = 1.0) -> tuple[np.ndarray, int]:
-    """Speak text with a voice: float32 mono samples and their sample rate."""
-    return engine_by_name(voice.engine).render(text, voice, rate, pitch)
+def render(
+    text: str, voice: Voice, rate: float = 1.0, pitch: float = 1.0, accent: Sequence[str] = ()
+) -> tuple[np.ndarray, int]:
+    """Speak text with a voice: float32 mono samples and their sample rate. Only espeak-ng speaks accents."""
+    engine = engine_by_name(voice.engine)
+    if not accent:
+        return engine.render(text, voice, rate, pitch)
+    if not isinstance(engine, EspeakNg):
+        raise TrainError(f"{voice.engine} cannot speak an accent (only espeak-ng speaks phoneme input)")
+    return engine.render(text, voice, rate, pitch, accent)
