@@ -1,0 +1,93 @@
+"""Where a digits model fails on FSDD: clip lengths per speaker, lengths of wrong vs right clips, and what changes
+of the input (padding, gain, tiling, tempo) do to accuracy.
+
+Usage: .venv/bin/python -m bench.fsdd_errors --model DIR [--fsdd DIR] [--speakers S ...] [--variants]
+
+The model is any digits classifier whose labels are zero..nine (e.g. the one bench.fsdd_synth writes). Classifies
+in process with train.inference (the manual path `intentd-train eval` uses), so no work folder is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bench import fsdd
+
+MODEL_RATE = 16_000
+
+
+def _load(recording: fsdd.Recording) -> np.ndarray:
+    from train.audio_io import read_audio
+
+    return read_audio(recording.path, MODEL_RATE)
+
+
+def _variants(rng: np.random.Generator) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Input changes that test a hypothesis each: silence/noise around the word, level, window fill, tempo."""
+    import torch
+    import torchaudio
+
+    def noise(n: int) -> np.ndarray:
+        return rng.normal(0.0, 0.002, n).astype(np.float32)
+
+    def slower(clip: np.ndarray) -> np.ndarray:  # 0.8x tempo and pitch, by resampling
+        return torchaudio.functional.resample(torch.from_numpy(clip), MODEL_RATE, MODEL_RATE * 5 // 4).numpy()
+
+    return {
+        "as recorded": lambda c: c,
+        "0.3 s silence before": lambda c: np.concatenate([np.zeros(MODEL_RATE * 3 // 10, np.float32), c]),
+        "0.25 s noise each side": lambda c: np.concatenate([noise(MODEL_RATE // 4), c, noise(MODEL_RATE // 4)]),
+        "gain x2": lambda c: np.clip(2 * c, -1, 1),
+        "peak normalised to 0.5": lambda c: c * (0.5 / max(float(np.abs(c).max()), 1e-9)),
+        "tiled to 2 s": lambda c: np.tile(c, -(-2 * MODEL_RATE // c.size))[: 2 * MODEL_RATE],
+        "0.8x tempo": slower,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="digits model folder")
+    parser.add_argument("--fsdd", type=Path, default=fsdd.DEFAULT_FSDD, help="FSDD recordings folder")
+    parser.add_argument("--speakers", nargs="+", default=list(fsdd.SPEAKERS))
+    parser.add_argument("--variants", action="store_true", help="also score the changed inputs (slower)")
+    args = parser.parse_args(argv)
+    found = fsdd.require_fsdd(args.fsdd)
+    if found is None:
+        return fsdd.SKIP_STATUS
+
+    from train.inference import Classifier
+
+    model = Classifier.load(args.model)
+    missing = [d for d in fsdd.DIGIT_NAMES if d not in model.label2id]
+    if missing:
+        print(f"error: {args.model} has no label(s) {', '.join(missing)}; it is not a digits model", file=sys.stderr)
+        return 2
+    print("| speaker | clips | mean length s | shortest s | variant | accuracy | wrong: mean length s | right: mean length s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for speaker in args.speakers:
+        recs = [r for r in found if r.speaker == speaker]
+        if not recs:
+            print(f"error: no recordings of speaker {speaker!r}", file=sys.stderr)
+            return 2
+        clips = [_load(r) for r in recs]
+        truth = np.array([model.label2id[r.label] for r in recs])
+        lengths = np.array([c.size / MODEL_RATE for c in clips])
+        variants = _variants(np.random.default_rng(0))
+        names = list(variants) if args.variants else ["as recorded"]
+        for name in names:
+            predicted = model.logits([variants[name](c) for c in clips]).argmax(axis=1)
+            right = predicted == truth
+            wrong_len = f"{lengths[~right].mean():.2f}" if (~right).any() else "-"
+            print(f"| {speaker} | {len(recs)} | {lengths.mean():.2f} | {lengths.min():.2f} | {name} | "
+                  f"{right.mean():.1%} | {wrong_len} | {lengths[right].mean():.2f} |", flush=True)  # fmt: skip
+    print(f"reproduce: {fsdd.reproduce_line(argv)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
