@@ -122,6 +122,46 @@ def test_speed_perturbed_features_add_one_labelled_copy_per_speed(tone_folder: P
     assert not np.allclose(np.asarray(perturbed["input_features"][len(plain):2 * len(plain)]), first)
 
 
+def test_trim_perturbed_features_add_one_copy_cut_tight_per_level(tmp_path: Path, tiny_whisper_dir: Path) -> None:
+    import soundfile as sf
+    from transformers import AutoFeatureExtractor
+
+    from train import channel
+    from train.data import extract
+
+    rate, rng = 8000, np.random.default_rng(3)
+    silence = np.zeros(int(0.3 * rate), np.float32)
+    for label, freq in TONE_LABELS.items():
+        (tmp_path / "quiet" / label).mkdir(parents=True)
+        for i in range(3):
+            clip = np.concatenate([silence, tone_clip(freq, rate, rng), silence])
+            sf.write(tmp_path / "quiet" / label / f"{i}.wav", clip, rate)
+    extractor = AutoFeatureExtractor.from_pretrained(str(tiny_whisper_dir))
+    data = load_labelled(str(tmp_path / "quiet"), seed=0)
+    train = data.splits["train"]
+    plain = prepare_features(train, data.label_column, extractor, 4.0)
+    trimmed = prepare_features(train, data.label_column, extractor, 4.0, trims=(20.0,))
+    assert len(trimmed) == 2 * len(plain)
+    assert list(trimmed["labels"]) == list(plain["labels"]) * 2
+    first = np.asarray(trimmed["input_features"][: len(plain)])
+    assert np.allclose(first, np.asarray(plain["input_features"]))
+    # The copy is the clip without its 0.3 s of silence on each side, exactly as channel.trim_edges cuts it.
+    clip = decode_first_clip(train)
+    expected = extract(extractor, [channel.trim_edges(clip, 16_000, 20.0)], 4 * 16_000)["input_features"][0]
+    assert np.allclose(np.asarray(trimmed["input_features"][len(plain)]), np.asarray(expected), atol=1e-5)
+    assert not np.allclose(np.asarray(trimmed["input_features"][len(plain)]), first[0])
+
+
+def decode_first_clip(split: object) -> np.ndarray:
+    """The first clip of a split as prepare_features decodes it (16 kHz mono float32)."""
+    import datasets
+
+    from train.data import AUDIO_COLUMN, decode_clip
+
+    plain = split.cast_column(AUDIO_COLUMN, datasets.Audio(decode=False))  # type: ignore[attr-defined]
+    return decode_clip(plain[0][AUDIO_COLUMN], "row 0")
+
+
 def test_combined_with_one_dataset_is_load_labelled(tmp_path: Path) -> None:
     saved = write_tone_saved(tmp_path / "synth", per_label=4)
     data = load_combined([str(saved)], seed=0)

@@ -106,5 +106,7 @@ def test_bad_speed_perturb_and_missing_added_dataset(tmp_path: Path, tiny_whispe
     root = write_tone_folder(tmp_path / "data", per_label=3, labels={"a": 300.0, "b": 2500.0})
     _fails(_fit(root, tiny_whisper_dir, tmp_path / "out", "--speed-perturb", "0.9,3"), capsys,
            "--speed-perturb", "3.0")
+    _fails(_fit(root, tiny_whisper_dir, tmp_path / "out", "--trim-perturb", "15,80"), capsys,
+           "--trim-perturb", "80")
     _fails(_fit(root, tiny_whisper_dir, tmp_path / "out", "--add-dataset", str(tmp_path / "gone")), capsys,
            "gone", "does not exist")

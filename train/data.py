@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from train import channel
 from train.audio_io import MODEL_SAMPLE_RATE, check_clip
 from train.errors import TrainError
 
@@ -293,10 +294,12 @@ def prepare_features(
     max_seconds: float,
     batch_size: int = 32,
     speeds: Sequence[float] = (1.0,),
+    trims: Sequence[float] = (),
 ) -> Any:
     """A split -> a Dataset of model inputs (input_features or input_values) and `labels`, kept in memory.
 
-    Each clip yields one row per entry of `speeds` (speed perturbation for the train split; 1.0 is the clip).
+    Each clip yields one row per entry of `speeds` (speed perturbation for the train split; 1.0 is the clip),
+    then one per entry of `trims`: the clip cut tight at that many dB below its loudest frame (channel.trim_edges).
     """
     import datasets
 
@@ -305,9 +308,10 @@ def prepare_features(
 
     def batch_features(batch: dict[str, list], indices: list[int]) -> dict[str, Any]:
         clips = [decode_clip(v, f"row {i}") for v, i in zip(batch[AUDIO_COLUMN], indices)]
-        clips = [change_speed(clip, factor) for factor in speeds for clip in clips]
-        features = extract(extractor, clips, max_samples)
-        features[LABELS] = list(batch[label_column]) * len(speeds)
+        variants = [change_speed(clip, factor) for factor in speeds for clip in clips]
+        variants += [channel.trim_edges(clip, MODEL_SAMPLE_RATE, db) for db in trims for clip in clips]
+        features = extract(extractor, variants, max_samples)
+        features[LABELS] = list(batch[label_column]) * (len(speeds) + len(trims))
         return features
 
     return plain.map(

@@ -46,6 +46,8 @@ DEFAULT_WARMUP_RATIO = 0.1
 DEFAULT_GRAD_ACCUMULATION = {"head": 1, "top": 1, "full": 4}
 # Speed perturbation beyond this range stops sounding like the same word said by another person.
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
+# Below 3 dB a trim keeps little more than the loudest frame; beyond 60 dB it keeps everything but digital silence.
+MIN_TRIM_DB, MAX_TRIM_DB = 3.0, 60.0
 
 
 @dataclass(slots=True)
@@ -56,6 +58,7 @@ class FitSettings:
     out: str
     add_datasets: tuple[str, ...] = ()  # more DATA joined to `dataset` by label name (load_combined)
     speed_perturb: tuple[float, ...] = ()  # extra copies of every training clip at these speeds
+    trim_perturb: tuple[float, ...] = ()  # extra copies cut tight at these dB below each clip's peak
     weighted_layer_sum: bool = False  # pool a learned mix of all encoder layers (config.use_weighted_layer_sum)
     base_model: str = DEFAULT_BASE_MODEL
     dataset_config: str | None = None
@@ -87,6 +90,9 @@ class FitSettings:
         for factor in self.speed_perturb:
             if not MIN_SPEED <= factor <= MAX_SPEED:
                 raise TrainError(f"--speed-perturb factors must be in [{MIN_SPEED}, {MAX_SPEED}], got {factor}")
+        for db in self.trim_perturb:
+            if not MIN_TRIM_DB <= db <= MAX_TRIM_DB:
+                raise TrainError(f"--trim-perturb levels must be in [{MIN_TRIM_DB:g}, {MAX_TRIM_DB:g}] dB, got {db:g}")
         if not 0 < self.test_fraction < 1:
             raise TrainError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}")
         out = FitSettings(**asdict(self))
@@ -233,9 +239,10 @@ def fit(settings: FitSettings) -> FitResult:
     log.info("train mode %s: %d of %d parameters trainable", s.train_mode, counts["trainable"], counts["total"])
 
     speeds = {"train": (1.0, *s.speed_perturb), "test": (1.0,)}
+    trims = {"train": s.trim_perturb, "test": ()}
     features = {
         name: prepare_features(data.split(name), data.label_column, extractor, s.max_seconds, s.batch_size,
-                               speeds=speeds[name])
+                               speeds=speeds[name], trims=trims[name])
         for name in ("train", "test")
     }
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -331,6 +338,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--speed-perturb", type=_speeds, default=(), metavar="F,F",
                    help="also train on every training clip played F times faster, e.g. 0.9,1.1 (tempo and "
                         "pitch together; the held-out split is left as is)")
+    p.add_argument("--trim-perturb", type=_speeds, default=(), metavar="DB,DB",
+                   help="also train on every training clip cut tight at DB below its loudest 10 ms, e.g. 15 "
+                        "(as an endpointer cuts weak onsets; the held-out split is left as is)")
     p.add_argument("--weighted-layer-sum", action="store_true",
                    help="classify a learned weighted sum of every encoder layer, not only the last")
     p.add_argument("--dataset-config", help="hub dataset config, e.g. en-US for PolyAI/minds14")
@@ -365,7 +375,7 @@ def register(subparsers: Any) -> None:
 
 
 def _speeds(text: str) -> tuple[float, ...]:
-    """`0.9,1.1` -> (0.9, 1.1) for --speed-perturb."""
+    """`0.9,1.1` -> (0.9, 1.1) for --speed-perturb and --trim-perturb."""
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError as err:
