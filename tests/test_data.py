@@ -162,6 +162,24 @@ def decode_first_clip(split: object) -> np.ndarray:
     return decode_clip(plain[0][AUDIO_COLUMN], "row 0")
 
 
+def test_training_clips_are_the_audio_the_daemon_and_predict_classify(tmp_path: Path) -> None:
+    """8 kHz phone audio upsampled by datasets (FFmpeg) differs from torchaudio's; training must see the daemon's."""
+    import soundfile as sf
+
+    from daemon.resample import Resampler
+    from train.audio_io import read_audio
+    from train.data import decode_clip
+
+    for rate, channels in ((8000, 1), (44_100, 2)):
+        clip = tone_clip(700.0, rate, np.random.default_rng(rate), channels)
+        path = tmp_path / f"clip-{rate}.wav"
+        sf.write(path, clip, rate, subtype="FLOAT")
+        trained = decode_clip({"path": str(path), "bytes": None}, "row 0")
+        mono = clip if channels == 1 else clip.mean(axis=1)
+        assert np.allclose(trained, Resampler()(mono.astype(np.float32), rate), atol=1e-6)
+        assert np.allclose(trained, read_audio(path), atol=1e-6)
+
+
 def test_combined_with_one_dataset_is_load_labelled(tmp_path: Path) -> None:
     saved = write_tone_saved(tmp_path / "synth", per_label=4)
     data = load_combined([str(saved)], seed=0)
