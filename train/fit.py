@@ -335,10 +335,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--add-dataset", dest="add_datasets", action="append", default=[], metavar="DATA",
                    help="also train on DATA (repeatable): labels are matched by name, its held-out split joins "
                         "the test set; e.g. your recordings plus `intentd-train synth` speech")
-    p.add_argument("--speed-perturb", type=_speeds, default=(), metavar="F,F",
+    p.add_argument("--speed-perturb", type=_numbers, default=(), metavar="F,F",
                    help="also train on every training clip played F times faster, e.g. 0.9,1.1 (tempo and "
                         "pitch together; the held-out split is left as is)")
-    p.add_argument("--trim-perturb", type=_speeds, default=(), metavar="DB,DB",
+    p.add_argument("--trim-perturb", type=_numbers, default=(), metavar="DB,DB",
                    help="also train on every training clip cut tight at DB below its loudest 10 ms, e.g. 15 "
                         "(as an endpointer cuts weak onsets; the held-out split is left as is)")
     p.add_argument("--weighted-layer-sum", action="store_true",
@@ -374,12 +374,12 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _speeds(text: str) -> tuple[float, ...]:
+def _numbers(text: str) -> tuple[float, ...]:
     """`0.9,1.1` -> (0.9, 1.1) for --speed-perturb and --trim-perturb."""
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.9,1.1, got {text!r}") from err
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.9,1.1 or 15, got {text!r}") from err
 
 
 def run(args: argparse.Namespace) -> int:
