@@ -18,7 +18,7 @@ setup:
 $(BACKBONE)/config.json: | setup
 	$(BIN)/intentd-train import-backbone whisper-tiny.en --out $(BACKBONE) --force
 
-# 250 clips per intent (200 to train): 80.3% on the held-out voices vs 55.7% with synth's default 50, in ~8.5 min
+# 250 clips per intent (200 to train): 79.9% on the held-out voices vs 55.7% with synth's default 50, in 11-14 min
 # on 2 CPU cores (bench/README.md, "Default 14-intent model").
 $(DATA)/dataset_dict.json: | setup
 	$(BIN)/intentd-train synth --intents train/intents/minds14.toml --out $(DATA) --seed $(SEED) --per-intent 250
