@@ -29,14 +29,10 @@ def _load(recording: fsdd.Recording) -> np.ndarray:
 
 def _variants(rng: np.random.Generator) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """Input changes that test a hypothesis each: silence/noise around the word, level, window fill, tempo."""
-    import torch
-    import torchaudio
+    from train.data import change_speed
 
     def noise(n: int) -> np.ndarray:
         return rng.normal(0.0, 0.002, n).astype(np.float32)
-
-    def slower(clip: np.ndarray) -> np.ndarray:  # 0.8x tempo and pitch, by resampling
-        return torchaudio.functional.resample(torch.from_numpy(clip), MODEL_RATE, MODEL_RATE * 5 // 4).numpy()
 
     return {
         "as recorded": lambda c: c,
@@ -45,7 +41,7 @@ def _variants(rng: np.random.Generator) -> dict[str, Callable[[np.ndarray], np.n
         "gain x2": lambda c: np.clip(2 * c, -1, 1),
         "peak normalised to 0.5": lambda c: c * (0.5 / max(float(np.abs(c).max()), 1e-9)),
         "tiled to 2 s": lambda c: np.tile(c, -(-2 * MODEL_RATE // c.size))[: 2 * MODEL_RATE],
-        "0.8x tempo": slower,
+        "0.8x tempo": lambda c: change_speed(c, 0.8),  # tempo and pitch together, as fit --speed-perturb
     }
 
 

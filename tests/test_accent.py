@@ -39,13 +39,6 @@ def test_apply_rewrites_only_the_sounds_each_process_names(
     assert accent.apply(phonemes, processes) == expected
 
 
-def test_parse_names_unknown_processes() -> None:
-    assert accent.parse("th-stopping, w-to-v") == ("th-stopping", "w-to-v")
-    assert accent.parse("") == ()
-    with pytest.raises(ValueError, match="unknown accent process lisp"):
-        accent.parse("th-stopping,lisp")
-
-
 def test_draw_is_seeded_never_empty_and_keeps_one_th_process() -> None:
     drawn = [accent.draw(np.random.default_rng(seed)) for seed in range(300)]
     assert drawn == [accent.draw(np.random.default_rng(seed)) for seed in range(300)]

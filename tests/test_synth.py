@@ -244,7 +244,7 @@ def test_accents_change_only_the_espeak_clips_they_are_drawn_for(intents_file: P
     assert marked and all(r["voice"].startswith("espeak-ng/") for r in marked)
     assert len(marked) < sum(r["voice"].startswith("espeak-ng/") for r in after)
     for r in marked:
-        assert accent.parse(r["accent"])
+        assert set(r["accent"].split(",")) <= set(accent.PROCESSES)
     same_audio = [Path(o["path"]).read_bytes() == Path(n["path"]).read_bytes() for o, n in zip(before, after)]
     assert all(same for same, r in zip(same_audio, after) if not r["accent"])
     # An accent can leave a sentence as it was ("do I have" has no sound that any drawn process rewrites).

@@ -29,6 +29,7 @@ CODECS = ("none", "mulaw", "gsm")
 SOX_TIMEOUT_S = 30.0
 TRIM_FRAME_S = 0.01
 TRIMMED_SILENCE_SCALE = 0.1
+TRIM_DB_RANGE = (10.0, 30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,7 @@ class ChannelConfig:
     # fricatives such as the s of "six" or the th of "three". The silence padding drawn for such a clip shrinks
     # to TRIMMED_SILENCE_SCALE of itself, since a trimmed recording keeps almost none.
     trim_probability: float = 0.0
-    trim_db: tuple[float, float] = (10.0, 30.0)
+    trim_db: tuple[float, float] = TRIM_DB_RANGE
 
     def __post_init__(self) -> None:
         for codec in self.codecs:

@@ -236,9 +236,9 @@ def decode_clip(value: dict[str, Any], where: str) -> np.ndarray:
 
     datasets decodes at the file's own rate and channel count; the mean of the channels is resampled by
     torchaudio, exactly as the daemon and `predict` do:
-    datasets' own resampling (FFmpeg's) shapes upsampled 8 kHz audio differently near and above 4 kHz (share of
-    energy above 4 kHz, median of 50 FSDD clips: 1.7e-4 against torchaudio's 3.1e-4), which log-mel features
-    magnify: a model trained on one and served the other lost up to 0.6 points on a real FSDD speaker.
+    datasets' own resampling (FFmpeg's) shapes upsampled 8 kHz audio differently near and above 4 kHz, which
+    log-mel features magnify: a model trained on one and served the other lost up to 0.6 points on a real FSDD
+    speaker (bench/README.md, "Training hears what the daemon hears").
     """
     import datasets
 

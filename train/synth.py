@@ -389,7 +389,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )  # fmt: skip
     parser.add_argument(
         "--trim-fraction", type=float, default=DEFAULT_TRIM_FRACTION, metavar="F",
-        help="share of clips cut tight at an energy threshold 10-30 dB below their peak, as an endpointer or "
+        help="share of clips cut tight at an energy threshold "
+             f"{'-'.join(f'{d:g}' for d in channel.TRIM_DB_RANGE)} dB below their peak, as an endpointer or "
              f"VAD cuts recordings (weak onsets like the s of 'six' go too; default {DEFAULT_TRIM_FRACTION:g})",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
