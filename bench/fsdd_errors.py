@@ -1,5 +1,6 @@
-"""Where a digits model fails on FSDD: clip lengths per speaker, lengths of wrong vs right clips, and what changes
-of the input (padding, gain, tiling, tempo) do to accuracy.
+"""Where a digits model fails on FSDD: clip lengths per speaker, how hard each speaker's clips are cut at their edges,
+lengths of wrong vs right clips, the commonest confusions, and what changes of the input (padding, gain, tiling,
+tempo) do to accuracy.
 
 Usage: .venv/bin/python -m bench.fsdd_errors --model DIR [--fsdd DIR] [--speakers S ...] [--variants]
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +27,19 @@ def _load(recording: fsdd.Recording) -> np.ndarray:
     from train.audio_io import read_audio
 
     return read_audio(recording.path, MODEL_RATE)
+
+
+def edge_levels(clip: np.ndarray, rate: int = MODEL_RATE) -> tuple[float, float]:
+    """dB of the first and last 10 ms relative to the loudest 10 ms: near 0 means the cut went through the word."""
+    from train.channel import TRIM_FRAME_S
+
+    frame = round(rate * TRIM_FRAME_S)
+    n = clip.size // frame
+    if n == 0:
+        return 0.0, 0.0
+    energy = np.maximum(np.mean(np.square(clip[: n * frame].reshape(n, frame), dtype=np.float64), axis=1), 1e-20)
+    level = 10 * np.log10(energy / energy.max())
+    return float(level[0]), float(level[-1])
 
 
 def _variants(rng: np.random.Generator) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
@@ -63,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: {args.model} has no label(s) {', '.join(missing)}; it is not a digits model", file=sys.stderr)
         return 2
-    print("| speaker | clips | mean length s | shortest s | variant | accuracy | wrong: mean length s | right: mean length s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| speaker | clips | mean length s | shortest s | first / last 10 ms, median dB | variant | accuracy "
+          "| wrong: mean length s | right: mean length s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    confusions: dict[str, Counter[tuple[str, str]]] = {}
     for speaker in args.speakers:
         recs = [r for r in found if r.speaker == speaker]
         if not recs:
@@ -73,14 +90,23 @@ def main(argv: list[str] | None = None) -> int:
         clips = [_load(r) for r in recs]
         truth = np.array([model.label2id[r.label] for r in recs])
         lengths = np.array([c.size / MODEL_RATE for c in clips])
+        edges = np.median(np.array([edge_levels(c) for c in clips]), axis=0)
         variants = _variants(np.random.default_rng(0))
         names = list(variants) if args.variants else ["as recorded"]
         for name in names:
             predicted = model.logits([variants[name](c) for c in clips]).argmax(axis=1)
             right = predicted == truth
+            if name == "as recorded":
+                confusions[speaker] = Counter(
+                    (r.label, model.id2label[int(p)]) for r, p, ok in zip(recs, predicted, right, strict=True) if not ok
+                )
             wrong_len = f"{lengths[~right].mean():.2f}" if (~right).any() else "-"
-            print(f"| {speaker} | {len(recs)} | {lengths.mean():.2f} | {lengths.min():.2f} | {name} | "
+            print(f"| {speaker} | {len(recs)} | {lengths.mean():.2f} | {lengths.min():.2f} | "
+                  f"{edges[0]:.0f} / {edges[1]:.0f} | {name} | "
                   f"{right.mean():.1%} | {wrong_len} | {lengths[right].mean():.2f} |", flush=True)  # fmt: skip
+    for speaker, pairs in confusions.items():
+        top = ", ".join(f"{said} -> {heard} x{n}" for (said, heard), n in pairs.most_common(5)) or "none"
+        print(f"{speaker}: commonest confusions {top}")
     print(f"reproduce: {fsdd.reproduce_line(argv)}")
     return 0
 
