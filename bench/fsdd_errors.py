@@ -31,15 +31,10 @@ def _load(recording: fsdd.Recording) -> np.ndarray:
 
 def edge_levels(clip: np.ndarray, rate: int = MODEL_RATE) -> tuple[float, float]:
     """dB of the first and last 10 ms relative to the loudest 10 ms: near 0 means the cut went through the word."""
-    from train.channel import TRIM_FRAME_S
+    from train.channel import frame_levels
 
-    frame = round(rate * TRIM_FRAME_S)
-    n = clip.size // frame
-    if n == 0:
-        return 0.0, 0.0
-    energy = np.maximum(np.mean(np.square(clip[: n * frame].reshape(n, frame), dtype=np.float64), axis=1), 1e-20)
-    level = 10 * np.log10(energy / energy.max())
-    return float(level[0]), float(level[-1])
+    level = frame_levels(clip, rate)
+    return (0.0, 0.0) if level is None else (float(level[0]), float(level[-1]))
 
 
 def _variants(rng: np.random.Generator) -> dict[str, Callable[[np.ndarray], np.ndarray]]:

@@ -184,6 +184,16 @@ def test_trim_edges_cuts_silence_and_whatever_is_further_below_the_peak_than_ask
     assert channel.trim_edges(np.zeros(5), rate, 20.0).size == 5  # under one frame
 
 
+def test_frame_levels_are_db_below_the_loudest_10_ms_and_none_without_sound() -> None:
+    rate = 8000
+    clip = np.concatenate([np.full(80, 0.01), np.full(80, 0.1), np.full(40, 0.5)]).astype(np.float32)
+    levels = channel.frame_levels(clip, rate)
+    assert levels is not None
+    np.testing.assert_allclose(levels, [-20.0, 0.0])  # the trailing 5 ms is no whole frame
+    assert channel.frame_levels(np.zeros(800, np.float32), rate) is None
+    assert channel.frame_levels(np.ones(40, np.float32), rate) is None
+
+
 def test_trimmed_clips_are_drawn_at_the_configured_rate_and_keep_little_silence() -> None:
     rate = 16_000
     word = _word(rate)

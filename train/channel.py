@@ -202,16 +202,24 @@ def gsm_round_trip(samples: np.ndarray) -> np.ndarray:
     return np.pad(out[: samples.size], (0, max(0, samples.size - out.size)))
 
 
-def trim_edges(samples: np.ndarray, rate: int, below_peak_db: float) -> np.ndarray:
-    """Cut both ends down to the first and last 10 ms frame within below_peak_db of the loudest frame."""
+def frame_levels(samples: np.ndarray, rate: int) -> np.ndarray | None:
+    """Each whole 10 ms frame's energy in dB relative to the loudest frame; None when there is no frame or no sound."""
     frame = max(1, round(rate * TRIM_FRAME_S))
     n = samples.size // frame
     if n == 0:
-        return samples
+        return None
     energy = np.mean(np.square(samples[: n * frame].reshape(n, frame), dtype=np.float64), axis=1)
     if not energy.max() > 0:
+        return None
+    return 10 * np.log10(np.maximum(energy, 1e-20) / energy.max())
+
+
+def trim_edges(samples: np.ndarray, rate: int, below_peak_db: float) -> np.ndarray:
+    """Cut both ends down to the first and last 10 ms frame within below_peak_db of the loudest frame."""
+    level = frame_levels(samples, rate)
+    if level is None:
         return samples
-    level = 10 * np.log10(np.maximum(energy, 1e-20) / energy.max())
+    frame = max(1, round(rate * TRIM_FRAME_S))
     kept = np.flatnonzero(level >= -below_peak_db)
     return samples[kept[0] * frame : (kept[-1] + 1) * frame]
 
