@@ -108,5 +108,8 @@ def test_bad_speed_perturb_and_missing_added_dataset(tmp_path: Path, tiny_whispe
            "--speed-perturb", "3.0")
     _fails(_fit(root, tiny_whisper_dir, tmp_path / "out", "--trim-perturb", "15,80"), capsys,
            "--trim-perturb", "80")
+    _fails(_fit(root, tiny_whisper_dir, tmp_path / "out", "--time-mask", "2"), capsys, "--time-mask", "got 2")
+    _fails(_fit(root, tiny_whisper_dir, tmp_path / "out", "--time-mask", "0.3", "--train-mode", "head"), capsys,
+           "--time-mask", "--train-mode head")
     _fails(_fit(root, tiny_whisper_dir, tmp_path / "out", "--add-dataset", str(tmp_path / "gone")), capsys,
            "gone", "does not exist")

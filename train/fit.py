@@ -48,6 +48,8 @@ DEFAULT_GRAD_ACCUMULATION = {"head": 1, "top": 1, "full": 4}
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
 # Below 3 dB a trim keeps little more than the loudest frame; beyond 60 dB it keeps everything but digital silence.
 MIN_TRIM_DB, MAX_TRIM_DB = 3.0, 60.0
+# A mask longer than a short word hides all of it; beyond this it only adds label noise.
+MAX_TIME_MASK_S = 1.0
 
 
 @dataclass(slots=True)
@@ -59,6 +61,7 @@ class FitSettings:
     add_datasets: tuple[str, ...] = ()  # more DATA joined to `dataset` by label name (load_combined)
     speed_perturb: tuple[float, ...] = ()  # extra copies of every training clip at these speeds
     trim_perturb: tuple[float, ...] = ()  # extra copies cut tight at these dB below each clip's peak
+    time_mask: float = 0.0  # seconds: mask up to this much of each training clip in the lowest trained layer's input
     weighted_layer_sum: bool = False  # pool a learned mix of all encoder layers (config.use_weighted_layer_sum)
     base_model: str = DEFAULT_BASE_MODEL
     dataset_config: str | None = None
@@ -93,6 +96,11 @@ class FitSettings:
         for db in self.trim_perturb:
             if not MIN_TRIM_DB <= db <= MAX_TRIM_DB:
                 raise TrainError(f"--trim-perturb levels must be in [{MIN_TRIM_DB:g}, {MAX_TRIM_DB:g}] dB, got {db:g}")
+        if not 0 <= self.time_mask <= MAX_TIME_MASK_S:
+            raise TrainError(f"--time-mask must be between 0 and {MAX_TIME_MASK_S:g} seconds, got {self.time_mask:g}")
+        if self.time_mask and self.train_mode == "head":
+            raise TrainError("--time-mask masks the input of the lowest trained encoder layer; --train-mode head "
+                             "trains none (use top or full)")
         if not 0 < self.test_fraction < 1:
             raise TrainError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}")
         out = FitSettings(**asdict(self))
@@ -194,6 +202,18 @@ def _training_arguments(s: FitSettings, checkpoints: Path) -> Any:
     )
 
 
+def _install_time_mask(model: Any, s: FitSettings) -> Any:
+    """Hook --time-mask onto the lowest trained encoder layer (cached or not, the same module runs)."""
+    from train import augment, frozen
+
+    if not frozen.has_time_frames(model):
+        raise TrainError(f"--time-mask needs an encoder with 20 ms frames (Whisper, wav2vec2 family), "
+                         f"not {type(model).__name__}")
+    layers = frozen.encoder_layers(model)
+    lowest = layers[0] if s.train_mode == "full" else layers[len(layers) - s.unfreeze_top]
+    return augment.install_time_mask(lowest, s.time_mask, s.seed)
+
+
 def _history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
     """Trainer's log rows merged per epoch: epoch, train_loss, eval_loss, accuracy, eval_runtime."""
     rows: dict[float, dict[str, float]] = {}
@@ -237,6 +257,8 @@ def fit(settings: FitSettings) -> FitResult:
     model, extractor = load_base_model(s.base_model, data.label_names, s.weighted_layer_sum)
     counts = frozen.apply_train_mode(model, s.train_mode, s.unfreeze_top)
     log.info("train mode %s: %d of %d parameters trainable", s.train_mode, counts["trainable"], counts["total"])
+    # Before the slow feature pass, so an unsupported model fails at once; the cache runs in eval mode, unmasked.
+    mask_hook = _install_time_mask(model, s) if s.time_mask else None
 
     speeds = {"train": (1.0, *s.speed_perturb), "test": (1.0,)}
     trims = {"train": s.trim_perturb, "test": ()}
@@ -271,7 +293,11 @@ def fit(settings: FitSettings) -> FitResult:
     if s.resume and resume_from is None:
         log.warning("--resume: no checkpoint in %s, starting from scratch", checkpoints)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if mask_hook is not None:
+            mask_hook.remove()
     train_seconds = time.perf_counter() - started
 
     # The best epoch is loaded into `trained`, whose modules are the full model's own: `model` now holds it.
@@ -341,6 +367,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trim-perturb", type=_numbers, default=(), metavar="DB,DB",
                    help="also train on every training clip cut tight at DB below its loudest 10 ms, e.g. 15 "
                         "(as an endpointer cuts weak onsets; the held-out split is left as is)")
+    p.add_argument("--time-mask", type=float, default=0.0, metavar="SECONDS",
+                   help="hide a random span of up to SECONDS of every training clip from the trained layers, "
+                        "e.g. 0.4 (SpecAugment-style time masking, applied where the trained layers begin)")
     p.add_argument("--weighted-layer-sum", action="store_true",
                    help="classify a learned weighted sum of every encoder layer, not only the last")
     p.add_argument("--dataset-config", help="hub dataset config, e.g. en-US for PolyAI/minds14")

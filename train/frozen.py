@@ -59,6 +59,11 @@ def _w2v_base(model: Any) -> nn.Module | None:
     return None
 
 
+def has_time_frames(model: Any) -> bool:
+    """Whether the encoder's hidden states are one per 20 ms of audio (Whisper, the wav2vec2 family), not patches."""
+    return _is_whisper(model) or _w2v_base(model) is not None
+
+
 def encoder_layers(model: Any) -> nn.ModuleList:
     """The stack of transformer layers whose top N `top` mode trains."""
     if _is_whisper(model):
