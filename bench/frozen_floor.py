@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -80,20 +79,16 @@ def synth_rows(synth_dir: Path) -> tuple[list[Path], np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fsdd", type=Path, default=fsdd.DEFAULT_FSDD, help="FSDD recordings folder")
-    parser.add_argument("--workdir", type=Path, help="backbone, features, synth (default: a temp folder)")
-    parser.add_argument("--max-seconds", type=float, default=4.0, help="backbone crop (default 4)")
+    fsdd.add_bench_args(parser, "backbone, features, synth", 4.0, "")
     parser.add_argument("--synth", type=Path, help="an existing digits synth folder (default: render one)")
     parser.add_argument("--seed", type=int, default=SYNTH_SEED, help="synth seed when rendering")
     parser.add_argument("--per-intent", type=int, default=SYNTH_PER_INTENT, help="synth clips per digit")
     args = parser.parse_args(argv)
 
-    recs = fsdd.require_fsdd(args.fsdd)
-    if recs is None:
+    bench = fsdd.open_bench(args, "intentd-frozen-floor-")
+    if bench is None:
         return fsdd.SKIP_STATUS
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="intentd-frozen-floor-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    base, _ = fsdd.backbone(workdir, args.max_seconds, workdir / "steps.log")
+    recs, workdir, base = bench.recordings, bench.workdir, bench.base
     crop = f"{args.max_seconds:g}s"
     x_real = cached_features(workdir / f"fsdd-{crop}.npy", base, [r.path for r in recs])
     y_real = np.array([r.digit for r in recs])

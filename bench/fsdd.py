@@ -7,11 +7,13 @@ outside the repository, with labels named like train/intents/digits.toml (zero..
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -58,6 +60,37 @@ def require_fsdd(fsdd_dir: Path) -> list[Recording] | None:
         print(f"SKIPPED: no FSDD recordings in {fsdd_dir} (pass --fsdd DIR)", file=sys.stderr)
         return None
     return found
+
+
+def add_bench_args(parser: argparse.ArgumentParser, workdir_help: str, max_seconds: float, crop_note: str) -> None:
+    """--fsdd, --workdir and --max-seconds, which every FSDD benchmark takes."""
+    parser.add_argument("--fsdd", type=Path, default=DEFAULT_FSDD, help="FSDD recordings folder")
+    parser.add_argument("--workdir", type=Path, help=f"{workdir_help} (default: a temp folder)")
+    parser.add_argument("--max-seconds", type=float, default=max_seconds,
+                        help=f"backbone crop (default {max_seconds:g}{crop_note})")
+
+
+@dataclass(frozen=True, slots=True)
+class Bench:
+    """What a benchmark starts from: the recordings, its work folder and log, and the imported backbone."""
+
+    recordings: list[Recording]
+    workdir: Path
+    log_file: Path
+    base: Path
+    import_seconds: float
+
+
+def open_bench(args: argparse.Namespace, prefix: str) -> Bench | None:
+    """Find the recordings (None, after saying why, when absent), make the work folder, import the backbone."""
+    recs = require_fsdd(args.fsdd)
+    if recs is None:
+        return None
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_file = workdir / "steps.log"
+    base, seconds = backbone(workdir, args.max_seconds, log_file)
+    return Bench(recs, workdir, log_file, base, seconds)
 
 
 def audiofolder(root: Path, splits: dict[str, Iterable[Recording]]) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 from bench import fsdd
@@ -26,22 +25,17 @@ TARGET = 0.98
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fsdd", type=Path, default=fsdd.DEFAULT_FSDD, help="FSDD recordings folder")
-    parser.add_argument("--workdir", type=Path, help="where symlinks and models go (default: a temp folder)")
-    parser.add_argument("--max-seconds", type=float, default=4.0, help="backbone crop (default 4, the product's)")
+    fsdd.add_bench_args(parser, "where symlinks and models go", 4.0, ", the product's")
     parser.add_argument("--synth", type=Path, help="also train on this digits synth folder (fit --add-dataset)")
     parser.add_argument("--speakers", nargs="+", default=list(fsdd.SPEAKERS), help="held-out speakers to run")
     parser.add_argument("fit_flags", nargs=argparse.REMAINDER, help="after --: extra `intentd-train fit` flags")
     args = parser.parse_args(argv)
     fit_flags = [f for f in args.fit_flags if f != "--"]
 
-    recs = fsdd.require_fsdd(args.fsdd)
-    if recs is None:
+    bench = fsdd.open_bench(args, "intentd-fsdd-speakers-")
+    if bench is None:
         return fsdd.SKIP_STATUS
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="intentd-fsdd-speakers-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_file = workdir / "steps.log"
-    base, _ = fsdd.backbone(workdir, args.max_seconds, log_file)
+    recs, workdir, log_file, base = bench.recordings, bench.workdir, bench.log_file, bench.base
     extra = [f"plus-{args.synth.name}"] if args.synth else []
     tag = "-".join([f"{args.max_seconds:g}s", *extra, *fsdd.flags_tag(fit_flags)]) or "default"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 from bench import fsdd
@@ -25,9 +24,7 @@ DEFAULT_PER_INTENT = 340  # ~3,400 clips, the size the frozen floor was measured
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fsdd", type=Path, default=fsdd.DEFAULT_FSDD, help="FSDD recordings folder")
-    parser.add_argument("--workdir", type=Path, help="where synth, symlinks and models go (default: a temp folder)")
-    parser.add_argument("--max-seconds", type=float, default=4.0, help="backbone crop (default 4, the product's)")
+    fsdd.add_bench_args(parser, "where synth, symlinks and models go", 4.0, ", the product's")
     parser.add_argument("--synth", type=Path, help="use this digits synth folder instead of rendering one")
     parser.add_argument("--per-intent", type=int, default=DEFAULT_PER_INTENT, help="synth clips per digit")
     parser.add_argument("--seed", type=int, default=0, help="synth seed")
@@ -35,13 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     fit_flags = [f for f in args.fit_flags if f != "--"]
 
-    recs = fsdd.require_fsdd(args.fsdd)
-    if recs is None:
+    bench = fsdd.open_bench(args, "intentd-fsdd-synth-")
+    if bench is None:
         return fsdd.SKIP_STATUS
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="intentd-fsdd-synth-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_file = workdir / "steps.log"
-    base, import_s = fsdd.backbone(workdir, args.max_seconds, log_file)
+    recs, workdir, log_file, base, import_s = (
+        bench.recordings, bench.workdir, bench.log_file, bench.base, bench.import_seconds)
     synth = args.synth or workdir / f"digits-synth-seed{args.seed}-{args.per_intent}"
     synth_s = 0.0 if args.synth else fsdd.synth_digits(synth, args.seed, args.per_intent, log_file)
     tag = "-".join([f"{args.max_seconds:g}s", synth.name, *fsdd.flags_tag(fit_flags)])
