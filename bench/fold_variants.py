@@ -13,7 +13,12 @@ the accuracy of averaging their probabilities (an ensemble) and the clips every 
 what to run through `fsdd_speakers`; the README's rows come from that script, not this one.
 
 Variants: base; time-mask=SECONDS (train.augment, as `fit --time-mask`); label-smoothing=X; mixup=ALPHA (inputs
-and targets mixed within a batch, Beta(ALPHA, ALPHA)). Join with `+`: time-mask=0.4+mixup=0.4.
+and targets mixed within a batch, Beta(ALPHA, ALPHA)); swa=EPOCH (weights averaged every quarter epoch from that
+epoch on; the average is what is kept); masked-ce=1 (the loss pools speech frames only; evaluation still pools
+all, as the model does); pad-neutral=WEIGHT (penalise the padding frames' pull on the logits); distill=K (half
+the loss matches the averaged probabilities of K base teachers, seeds 1000 on). Join with `+`:
+time-mask=0.4+mixup=0.4. mixup, the speech-frame losses (masked-ce, pad-neutral) and distill each replace the
+plain loss, so at most one of the three kinds goes in a variant.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,6 +34,9 @@ from torch import nn
 from bench import fsdd
 
 EPOCHS, LEARNING_RATE, BATCH, WARMUP = 5, 2e-4, 32, 0.1
+DISTILL_T = 2.0  # softmax temperature of the distillation targets
+TEACHER_SEEDS = 1000  # teachers for distill=K use seeds 1000..1000+K-1, apart from the students'
+LOSS_KINDS = {"mixup": {"mixup"}, "a speech-frame loss": {"masked-ce", "pad-neutral"}, "distill": {"distill"}}
 
 
 def build_cache(fold: Path, synth: Path, base: Path, trims: tuple[float, ...], max_seconds: float) -> dict:
@@ -45,27 +52,52 @@ def build_cache(fold: Path, synth: Path, base: Path, trims: tuple[float, ...], m
     for name, split, split_trims in (("train", "train", trims), ("val", "test", ())):
         features = prepare_features(data.split(split), data.label_column, extractor, max_seconds, trims=split_trims)
         cache, _ = frozen.build_cache(model, features, "top", 1)
-        out[name] = (cache.inputs.half(), cache.labels)
+        out[name] = (cache.inputs.half(), cache.labels, speech_frames(features))
     unseen = load_labelled(str(fold / "test-data"), None, None, 42, 0.2)
     features = prepare_features(unseen.split("test"), unseen.label_column, extractor, max_seconds)
     cache, _ = frozen.build_cache(model, features, "top", 1)
     to_ours = [data.label_names.index(n) for n in unseen.label_names]
-    out["unseen"] = (cache.inputs.half(), torch.tensor([to_ours[int(i)] for i in cache.labels]))
+    out["unseen"] = (cache.inputs.half(), torch.tensor([to_ours[int(i)] for i in cache.labels]),
+                     speech_frames(features))
     return out
+
+
+def speech_frames(features) -> torch.Tensor:
+    """(clips, encoder frames) bool: True where the frame sees audio, False where it sees only the zero padding.
+
+    The Whisper extractor zero-pads every clip to the crop and clamps log-mel at 8 below the clip's peak, so the
+    padding's mel frames all sit exactly at the clip's minimum. An encoder frame comes from mel frames 2t-1..2t+1
+    (conv2: kernel 3, stride 2, padding 1), hence the max-pool.
+    """
+    masks = []
+    for row in features.with_format("torch")["input_features"]:
+        mel = row.float()
+        audible = (mel > mel.min() + 1e-4).any(dim=0).float().view(1, 1, -1)
+        masks.append(nn.functional.max_pool1d(audible, 3, stride=2, padding=1).view(-1) > 0)
+    return torch.stack(masks)
 
 
 def parse_variant(text: str) -> dict[str, float]:
     """'time-mask=0.4+mixup=0.4' -> {'time-mask': 0.4, 'mixup': 0.4}; 'base' -> {}."""
-    known = {"time-mask", "label-smoothing", "mixup"}
+    known = {"time-mask", "label-smoothing", "mixup", "swa", "masked-ce", "pad-neutral", "distill"}
     parts = {} if text == "base" else dict(p.split("=", 1) for p in text.split("+"))
     unknown = set(parts) - known
     if unknown:
         raise SystemExit(f"unknown variant part(s) {sorted(unknown)} in {text!r}; known: base, {', '.join(sorted(known))}")
+    losses = [kind for kind, names in LOSS_KINDS.items() if names & set(parts)]
+    if len(losses) > 1:
+        raise SystemExit(f"variant {text!r} mixes {' and '.join(losses)}, which each replace the loss; pick one")
     return {k: float(v) for k, v in parts.items()}
 
 
-def train_variant(cache: dict, base: Path, variant: dict[str, float], seed: int) -> tuple[list[float], torch.Tensor]:
-    """Train one variant; returns the unseen accuracy per epoch and the unseen logits at fit's kept epoch."""
+def train_variant(
+    cache: dict, base: Path, variant: dict[str, float], seed: int, teacher: torch.Tensor | None = None,
+    want_train_logits: bool = False,
+) -> tuple[list[float], torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Train one variant; returns the unseen accuracy per epoch and, at fit's kept epoch, the unseen logits
+    pooled as the model pools (every frame) and pooled over speech frames only (what a masked mean would give),
+    and the training clips' logits if asked (to teach a student). With `teacher` (soft targets per training
+    clip, at DISTILL_T), half the loss is the distillation term."""
     from train import augment, frozen
     from train.fit import load_base_model
 
@@ -75,7 +107,9 @@ def train_variant(cache: dict, base: Path, variant: dict[str, float], seed: int)
     top = frozen.small_module(model, "top", 1)
     if variant.get("time-mask"):
         augment.install_time_mask(frozen.encoder_layers(model)[-1], variant["time-mask"], seed)
-    (x_train, y_train), (x_val, y_val), (x_unseen, y_unseen) = cache["train"], cache["val"], cache["unseen"]
+    (x_train, y_train, m_train), (x_val, y_val, _), (x_unseen, y_unseen, m_unseen) = (
+        cache["train"], cache["val"], cache["unseen"])
+    masked_ce, neutral = variant.get("masked-ce", 0.0), variant.get("pad-neutral", 0.0)
     params = [p for p in top.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
     steps = math.ceil(len(y_train) / BATCH)
@@ -84,18 +118,27 @@ def train_variant(cache: dict, base: Path, variant: dict[str, float], seed: int)
         optimiser, lambda s: s / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     generator = torch.Generator().manual_seed(seed)
     smoothing, alpha = variant.get("label-smoothing", 0.0), variant.get("mixup", 0.0)
+    # swa=E: average the weights at every quarter epoch from epoch E (1-based) on, and report the average
+    swa_from = int(variant.get("swa", 0))
+    averaged = torch.optim.swa_utils.AveragedModel(top) if swa_from else None
+    snapshot_every = max(1, steps // 4)
 
     @torch.no_grad()
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        top.eval()
-        out = torch.cat([top(x[i : i + 64].float())["logits"] for i in range(0, len(x), 64)])
+    def logits(x: torch.Tensor, speech: torch.Tensor | None = None) -> torch.Tensor:
+        module = averaged.module if averaged is not None and averaged.n_averaged > 0 else top
+        module.eval()
+        out = []
+        for i in range(0, len(x), 64):
+            frames = frame_states(module, x[i : i + 64].float())
+            pooled = frames.mean(1) if speech is None else speech_mean(frames, speech[i : i + 64])
+            out.append(module.classifier(pooled))
         top.train()
-        return out
+        return torch.cat(out)
 
     per_epoch: list[float] = []
-    best_val, kept = -1.0, torch.empty(0)
+    best_val, kept, kept_speech, kept_train = -1.0, torch.empty(0), torch.empty(0), None
     top.train()
-    for _ in range(EPOCHS):
+    for epoch in range(EPOCHS):
         order = torch.randperm(len(y_train), generator=generator)
         for step in range(steps):
             rows = order[step * BATCH : (step + 1) * BATCH]
@@ -106,42 +149,90 @@ def train_variant(cache: dict, base: Path, variant: dict[str, float], seed: int)
                 out = top(lam * x + (1 - lam) * x[other])["logits"]
                 loss = lam * nn.functional.cross_entropy(out, y, label_smoothing=smoothing) + (
                     1 - lam) * nn.functional.cross_entropy(out, y[other], label_smoothing=smoothing)
+            elif masked_ce or neutral:
+                loss = pooled_loss(top, x, y, m_train[rows], bool(masked_ce), neutral, smoothing)
             else:
-                loss = nn.functional.cross_entropy(top(x)["logits"], y, label_smoothing=smoothing)
+                out = top(x)["logits"]
+                loss = nn.functional.cross_entropy(out, y, label_smoothing=smoothing)
+                if teacher is not None:
+                    taught = nn.functional.kl_div(nn.functional.log_softmax(out / DISTILL_T, dim=1), teacher[rows],
+                                                  reduction="batchmean")
+                    loss = 0.5 * loss + 0.5 * DISTILL_T**2 * taught
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             schedule.step()
+            if averaged is not None and epoch + 1 >= swa_from and (step + 1) % snapshot_every == 0:
+                averaged.update_parameters(top)
         val = float((logits(x_val).argmax(1) == y_val).float().mean())
         unseen = logits(x_unseen)
         per_epoch.append(float((unseen.argmax(1) == y_unseen).float().mean()))
-        if val > best_val:  # Trainer keeps the first of equal epochs
-            best_val, kept = val, unseen
-    return per_epoch, kept
+        if averaged is not None or val > best_val:  # Trainer keeps the first of equal epochs; SWA its last
+            best_val, kept, kept_speech = val, unseen, logits(x_unseen, m_unseen)
+            kept_train = logits(x_train) if want_train_logits else None
+    return per_epoch, kept, kept_speech, kept_train
+
+
+def frame_states(top: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The projector's output per frame (batch, T, proj): what WhisperForAudioClassification means over."""
+    hidden = x
+    for layer in top.layers:
+        out = layer(hidden, None)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return top.projector(top.layer_norm(hidden))
+
+
+def speech_mean(frames: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
+    weights = speech.float().unsqueeze(-1)
+    return (frames * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def pooled_loss(top: nn.Module, x: torch.Tensor, y: torch.Tensor, speech: torch.Tensor, masked: bool,
+                neutral: float, smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy on the mean over all frames (what the model does) or over speech frames only, plus `neutral`
+    times how far the padding frames' mean pushes the logits apart (their class-centred square).
+
+    The head is affine after the mean: logits = C(n/T speech mean + (T-n)/T padding mean) + b. Where C maps the
+    padding mean to equal logits, the argmax is that of the speech frames alone, whatever the clip's length.
+    """
+    frames = frame_states(top, x)
+    pooled = speech_mean(frames, speech) if masked else frames.mean(1)
+    loss = nn.functional.cross_entropy(top.classifier(pooled), y, label_smoothing=smoothing)
+    if neutral:
+        pushed = speech_mean(frames, ~speech) @ top.classifier.weight.T
+        loss = loss + neutral * ((pushed - pushed.mean(-1, keepdim=True)) ** 2).mean()
+    return loss
+
+
+def teach(cache: dict, base: Path, count: int) -> torch.Tensor:
+    """Soft targets for a student: `count` base models' training-clip probabilities at DISTILL_T, averaged."""
+    y_unseen = cache["unseen"][1]
+    probs = []
+    for seed in range(TEACHER_SEEDS, TEACHER_SEEDS + count):
+        _, kept, _, train_logits = train_variant(cache, base, {}, seed, want_train_logits=True)
+        print(f"| teacher | {seed} | {float((kept.argmax(1) == y_unseen).float().mean()):.2%} | | | |", flush=True)
+        probs.append(torch.softmax(train_logits / DISTILL_T, dim=1))
+    return sum(probs) / count
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fsdd", type=Path, default=fsdd.DEFAULT_FSDD, help="FSDD recordings folder")
-    parser.add_argument("--workdir", type=Path, help="where the fold and its cache go (default: a temp folder)")
+    fsdd.add_bench_args(parser, "where the fold and its cache go", 2.0, ", as the README's")
     parser.add_argument("--speaker", default="nicolas", choices=fsdd.SPEAKERS, help="the unseen speaker")
     parser.add_argument("--synth", type=Path, required=True, help="digits synth folder joined to training")
-    parser.add_argument("--max-seconds", type=float, default=2.0, help="backbone crop (default 2, as the README's)")
     parser.add_argument("--trim-perturb", type=float, nargs="*", default=[15.0], help="as fit's (default 15)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", default=["base"])
     args = parser.parse_args(argv)
     variants = {text: parse_variant(text) for text in args.variants}
 
-    recs = fsdd.require_fsdd(args.fsdd)
-    if recs is None:
+    bench = fsdd.open_bench(args, "intentd-fold-variants-")
+    if bench is None:
         return fsdd.SKIP_STATUS
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="intentd-fold-variants-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    base, _ = fsdd.backbone(workdir, args.max_seconds, workdir / "steps.log")
+    recs, workdir, base = bench.recordings, bench.workdir, bench.base
     trims = tuple(args.trim_perturb)
     fold = workdir / f"fold-{args.speaker}"
-    cache_file = workdir / f"cache-{args.speaker}-{args.synth.name}-trim{','.join(f'{t:g}' for t in trims)}.pt"
+    cache_file = workdir / f"cache-v2-{args.speaker}-{args.synth.name}-trim{','.join(f'{t:g}' for t in trims)}.pt"
     if cache_file.is_file():
         cache = torch.load(cache_file)
     else:
@@ -152,16 +243,19 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(cache, cache_file)
 
     y_unseen = cache["unseen"][1]
-    print(f"| variant | seed | kept epoch | mean of epochs | per epoch |  (unseen: {args.speaker}, {len(y_unseen)} clips)")
-    print("|---|---|---|---|---|")
+    print(f"| variant | seed | kept epoch | mean of epochs | per epoch | kept, speech-only pooling |  "
+          f"(unseen: {args.speaker}, {len(y_unseen)} clips)")
+    print("|---|---|---|---|---|---|")
     for text, variant in variants.items():
+        teacher = teach(cache, base, int(variant["distill"])) if variant.get("distill") else None
         kept_logits = []
         for seed in args.seeds:
-            per_epoch, kept = train_variant(cache, base, variant, seed)
+            per_epoch, kept, kept_speech, _ = train_variant(cache, base, variant, seed, teacher)
             kept_logits.append(kept)
             kept_acc = float((kept.argmax(1) == y_unseen).float().mean())
+            speech_acc = float((kept_speech.argmax(1) == y_unseen).float().mean())
             print(f"| {text} | {seed} | {kept_acc:.2%} | {sum(per_epoch) / len(per_epoch):.2%} | "
-                  f"{' '.join(f'{a:.1%}' for a in per_epoch)} |", flush=True)
+                  f"{' '.join(f'{a:.1%}' for a in per_epoch)} | {speech_acc:.2%} |", flush=True)
         if len(kept_logits) > 1:
             mean_probs = sum(torch.softmax(k, dim=1) for k in kept_logits)
             ensemble = float((mean_probs.argmax(1) == y_unseen).float().mean())
