@@ -24,6 +24,7 @@ plain loss, so at most one of the three kinds goes in a variant.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 from pathlib import Path
@@ -136,7 +137,7 @@ def train_variant(
         return torch.cat(out)
 
     per_epoch: list[float] = []
-    best_val, kept, kept_speech, kept_train = -1.0, torch.empty(0), torch.empty(0), None
+    best_val, best_state = -1.0, None
     top.train()
     for epoch in range(EPOCHS):
         order = torch.randperm(len(y_train), generator=generator)
@@ -165,21 +166,18 @@ def train_variant(
             if averaged is not None and epoch + 1 >= swa_from and (step + 1) % snapshot_every == 0:
                 averaged.update_parameters(top)
         val = float((logits(x_val).argmax(1) == y_val).float().mean())
-        unseen = logits(x_unseen)
-        per_epoch.append(float((unseen.argmax(1) == y_unseen).float().mean()))
-        if averaged is not None or val > best_val:  # Trainer keeps the first of equal epochs; SWA its last
-            best_val, kept, kept_speech = val, unseen, logits(x_unseen, m_unseen)
-            kept_train = logits(x_train) if want_train_logits else None
-    return per_epoch, kept, kept_speech, kept_train
+        per_epoch.append(float((logits(x_unseen).argmax(1) == y_unseen).float().mean()))
+        if averaged is None and val > best_val:  # Trainer keeps the first of equal epochs; SWA keeps its last
+            best_val, best_state = val, copy.deepcopy(top.state_dict())
+    if best_state is not None:
+        top.load_state_dict(best_state)
+    kept_train = logits(x_train) if want_train_logits else None
+    return per_epoch, logits(x_unseen), logits(x_unseen, m_unseen), kept_train
 
 
 def frame_states(top: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The projector's output per frame (batch, T, proj): what WhisperForAudioClassification means over."""
-    hidden = x
-    for layer in top.layers:
-        out = layer(hidden, None)
-        hidden = out[0] if isinstance(out, tuple) else out
-    return top.projector(top.layer_norm(hidden))
+    return top.projector(top.encode(x)[0])
 
 
 def speech_mean(frames: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:

@@ -173,16 +173,21 @@ class WhisperTop(nn.Module):
         self.classifier = model.classifier
         self.layer_weights = model.layer_weights if model.config.use_weighted_layer_sum else None
 
-    def forward(
-        self, hidden: torch.Tensor, frozen_pooled: torch.Tensor | None = None, labels: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
+    def encode(self, hidden: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The trained layers and the final norm: per-frame states (batch, T, d), and the frame mean of each
+        trained layer's output but the last (what a weighted layer sum mixes in)."""
         pooled: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
             out = layer(hidden, None)
             hidden = out[0] if isinstance(out, tuple) else out
             if i < len(self.layers) - 1:
                 pooled.append(hidden.mean(dim=1))
-        hidden = self.layer_norm(hidden)
+        return self.layer_norm(hidden), pooled
+
+    def forward(
+        self, hidden: torch.Tensor, frozen_pooled: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        hidden, pooled = self.encode(hidden)
         if self.layer_weights is None:
             mixed = hidden.mean(dim=1)
         else:
