@@ -12,7 +12,7 @@ import soundfile as sf
 
 from daemon.errors import SourceError
 from daemon.sources.file_replay import FileReplaySource
-from daemon.sources.sink import RecordingSink
+from tests.recording_sink import RecordingSink
 
 
 def _write(path: Path, rate: int, channels: int, seconds: float, subtype: str) -> np.ndarray:

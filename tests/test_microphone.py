@@ -19,8 +19,8 @@ from daemon.sources.microphone import (
     list_devices,
     refresh_devices,
 )
-from daemon.sources.sink import RecordingSink
 from tests.pulse import PULSE_DEVICE, private_pulse, skip_reason
+from tests.recording_sink import RecordingSink
 
 SINE_HZ = 440.0
 TIMEOUT_S = 20.0

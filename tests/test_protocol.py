@@ -29,8 +29,8 @@ from daemon.protocol import (
     encode_reply,
 )
 from daemon.sources import create_source
-from daemon.sources.sink import RecordingSink
 from daemon.sources.uri import FileSpec, MicSpec, TcpSpec, UnixSpec, parse_source_uri
+from tests.recording_sink import RecordingSink
 
 HEADER = StreamHeader("kitchen/mic-1 ✓", 16000, "s16le", 2)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from daemon.sources.sink import RecordingSink
 from daemon.sources.socket_server import SocketServer
 from daemon.sources.uri import TcpSpec, UnixSpec
+from tests.recording_sink import RecordingSink
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60.0

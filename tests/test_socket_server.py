@@ -30,9 +30,9 @@ from daemon.protocol import (
     encode_header,
     encode_pcm,
 )
-from daemon.sources.sink import RecordingSink
 from daemon.sources.socket_server import SocketServer
 from daemon.sources.uri import TcpSpec, UnixSpec
+from tests.recording_sink import RecordingSink
 
 IDLE_S = 0.3
 TIMEOUT_S = 10.0
