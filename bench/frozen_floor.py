@@ -36,7 +36,8 @@ def pooled_features(base: Path, paths: list[Path], pool: str = "all") -> np.ndar
     import torch
     from transformers import AutoFeatureExtractor, WhisperForAudioClassification
 
-    from train.audio_io import MODEL_SAMPLE_RATE, read_audio
+    from daemon.classifier import extract_features
+    from train.audio_io import read_audio
 
     extractor = AutoFeatureExtractor.from_pretrained(str(base))
     model = WhisperForAudioClassification.from_pretrained(str(base), num_labels=2).eval()
@@ -45,7 +46,7 @@ def pooled_features(base: Path, paths: list[Path], pool: str = "all") -> np.ndar
     with torch.inference_mode():
         for start in range(0, len(paths), BATCH):
             clips = [read_audio(p)[: extractor.n_samples] for p in paths[start : start + BATCH]]
-            feats = extractor(clips, sampling_rate=MODEL_SAMPLE_RATE, return_tensors="pt").input_features
+            feats = extract_features(extractor, clips)["input_features"]
             states = model.encoder(feats).last_hidden_state
             if pool == "all":
                 out.append(states.mean(dim=1).numpy())

@@ -5,7 +5,7 @@ tempo) do to accuracy.
 Usage: .venv/bin/python -m bench.fsdd_errors --model DIR [--fsdd DIR] [--speakers S ...] [--variants]
 
 The model is any digits classifier whose labels are zero..nine (e.g. the one bench.fsdd_synth writes). Classifies
-in process with train.inference (the manual path `intentd-train eval` uses), so no work folder is needed.
+in process through daemon/classifier.py (the path the daemon and `intentd-train eval` use), so no work folder is needed.
 """
 
 from __future__ import annotations
@@ -19,17 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from bench import fsdd
-
-MODEL_RATE = 16_000
+from daemon.audio import SAMPLE_RATE
 
 
 def _load(recording: fsdd.Recording) -> np.ndarray:
     from train.audio_io import read_audio
 
-    return read_audio(recording.path, MODEL_RATE)
+    return read_audio(recording.path, SAMPLE_RATE)
 
 
-def edge_levels(clip: np.ndarray, rate: int = MODEL_RATE) -> tuple[float, float]:
+def edge_levels(clip: np.ndarray, rate: int = SAMPLE_RATE) -> tuple[float, float]:
     """dB of the first and last 10 ms relative to the loudest 10 ms: near 0 means the cut went through the word."""
     from train.channel import frame_levels
 
@@ -46,11 +45,11 @@ def _variants(rng: np.random.Generator) -> dict[str, Callable[[np.ndarray], np.n
 
     return {
         "as recorded": lambda c: c,
-        "0.3 s silence before": lambda c: np.concatenate([np.zeros(MODEL_RATE * 3 // 10, np.float32), c]),
-        "0.25 s noise each side": lambda c: np.concatenate([noise(MODEL_RATE // 4), c, noise(MODEL_RATE // 4)]),
+        "0.3 s silence before": lambda c: np.concatenate([np.zeros(SAMPLE_RATE * 3 // 10, np.float32), c]),
+        "0.25 s noise each side": lambda c: np.concatenate([noise(SAMPLE_RATE // 4), c, noise(SAMPLE_RATE // 4)]),
         "gain x2": lambda c: np.clip(2 * c, -1, 1),
         "peak normalised to 0.5": lambda c: c * (0.5 / max(float(np.abs(c).max()), 1e-9)),
-        "tiled to 2 s": lambda c: np.tile(c, -(-2 * MODEL_RATE // c.size))[: 2 * MODEL_RATE],
+        "tiled to 2 s": lambda c: np.tile(c, -(-2 * SAMPLE_RATE // c.size))[: 2 * SAMPLE_RATE],
         "0.8x tempo": lambda c: change_speed(c, 0.8),  # tempo and pitch together, as fit --speed-perturb
     }
 
@@ -66,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     if found is None:
         return fsdd.SKIP_STATUS
 
-    from train.inference import Classifier
+    from train.inference import load_classifier
 
-    model = Classifier.load(args.model)
+    model = load_classifier(args.model)
     missing = [d for d in fsdd.DIGIT_NAMES if d not in model.label2id]
     if missing:
         print(f"error: {args.model} has no label(s) {', '.join(missing)}; it is not a digits model", file=sys.stderr)
@@ -84,16 +83,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         clips = [_load(r) for r in recs]
         truth = np.array([model.label2id[r.label] for r in recs])
-        lengths = np.array([c.size / MODEL_RATE for c in clips])
+        lengths = np.array([c.size / SAMPLE_RATE for c in clips])
         edges = np.median(np.array([edge_levels(c) for c in clips]), axis=0)
         variants = _variants(np.random.default_rng(0))
         names = list(variants) if args.variants else ["as recorded"]
         for name in names:
-            predicted = model.logits([variants[name](c) for c in clips]).argmax(axis=1)
+            predicted = model.probabilities([variants[name](c) for c in clips]).argmax(axis=1)
             right = predicted == truth
             if name == "as recorded":
                 confusions[speaker] = Counter(
-                    (r.label, model.id2label[int(p)]) for r, p, ok in zip(recs, predicted, right, strict=True) if not ok
+                    (r.label, model.labels[int(p)]) for r, p, ok in zip(recs, predicted, right, strict=True) if not ok
                 )
             wrong_len = f"{lengths[~right].mean():.2f}" if (~right).any() else "-"
             print(f"| {speaker} | {len(recs)} | {lengths.mean():.2f} | {lengths.min():.2f} | "

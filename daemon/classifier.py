@@ -1,4 +1,4 @@
-"""Model folder -> labels and scores: load, preprocess, one batched forward, softmax, top-k."""
+"""Model folder -> labels and scores: load, features, batched forwards, softmax, top-k (serving and training alike)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from daemon.audio import SAMPLE_RATE, check_clip
 from daemon.errors import AudioError, ModelError
 from daemon.frames import Prediction
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000  # every model intentd-train makes expects 16 kHz mono
 UNKNOWN_LABEL = "unknown"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -73,9 +73,64 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def fixed_window(extractor: Any) -> int | None:
+    """Samples every clip is padded or cut to when the extractor has a fixed window (Whisper), else None.
+
+    The one place that answers "is this a fixed-window model": serving, training features and eval all ask here.
+    """
+    n_samples = getattr(extractor, "n_samples", None)
+    if n_samples:
+        return int(n_samples)
+    chunk = getattr(extractor, "chunk_length", None)
+    return int(chunk * SAMPLE_RATE) if chunk else None
+
+
+def extract_features(extractor: Any, clips: Sequence[np.ndarray], return_tensors: str | None = "pt") -> dict[str, Any]:
+    """16 kHz clips -> the model's inputs: fixed-window extractors pad every clip to the window themselves;
+    others get the clips as they are, so with tensors every clip must have one length (see `batch_groups`)."""
+    if fixed_window(extractor) is not None:
+        # Whisper's classifier takes no attention mask: the whole window, padding included, is its input.
+        return dict(extractor(list(clips), sampling_rate=SAMPLE_RATE, return_attention_mask=False,
+                              return_tensors=return_tensors))
+    if return_tensors is not None and len({len(clip) for clip in clips}) > 1:
+        raise AudioError("clips of a variable-length model must be batched by equal length (batch_groups)")
+    return dict(extractor(list(clips), sampling_rate=SAMPLE_RATE, return_tensors=return_tensors))
+
+
+def batch_groups(lengths: Sequence[int], fixed: bool, max_batch: int | None = None) -> list[list[int]]:
+    """Clip indices grouped into forwards whose result for a clip does not depend on its neighbours.
+
+    A fixed-window model pads every clip to the same window, so any clips may share a forward. A variable-length
+    model would pad to the longest clip, and padding (with or without a mask: wav2vec2-base has no usable one)
+    changes every shorter clip's score; so only clips of equal length share a forward.
+    """
+    if fixed:
+        order = list(range(len(lengths)))
+        groups = [order]
+    else:
+        by_length: dict[int, list[int]] = {}
+        for i, length in enumerate(lengths):
+            by_length.setdefault(length, []).append(i)
+        groups = list(by_length.values())
+    if max_batch is None:
+        return [g for g in groups if g]
+    return [g[i : i + max_batch] for g in groups for i in range(0, len(g), max_batch)]
+
+
+def top_k_of(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[tuple[tuple[str, float], ...]]:
+    """The k best (label, score) pairs of each row, best first; ties keep label order."""
+    k = max(1, min(k, probabilities.shape[1]))
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [tuple((labels[int(j)], float(row[j])) for j in idx) for row, idx in zip(probabilities, order, strict=True)]
+
+
 @dataclass
 class Classifier:
-    """A loaded audio-classification model and its feature extractor; `classify` runs one batched forward."""
+    """A loaded audio-classification model and its feature extractor: 16 kHz clips -> softmax scores -> labels.
+
+    The one model core: the daemon, `intentd-train predict` and `eval` all score clips through `probabilities`,
+    so a clip gets the same score whichever clips share its batch (`batch_groups`).
+    """
 
     model: Any  # a transformers PreTrainedModel for audio classification
     extractor: Any  # its feature extractor
@@ -86,7 +141,7 @@ class Classifier:
     top_k: int = 3
     threshold: float | None = None
     sample_rate: int = SAMPLE_RATE
-    max_samples: int | None = None  # longer clips are truncated by the extractor; None: no fixed window
+    max_samples: int | None = None  # the fixed window (longer clips are cut); None: the clip's own length
 
     @classmethod
     def load(
@@ -98,8 +153,7 @@ class Classifier:
         threshold: float | None = None,
     ) -> Classifier:
         """Load a folder made by `intentd-train fit` (safetensors only); every failure is a ModelError."""
-        folder = Path(model_dir)
-        _check_folder(folder)
+        folder = check_model_folder(model_dir)
         if top_k < 1:
             raise ModelError(f"{folder}: top_k must be at least 1, got {top_k}")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -140,9 +194,6 @@ class Classifier:
 
         model.to(torch_device).eval()
         labels = tuple(str(model.config.id2label[i]) for i in range(model.config.num_labels))
-        max_samples = getattr(extractor, "n_samples", None)
-        if max_samples is None and getattr(extractor, "chunk_length", None):
-            max_samples = int(extractor.chunk_length * SAMPLE_RATE)
         try:
             digest = weights_digest(folder)
         except (OSError, ValueError, KeyError) as err:
@@ -158,23 +209,34 @@ class Classifier:
             labels=labels,
             top_k=min(top_k, len(labels)),
             threshold=threshold,
-            max_samples=int(max_samples) if max_samples else None,
+            max_samples=fixed_window(extractor),
         )
 
+    @property
+    def label2id(self) -> dict[str, int]:
+        """Label name -> the model's class index."""
+        return {label: i for i, label in enumerate(self.labels)}
+
+    def probabilities(self, clips: Sequence[np.ndarray], max_batch: int | None = None) -> np.ndarray:
+        """(clips, labels) float32 softmax scores of 16 kHz mono float32 clips, in order.
+
+        Clips run in as few forwards as `batch_groups` allows (at most `max_batch` clips each when given).
+        """
+        batch = [check_clip(clip, f"clip {i}", allow_silence=True) for i, clip in enumerate(clips)]
+        out = np.zeros((len(batch), len(self.labels)), dtype=np.float32)
+        groups = batch_groups([len(c) for c in batch], self.max_samples is not None, max_batch)
+        with torch.inference_mode():
+            for idx in groups:
+                logits = self.model(**self._features([batch[i] for i in idx])).logits
+                out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        return out
+
     def classify(self, clips: Sequence[np.ndarray]) -> list[Prediction]:
-        """Classify 16 kHz mono float32 clips in one batched forward; one Prediction per clip, in order."""
+        """One Prediction per clip, in order: top-k labels, and `unknown` below the threshold."""
         if not clips:
             return []
-        batch = [_as_clip(clip, i) for i, clip in enumerate(clips)]
-        features = self._features(batch)
-        with torch.inference_mode():
-            logits = self.model(**features).logits
-            probs = torch.softmax(logits.float(), dim=-1)
-            scores, indices = torch.topk(probs, k=self.top_k, dim=-1)
-        return [
-            self._prediction(row_scores, row_indices)
-            for row_scores, row_indices in zip(scores.cpu().tolist(), indices.cpu().tolist(), strict=True)
-        ]
+        ranked = top_k_of(self.probabilities(clips), self.labels, self.top_k)
+        return [self._prediction(top_k) for top_k in ranked]
 
     def warmup(self) -> None:
         """Run a dummy batch so the first real request does not pay for lazy initialisation."""
@@ -182,34 +244,24 @@ class Classifier:
         self.classify([np.zeros(length, dtype=np.float32) for _ in range(WARMUP_BATCH)])
 
     def _features(self, batch: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Run the feature extractor over the whole batch and move the tensors to the model."""
-        if self.max_samples is not None:
-            # Fixed-window extractors (Whisper) pad and truncate every clip to the window themselves.
-            encoded = self.extractor(batch, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        else:
-            encoded = self.extractor(
-                batch,
-                sampling_rate=SAMPLE_RATE,
-                return_tensors="pt",
-                padding="longest",
-                return_attention_mask=True,
-            )
+        """The extractor's tensors for one forward, on the model's device and dtype."""
         out: dict[str, torch.Tensor] = {}
-        for key, value in encoded.items():
+        for key, value in extract_features(self.extractor, batch).items():
             value = value.to(self.device)
             out[key] = value.to(self.dtype) if value.is_floating_point() else value
         return out
 
-    def _prediction(self, scores: list[float], indices: list[int]) -> Prediction:
-        top_k = tuple((self.labels[i], float(s)) for s, i in zip(scores, indices, strict=True))
+    def _prediction(self, top_k: tuple[tuple[str, float], ...]) -> Prediction:
         label, score = top_k[0]
         if self.threshold is not None and score < self.threshold:
             label = UNKNOWN_LABEL
         return Prediction(label=label, score=score, top_k=top_k)
 
 
-def _check_folder(folder: Path) -> None:
-    """Refuse folders that cannot hold a usable model before transformers gives a vaguer error."""
+def check_model_folder(model_dir: str | Path) -> Path:
+    """The folder, if it can hold a usable model; else a ModelError saying what is missing (before transformers
+    gives a vaguer one)."""
+    folder = Path(model_dir)
     if not folder.exists():
         raise ModelError(f"{folder}: model folder does not exist")
     if not folder.is_dir():
@@ -227,13 +279,4 @@ def _check_folder(folder: Path) -> None:
                 "re-save the model with safe_serialization=True"
             )
         raise ModelError(f"{folder}: no {WEIGHTS_FILE}")
-
-
-def _as_clip(clip: np.ndarray, position: int) -> np.ndarray:
-    """Check one clip is mono, finite and float32."""
-    array = np.asarray(clip, dtype=np.float32)
-    if array.ndim != 1:
-        raise AudioError(f"clip {position}: expected mono 1-D samples, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise AudioError(f"clip {position}: NaN or infinite samples")
-    return array
+    return folder

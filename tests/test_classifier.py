@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.classifier import UNKNOWN_LABEL, Classifier
+from daemon.audio import SAMPLE_RATE
+from daemon.classifier import UNKNOWN_LABEL, Classifier, batch_groups, extract_features, fixed_window
 from daemon.engine import Engine
 from daemon.errors import AudioError, ModelError
 from daemon.frames import Prediction, Utterance
 from daemon.resample import Resampler
 from tests.tiny_models import TINY_LABELS, build_tiny_whisper
 
-RATE = 16_000
+RATE = SAMPLE_RATE
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +75,58 @@ def test_batched_equals_one_by_one(classifier: Classifier) -> None:
             assert sa == pytest.approx(sb, abs=1e-5)
 
 
+def _others(count: int, seed: int) -> list[np.ndarray]:
+    """`count` noise clips of lengths 0.1-2.5 s, none of them the probe's length."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice(np.arange(1600, 40_000, 160), size=count, replace=False)
+    return [(rng.standard_normal(int(n)) * rng.uniform(0.01, 0.5)).astype(np.float32) for n in lengths]
+
+
+@pytest.mark.parametrize("kind", ["whisper", "wav2vec2"])
+def test_a_clip_scores_the_same_alone_or_among_15_of_other_lengths(
+    kind: str, tiny_whisper_dir: Path, tiny_wav2vec2_dir: Path
+) -> None:
+    """Fixed-window models pad every clip to the window; variable-length ones batch equal lengths only, so
+    no neighbour's padding reaches a clip's score (padding to the longest moved wav2vec2 scores)."""
+    model = Classifier.load(tiny_whisper_dir if kind == "whisper" else tiny_wav2vec2_dir, device="cpu")
+    probe = (np.random.default_rng(11).standard_normal(12_345) * 0.2).astype(np.float32)
+    alone = model.probabilities([probe])[0]
+    others = _others(15, seed=5)
+    together = model.probabilities([*others[:7], probe, *others[7:]])
+    np.testing.assert_allclose(together[7], alone, atol=1e-5)
+    # And each neighbour scores as it does alone, in small batches too.
+    small = model.probabilities(others, max_batch=4)
+    for i, other in enumerate(others):
+        np.testing.assert_allclose(small[i], model.probabilities([other])[0], atol=1e-5)
+    (prediction,) = model.classify([probe])
+    assert prediction.score == pytest.approx(float(alone.max()), abs=1e-7)
+
+
+def test_batch_groups_policy() -> None:
+    assert batch_groups([5, 7, 5, 9], fixed=True) == [[0, 1, 2, 3]]
+    assert batch_groups([5, 7, 5, 9], fixed=True, max_batch=3) == [[0, 1, 2], [3]]
+    assert batch_groups([5, 7, 5, 9, 5], fixed=False) == [[0, 2, 4], [1], [3]]
+    assert batch_groups([5, 7, 5, 9, 5], fixed=False, max_batch=2) == [[0, 2], [4], [1], [3]]
+    assert batch_groups([], fixed=True) == []
+
+
+def test_fixed_window_is_decided_once(tiny_whisper_dir: Path, tiny_wav2vec2_dir: Path) -> None:
+    whisper = Classifier.load(tiny_whisper_dir, device="cpu")
+    wav2vec2 = Classifier.load(tiny_wav2vec2_dir, device="cpu")
+    assert fixed_window(whisper.extractor) == whisper.max_samples == RATE
+    assert fixed_window(wav2vec2.extractor) is None and wav2vec2.max_samples is None
+    with pytest.raises(AudioError, match="equal length"):
+        extract_features(wav2vec2.extractor, [np.zeros(100, np.float32), np.zeros(200, np.float32)])
+
+
 def test_empty_batch_and_bad_clips(classifier: Classifier) -> None:
     assert classifier.classify([]) == []
     with pytest.raises(AudioError, match="clip 1"):
         classifier.classify([np.zeros(100, np.float32), np.zeros((2, 100), np.float32)])
     with pytest.raises(AudioError, match="NaN"):
         classifier.classify([np.full(100, np.nan, np.float32)])
+    with pytest.raises(AudioError, match="clip 0: audio clip is empty"):
+        classifier.classify([np.zeros(0, np.float32)])
 
 
 def test_top_k_is_capped_and_configurable(tiny_dir: Path) -> None:

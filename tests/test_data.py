@@ -166,7 +166,8 @@ def test_training_clips_are_the_audio_the_daemon_and_predict_classify(tmp_path: 
     """8 kHz phone audio upsampled by datasets (FFmpeg) differs from torchaudio's; training must see the daemon's."""
     import soundfile as sf
 
-    from daemon.resample import Resampler
+    from daemon.audio import to_mono
+    from daemon.resample import resample
     from train.audio_io import read_audio
     from train.data import decode_clip
 
@@ -175,9 +176,9 @@ def test_training_clips_are_the_audio_the_daemon_and_predict_classify(tmp_path: 
         path = tmp_path / f"clip-{rate}.wav"
         sf.write(path, clip, rate, subtype="FLOAT")
         trained = decode_clip({"path": str(path), "bytes": None}, "row 0")
-        mono = clip if channels == 1 else clip.mean(axis=1)
-        assert np.allclose(trained, Resampler()(mono.astype(np.float32), rate), atol=1e-6)
-        assert np.allclose(trained, read_audio(path), atol=1e-6)
+        # The same samples, not merely close ones: one mixdown and one resampler serve training and serving.
+        np.testing.assert_array_equal(trained, resample(to_mono(clip, channels_axis=1), rate))
+        np.testing.assert_array_equal(trained, read_audio(path))
 
 
 def test_combined_with_one_dataset_is_load_labelled(tmp_path: Path) -> None:

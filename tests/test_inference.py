@@ -10,10 +10,13 @@ import pytest
 import soundfile as sf
 from conftest import tone_clip
 
+from daemon.classifier import Classifier
+from daemon.resample import resample
 from train import cli
-from train.audio_io import read_native, resample
+from train.audio_io import read_native
+from train.errors import TrainError
 from train.evaluation import evaluate_model
-from train.inference import Classifier, PipelineClassifier
+from train.inference import PipelineClassifier, load_classifier
 from train.predict import predict_files
 
 
@@ -40,22 +43,46 @@ def test_manual_path_matches_pipeline(
     kind: str, mixed_files: list[Path], tiny_whisper_dir: Path, tiny_wav2vec2_dir: Path
 ) -> None:
     model_dir = tiny_whisper_dir if kind == "whisper" else tiny_wav2vec2_dir
-    manual = Classifier.load(model_dir)
+    manual = Classifier.load(model_dir, device="cpu", top_k=2)
     pipe = PipelineClassifier(model_dir)
     clips = [read_native(p) for p in mixed_files]
-    batched = manual.top_k([resample(s, r) for s, r in clips], k=2, batch_size=4)
-    for (samples, rate), ranked in zip(clips, batched):
-        reference = pipe.top_k(samples, rate, 2)
-        assert [r.label for r in ranked] == [r.label for r in reference]
-        np.testing.assert_allclose([r.score for r in ranked], [r.score for r in reference], atol=1e-5)
+    batched = manual.classify([resample(s, r) for s, r in clips])
+    for (samples, rate), ours in zip(clips, batched, strict=True):
+        reference = pipe.classify(samples, rate, 2)
+        assert [label for label, _ in ours.top_k] == [label for label, _ in reference.top_k]
+        np.testing.assert_allclose([s for _, s in ours.top_k], [s for _, s in reference.top_k], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["whisper", "wav2vec2"])
+def test_predict_scores_a_file_the_same_alone_or_among_others(
+    kind: str, mixed_files: list[Path], tiny_whisper_dir: Path, tiny_wav2vec2_dir: Path
+) -> None:
+    model_dir = str(tiny_whisper_dir if kind == "whisper" else tiny_wav2vec2_dir)
+    together = predict_files(model_dir, [str(p) for p in mixed_files], top_k=2)
+    piped = predict_files(model_dir, [str(p) for p in mixed_files], top_k=2, via="pipeline")
+    for path, batched, reference in zip(mixed_files, together, piped, strict=True):
+        (alone,) = predict_files(model_dir, [str(path)], top_k=2)
+        for one in (alone, reference):
+            assert [label for label, _ in one.top_k] == [label for label, _ in batched.top_k]
+            np.testing.assert_allclose([s for _, s in one.top_k], [s for _, s in batched.top_k], atol=1e-5)
+
+
+def test_missing_or_broken_model_folder_is_one_train_error(tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="does not exist"):
+        load_classifier(tmp_path / "nope")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(TrainError, match="preprocessor_config.json"):
+        PipelineClassifier(tmp_path / "half")
 
 
 def test_predict_files_ranks_all_labels(mixed_files: list[Path], tiny_whisper_dir: Path) -> None:
     results = predict_files(str(tiny_whisper_dir), [str(p) for p in mixed_files], top_k=5)
-    for ranked in results:
-        assert len(ranked) == 2  # capped at the number of labels
-        assert ranked[0].score >= ranked[1].score
-        assert sum(r.score for r in ranked) == pytest.approx(1.0, abs=1e-5)
+    for prediction in results:
+        assert len(prediction.top_k) == 2  # capped at the number of labels
+        assert prediction.top_k[0] == (prediction.label, prediction.score)
+        assert prediction.top_k[0][1] >= prediction.top_k[1][1]
+        assert sum(score for _, score in prediction.top_k) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_predict_cli_json(mixed_files: list[Path], tiny_whisper_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,8 @@
-"""Read audio files into mono float32 arrays at a chosen rate; every failure names the file."""
+"""Read audio files into mono float32 arrays at a chosen rate; every failure names the file.
+
+Mixdown, clip checks and resampling are the daemon's core (daemon/audio.py, daemon/resample.py), so a file read
+here becomes exactly the samples the daemon would hand the model for the same recording.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon.audio import SAMPLE_RATE, to_mono
+from daemon.audio import check_clip as core_check_clip
+from daemon.errors import AudioError
 from train.errors import TrainError
 
-# Every model this package trains listens at 16 kHz.
-MODEL_SAMPLE_RATE = 16_000
-# Peak below this (about -80 dBFS) counts as digital silence: nothing to classify.
-SILENCE_PEAK = 1e-4
 # soundfile (libsndfile) reads these without ffmpeg; anything else goes through torchaudio/torchcodec.
 SOUNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".aiff", ".aif", ".au"})
-
-
-def to_mono(samples: np.ndarray, channels_axis: int = -1) -> np.ndarray:
-    """Average the channels of a (frames, channels) or (channels, frames) array; 1-D passes through."""
-    if samples.ndim == 1:
-        return samples.astype(np.float32, copy=False)
-    if samples.ndim != 2:
-        raise ValueError(f"audio has {samples.ndim} dimensions; expected 1 (mono) or 2 (multichannel)")
-    return samples.mean(axis=channels_axis).astype(np.float32)
-
-
-def resample(samples: np.ndarray, from_rate: int, to_rate: int = MODEL_SAMPLE_RATE) -> np.ndarray:
-    """Resample mono audio with torchaudio's default sinc filter, the same one the HF pipeline uses."""
-    if from_rate == to_rate:
-        return samples.astype(np.float32, copy=False)
-    import torch
-    from torchaudio import functional as F
-
-    return F.resample(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), from_rate, to_rate).numpy()
 
 
 def read_native(path: str | Path) -> tuple[np.ndarray, int]:
@@ -66,18 +50,17 @@ def _read_with_torchaudio(path: Path) -> tuple[np.ndarray, int]:
     return to_mono(waveform.numpy(), channels_axis=0), int(rate)
 
 
-def check_clip(samples: np.ndarray, where: str) -> None:
-    """Refuse clips a classifier cannot learn from: zero length, non-finite, or digital silence."""
-    if samples.size == 0:
-        raise TrainError(f"{where}: audio clip is empty (0 samples)")
-    if not np.all(np.isfinite(samples)):
-        raise TrainError(f"{where}: audio contains NaN or infinite samples")
-    if float(np.max(np.abs(samples))) < SILENCE_PEAK:
-        raise TrainError(f"{where}: audio is silent (peak below {SILENCE_PEAK:g})")
+def check_clip(samples: np.ndarray, where: str) -> np.ndarray:
+    """The clip, if a classifier can learn from it (not empty, finite, not digital silence); else a TrainError."""
+    try:
+        return core_check_clip(samples, where)
+    except AudioError as err:
+        raise TrainError(str(err)) from err
 
 
-def read_audio(path: str | Path, rate: int = MODEL_SAMPLE_RATE) -> np.ndarray:
-    """A checked mono float32 clip at `rate` (default 16 kHz) from any readable audio file."""
+def read_audio(path: str | Path, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A checked mono float32 clip at `rate` (default the models' 16 kHz) from any readable audio file."""
+    from daemon.resample import resample
+
     samples, native_rate = read_native(path)
-    check_clip(samples, str(path))
-    return resample(samples, native_rate, rate)
+    return resample(check_clip(samples, str(path)), native_rate, rate)

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from daemon.audio import SAMPLE_RATE, to_mono
 from train import channel
-from train.audio_io import MODEL_SAMPLE_RATE, check_clip, resample
+from train.audio_io import check_clip
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def load_combined(
     for part in parts[1:]:
         names.extend(n for n in part.label_names if n not in names)
     features = datasets.Features({
-        AUDIO_COLUMN: datasets.Audio(sampling_rate=MODEL_SAMPLE_RATE),
+        AUDIO_COLUMN: datasets.Audio(sampling_rate=SAMPLE_RATE),
         column: datasets.ClassLabel(names=names),
     })
     joined: dict[str, list[Any]] = {}
@@ -124,7 +125,7 @@ def load_combined(
             ds = ds.select_columns([AUDIO_COLUMN, part.label_column])
             if part.label_column != column:
                 ds = ds.rename_column(part.label_column, column)
-            ds = ds.cast_column(AUDIO_COLUMN, datasets.Audio(sampling_rate=MODEL_SAMPLE_RATE))
+            ds = ds.cast_column(AUDIO_COLUMN, datasets.Audio(sampling_rate=SAMPLE_RATE))
             ds = ds.map(lambda batch, m=mapping: {column: [m[i] for i in batch[column]]}, batched=True,
                         features=features, desc=f"labels of {spec} ({split})")
             joined.setdefault(split, []).append(ds)
@@ -242,6 +243,8 @@ def decode_clip(value: dict[str, Any], where: str) -> np.ndarray:
     """
     import datasets
 
+    from daemon.resample import resample
+
     name = value.get("path") or where
     try:
         # No num_channels: FFmpeg's downmix scales by 1/sqrt(2) where predict and the daemon take the mean.
@@ -249,9 +252,7 @@ def decode_clip(value: dict[str, Any], where: str) -> np.ndarray:
         samples, rate = decoded.data.numpy(), int(decoded.sample_rate)
     except Exception as err:  # torchcodec raises RuntimeError/ValueError/OSError for bad or missing files
         raise TrainError(f"cannot read audio {name}: {_first_line(err)}") from err
-    samples = samples.mean(axis=0) if samples.ndim == 2 else samples
-    check_clip(samples, name)
-    return resample(samples.astype(np.float32, copy=False), rate)
+    return resample(check_clip(to_mono(samples, channels_axis=0), name), rate)
 
 
 def iter_clips(ds: Any, batch_size: int = 32) -> Any:
@@ -267,32 +268,28 @@ def iter_clips(ds: Any, batch_size: int = 32) -> Any:
 
 
 def max_samples_for(extractor: Any, max_seconds: float) -> int:
-    """Clip length cap in samples: Whisper's own chunk length, otherwise max_seconds."""
-    n_samples = getattr(extractor, "n_samples", None)
-    if n_samples:
-        return int(n_samples)
-    return round(max_seconds * MODEL_SAMPLE_RATE)
+    """Clip length cap in samples: a fixed-window model's own window (Whisper), otherwise max_seconds."""
+    from daemon.classifier import fixed_window
+
+    return fixed_window(extractor) or round(max_seconds * SAMPLE_RATE)
 
 
 def extract(extractor: Any, clips: list[np.ndarray], max_samples: int) -> dict[str, Any]:
-    """Feature-extract 16 kHz clips, truncated to max_samples; Whisper pads to its chunk, others stay ragged."""
-    clips = [c[:max_samples] for c in clips]
-    if hasattr(extractor, "n_samples"):
-        return dict(extractor(clips, sampling_rate=MODEL_SAMPLE_RATE, return_attention_mask=False))
-    return dict(extractor(clips, sampling_rate=MODEL_SAMPLE_RATE))
+    """Training features of 16 kHz clips cut to max_samples, through the serving core's extractor call (Whisper
+    pads to its window; other models' clips stay ragged and Trainer's collator pads them)."""
+    from daemon.classifier import extract_features
+
+    return extract_features(extractor, [c[:max_samples] for c in clips], return_tensors=None)
 
 
 def change_speed(clip: np.ndarray, factor: float) -> np.ndarray:
     """Play a 16 kHz clip `factor` times faster (tempo and pitch together, as Kaldi's speed perturbation does)."""
-    import torch
-    import torchaudio.functional as taf
+    from daemon.resample import resample
 
     if factor == 1.0:
         return clip
     # Reading the clip as if recorded at factor x 16 kHz and resampling to 16 kHz shortens it by the factor.
-    faster = taf.resample(torch.from_numpy(clip), orig_freq=round(MODEL_SAMPLE_RATE * factor),
-                          new_freq=MODEL_SAMPLE_RATE)
-    return faster.numpy().astype(np.float32, copy=False)
+    return resample(clip, round(SAMPLE_RATE * factor))
 
 
 def prepare_features(
@@ -317,7 +314,7 @@ def prepare_features(
     def batch_features(batch: dict[str, list], indices: list[int]) -> dict[str, Any]:
         clips = [decode_clip(v, f"row {i}") for v, i in zip(batch[AUDIO_COLUMN], indices)]
         variants = [change_speed(clip, factor) for factor in speeds for clip in clips]
-        variants += [channel.trim_edges(clip, MODEL_SAMPLE_RATE, db) for db in trims for clip in clips]
+        variants += [channel.trim_edges(clip, SAMPLE_RATE, db) for db in trims for clip in clips]
         features = extract(extractor, variants, max_samples)
         features[LABELS] = list(batch[label_column]) * (len(speeds) + len(trims))
         return features

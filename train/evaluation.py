@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from daemon.audio import SAMPLE_RATE
 from train.data import DEFAULT_TEST_FRACTION, iter_clips, load_labelled, map_labels_to_model
-from train.inference import VIA_CHOICES, Classifier, PipelineClassifier, check_model_dir
+from train.inference import VIA_CHOICES, PipelineClassifier, check_model_dir, load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,14 @@ def evaluate_model(
     """The eval report as a dict: accuracy, n, per_class, plus what was evaluated."""
     import evaluate
 
-    check_model_dir(model_dir)
+    check_model_dir(model_dir)  # a wrong --model says so before the dataset is read
     data = load_labelled(dataset, dataset_config, label_column, seed, test_fraction)
     rows = data.split(split)
-    manual = Classifier.load(model_dir) if via == "manual" else None
+    manual = load_classifier(model_dir) if via == "manual" else None
     pipe = PipelineClassifier(model_dir) if via == "pipeline" else None
-    label2id = manual.label2id if manual else {k: int(v) for k, v in pipe.pipe.model.config.label2id.items()}  # type: ignore[union-attr]
-    id2label = {i: n for n, i in label2id.items()}
+    labels = manual.labels if manual is not None else pipe.labels  # type: ignore[union-attr]
+    label2id = {name: i for i, name in enumerate(labels)}
+    id2label = dict(enumerate(labels))
     to_model = map_labels_to_model(data.label_names, label2id, dataset)
 
     truth: list[int] = []
@@ -62,9 +64,9 @@ def evaluate_model(
     for clips, batch in iter_clips(rows, batch_size):
         truth.extend(to_model[i] for i in batch[data.label_column])
         if manual is not None:
-            predicted.extend(int(i) for i in np.argmax(manual.logits(clips, batch_size), axis=1))
+            predicted.extend(int(i) for i in np.argmax(manual.probabilities(clips, batch_size), axis=1))
         else:
-            predicted.extend(label2id[pipe.top_k(c, 16_000, 1)[0].label] for c in clips)  # type: ignore[union-attr]
+            predicted.extend(label2id[pipe.classify(c, SAMPLE_RATE, 1).label] for c in clips)  # type: ignore[union-attr]
     accuracy = evaluate.load(str(ACCURACY_METRIC_DIR)).compute(predictions=predicted, references=truth)["accuracy"]
     return {
         "accuracy": float(accuracy),

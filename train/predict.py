@@ -7,26 +7,27 @@ import json
 import logging
 from typing import Any
 
-from train.audio_io import check_clip, read_native, resample
-from train.inference import VIA_CHOICES, Classifier, PipelineClassifier, Ranked, check_model_dir
+from daemon.frames import Prediction
+from train.audio_io import check_clip, read_native
+from train.inference import VIA_CHOICES, PipelineClassifier, load_classifier
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 3
 
 
-def predict_files(model_dir: str, files: list[str], top_k: int = DEFAULT_TOP_K, via: str = "manual") -> list[list[Ranked]]:
-    """Best top_k labels per file, in file order; every file is read (and checked) before the model runs."""
-    check_model_dir(model_dir)
+def predict_files(model_dir: str, files: list[str], top_k: int = DEFAULT_TOP_K, via: str = "manual") -> list[Prediction]:
+    """One Prediction (best top_k labels) per file, in file order; every file is read and checked first."""
+    from daemon.resample import resample
+
     clips = []
     for path in files:
         samples, rate = read_native(path)
-        check_clip(samples, path)
-        clips.append((samples, rate))
+        clips.append((check_clip(samples, path), rate))
     if via == "pipeline":
         pipe = PipelineClassifier(model_dir)
-        return [pipe.top_k(samples, rate, top_k) for samples, rate in clips]
-    return Classifier.load(model_dir).top_k([resample(s, r) for s, r in clips], top_k)
+        return [pipe.classify(samples, rate, top_k) for samples, rate in clips]
+    return load_classifier(model_dir, top_k).classify([resample(s, r) for s, r in clips])
 
 
 def register(subparsers: Any) -> None:
@@ -47,12 +48,12 @@ def run(args: argparse.Namespace) -> int:
         doc = {
             "model": args.model,
             "predictions": [
-                {"file": f, "top": [{"label": r.label, "score": r.score} for r in ranked]}
-                for f, ranked in zip(args.files, results)
+                {"file": f, "top": [{"label": label, "score": score} for label, score in p.top_k]}
+                for f, p in zip(args.files, results)
             ],
         }
         print(json.dumps(doc))
     else:
-        for f, ranked in zip(args.files, results):
-            print(f + "\t" + "  ".join(f"{r.label} {r.score:.3f}" for r in ranked))
+        for f, p in zip(args.files, results):
+            print(f + "\t" + "  ".join(f"{label} {score:.3f}" for label, score in p.top_k))
     return 0
