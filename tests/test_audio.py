@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.audio import to_mono
 from daemon.audio import check_clip as core_check_clip
+from daemon.audio import to_mono
 from daemon.errors import AudioError
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchaudio
 
-from daemon.errors import AudioError
 from daemon.audio import SAMPLE_RATE
+from daemon.errors import AudioError
 from daemon.resample import Resampler, resample, resampler_to
 
 
