@@ -15,7 +15,6 @@ from clients.subscriber import Subscriber
 from daemon import events
 from daemon.classifier import MODEL_ID_HASH_CHARS, weights_digest
 from tests.daemon_proc import (
-    SPEECH_RATE,
     DaemonProc,
     collect,
     run_cli,
@@ -30,6 +29,8 @@ pytestmark = pytest.mark.slow
 
 UTTERANCES_PER_FILE = (3, 2, 3)
 SCORE_TOLERANCE = 1e-4
+ONE_CORE_TOLERANCE = 1e-5  # the same clip through any route: events carry 6 decimals
+PHONE_RATE = 8000
 LATENCY_MAX_MS = 30_000.0  # sane on a loaded 2-core CI machine; the point is finite and ordered
 EVENT_TIMEOUT_S = 60.0
 
@@ -135,26 +136,44 @@ def test_chunk_size_does_not_change_utterances(daemon: DaemonProc, sub: Subscrib
 def test_streamed_utterance_scores_like_direct_classification(
     daemon: DaemonProc, sub: Subscriber, wavs: list[Path], model_dir: Path, tmp_path: Path
 ) -> None:
-    wav = wavs[1]
-    send_files(daemon.audio_uri, [wav], stream_id="direct")
+    """One model core: the daemon, `intentd-train predict` (alone and among 15 clips of other lengths), the HF
+    pipeline and `eval` give each utterance the same label and score (1e-5), from 8 kHz phone audio that every
+    path resamples itself."""
+    from daemon.resample import resample
+
+    speech, speech_rate = sf.read(str(wavs[1]), dtype="float32")
+    phone = tmp_path / "phone.wav"
+    sf.write(str(phone), resample(speech, speech_rate, PHONE_RATE), PHONE_RATE, subtype="PCM_16")
+    send_files(daemon.audio_uri, [phone], stream_id="direct")
     got = intents_for(sub, {"direct": UTTERANCES_PER_FILE[1]})["direct"]
-    audio, rate = sf.read(str(wav), dtype="int16")
-    assert rate == SPEECH_RATE
+    audio, rate = sf.read(str(phone), dtype="int16")
     cut_files = []
     for e in got:
         # The event's times are the utterance's exact sample span (pre-roll included, hangover excluded).
         start, end = round(e.start_s * rate), round(e.end_s * rate)
-        cut = tmp_path / f"utterance{e.utterance}.wav"
+        cut = tmp_path / "eval" / "test" / e.label / f"utterance{e.utterance}.wav"
+        cut.parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(cut), audio[start:end], rate, subtype="PCM_16")
         cut_files.append(cut)
-    if not Path(__file__).parents[1].joinpath("train", "predict.py").exists():
-        pytest.skip("train/predict.py has not landed")
-    done = run_cli("intentd-train", "predict", "--model", str(model_dir), "--json",
-                   *[str(f) for f in cut_files])
+    rng = np.random.default_rng(2)
+    others = []
+    for i, (seconds, other_rate) in enumerate(zip(rng.uniform(0.2, 2.5, 15), [8000, 16_000, 44_100] * 5)):
+        other = tmp_path / f"other{i}.wav"
+        sf.write(str(other), rng.standard_normal(round(seconds * other_rate)) * 0.1, other_rate)
+        others.append(str(other))
+
+    def predict(*extra: str) -> list[dict[str, float | str]]:
+        done = run_cli("intentd-train", "predict", "--model", str(model_dir), "--json", "--top-k", "1", *extra)
+        assert done.returncode == 0, done.stderr
+        by_file = {p["file"]: p["top"][0] for p in json.loads(done.stdout)["predictions"]}
+        return [by_file[str(f)] for f in cut_files]
+
+    cuts = [str(f) for f in cut_files]
+    for route in (predict(*cuts), predict(*others[:7], *cuts, *others[7:]), predict("--via", "pipeline", *cuts)):
+        for e, top in zip(got, route, strict=True):
+            assert top["label"] == e.label, (top, e.raw)
+            assert top["score"] == pytest.approx(e.score, abs=ONE_CORE_TOLERANCE), (top, e.raw)
+    done = run_cli("intentd-train", "eval", "--model", str(model_dir), "--dataset", str(tmp_path / "eval"), "--json")
     assert done.returncode == 0, done.stderr
-    predictions = json.loads(done.stdout)["predictions"]
-    for e, p in zip(got, predictions, strict=True):
-        top = p["top"][0]
-        assert top["label"] == e.label, (p, e.raw)
-        assert top["score"] == pytest.approx(e.score, abs=SCORE_TOLERANCE), (p, e.raw)
-        assert np.isfinite(top["score"])
+    report = json.loads(done.stdout)
+    assert (report["n"], report["accuracy"]) == (len(got), 1.0)  # labelled with the daemon's answers
