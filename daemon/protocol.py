@@ -13,6 +13,7 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
+from daemon.audio import to_mono
 from daemon.errors import AudioError, ProtocolError
 
 MAGIC: Final = b"INTD"
@@ -284,7 +285,7 @@ class PcmDecoder:
             if not np.isfinite(samples).all():
                 raise AudioError("NaN or infinite samples in f32le audio")
         if self._channels > 1:
-            samples = samples.reshape(-1, self._channels).mean(axis=1, dtype=np.float32)
+            samples = to_mono(samples.reshape(-1, self._channels), channels_axis=1)
         return samples
 
     def finish(self) -> None:

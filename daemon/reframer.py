@@ -7,7 +7,7 @@ import numpy as np
 from daemon.errors import AudioError
 
 # What webrtcvad can take. It checks neither and returns garbage (or accepts any bytes), so we do.
-VAD_SAMPLE_RATES: tuple[int, ...] = (8000, 16000, 32000, 48000)
+VAD_SAMPLE_RATES: tuple[int, ...] = tuple(khz * 1000 for khz in (8, 16, 32, 48))
 VAD_FRAME_MS: tuple[int, ...] = (10, 20, 30)
 DEFAULT_FRAME_MS = 30
 MS_PER_S = 1000
