@@ -4,7 +4,8 @@ Usage:
     .venv/bin/python -m bench.daemon_load --model DIR [--streams 1 10 25 50 100 150 200 250] [--duration 30]
         [--flood 480] [--seed 0] [--set model.threads=1 ...] [--keep-going]
 
-Starts `intentd` as a subprocess (free ports, a tmp config, READY=1 from a notify socket we bind), then for each N
+Starts `intentd` as a subprocess through the tests' harness (tests/daemon_proc.py: free ports, a tmp config,
+READY=1 from a notify socket it binds, events collected by a subscriber thread), then for each N
 opens N TCP streams from this one process. Every stream is FSDD digits (8 kHz) separated by randomised
 (seeded) low-noise silence, one utterance every ~3 s on average, paced in 20 ms chunks by ONE shared clock: each
 wake-up sends every stream's chunks that are due, so a late wake-up catches up instead of drifting, and the lag
@@ -31,16 +32,14 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import tomllib
 import wave
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -48,7 +47,6 @@ from typing import Any, Self
 import numpy as np
 import psutil
 
-from clients.subscriber import Subscriber
 from daemon import events
 from daemon.frames import AudioChunk, Utterance
 from daemon.protocol import ReplyDecoder, StreamHeader, encode_audio, encode_end, encode_header
@@ -56,10 +54,11 @@ from daemon.segmenter import SegmenterSettings
 from daemon.settings import BatcherSettings
 from daemon.vad import DEFAULT_AGGRESSIVENESS, StreamSegmenter
 
+# `python -m bench.daemon_load` runs from the repository root, so `tests` (a package) is importable here.
+from tests.daemon_proc import FSDD, REPO, DaemonFailed, DaemonProc, EventCollector, merge, start_daemon
+
 log = logging.getLogger("bench.daemon_load")
 
-REPO = Path(__file__).resolve().parents[1]
-FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 RATE = 8000  # FSDD's rate: the daemon resamples to 16 kHz itself
 CHUNK_MS = 20
 CHUNK_SAMPLES = RATE * CHUNK_MS // 1000
@@ -71,7 +70,6 @@ TAIL_S = 1.0  # silence at the end of a stream, so its last utterance closes by 
 NOISE_DBFS = -60.0  # background under the silence: a line is never digitally silent
 P99_LIMIT_MS = 500.0
 READY_TIMEOUT_S = 120.0
-SUB_CONNECT_TIMEOUT_S = 20.0
 SETTLE_QUIET_S = 5.0  # after the last stream ends, wait this long without a new event before giving up
 FLOOD_STREAMS = 8
 FLOOD_GAP_S = 0.7  # > hangover + VAD smoothing, so flood clips never merge
@@ -79,7 +77,12 @@ FLOOD_QUEUE = 100_000
 STATUS_INTERVAL_S = 1.0
 RESOURCE_SAMPLE_S = 0.5
 MS = 1000.0
-_SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM")
+# Over the harness's test config: room for the sweep's streams, a slower heartbeat, warnings only in the log.
+BENCH_SECTIONS: dict[str, dict[str, Any]] = {
+    "sources": {"max_streams": 4096},
+    "publisher": {"status_interval_s": STATUS_INTERVAL_S},
+    "service": {"log_level": "WARNING"},
+}
 
 
 # ------------------------------------------------------------------------------------------------- audio
@@ -145,140 +148,13 @@ def expected_utterances(audio: np.ndarray) -> int:
 # ------------------------------------------------------------------------------------------------ daemon
 
 
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def start(model: Path, workdir: Path, name: str, sections: Mapping[str, Mapping[str, Any]]) -> DaemonProc:
+    """A ready intentd (the model warm, sockets bound) with the bench's config; WORKDIR/NAME.toml and .log.
 
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return repr(value)
-
-
-@dataclass
-class Daemon:
-    """A ready intentd subprocess."""
-
-    proc: subprocess.Popen[bytes]
-    audio: tuple[str, int]
-    events_uri: str
-    workdir: Path
-    ps: psutil.Process = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.ps = psutil.Process(self.proc.pid)
-
-    def stop(self) -> None:
-        """SIGTERM, wait, kill if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start_daemon(model: Path, workdir: Path, name: str, sections: dict[str, dict[str, Any]]) -> Daemon:
-    """Write a config, start intentd, return once it sent READY=1 (the model is warm, sockets bound)."""
-    audio_port, events_port = free_port(), free_port()
-    config: dict[str, dict[str, Any]] = {
-        "model": {"path": str(model)},
-        "sources": {"listen": [f"tcp://127.0.0.1:{audio_port}"], "max_streams": 4096},
-        "publisher": {"uri": f"tcp://127.0.0.1:{events_port}", "status_interval_s": STATUS_INTERVAL_S},
-        "service": {"log_level": "WARNING"},
-    }
-    config = merge(config, sections)
-    path = workdir / f"{name}.toml"
-    path.write_text("".join(f"[{s}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in kv.items()) + "\n"
-                            for s, kv in config.items()), encoding="utf-8")
-    notify_path = str(workdir / f"{name}.notify")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    notify.settimeout(1.0)
-    env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
-    env.update({"NOTIFY_SOCKET": notify_path, "PYTHONUNBUFFERED": "1"})
-    exe = Path(sys.executable).parent / "intentd"
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "daemon.main"]
-    logfile = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 -- lives as long as the daemon
-    proc = subprocess.Popen([*argv, "--config", str(path)], stdout=logfile, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            notify.close()
-            raise SystemExit(f"intentd did not become ready; log {workdir / f'{name}.log'}:\n"
-                             + (workdir / f"{name}.log").read_text(errors="replace")[-3000:])
-        try:
-            data = notify.recv(65536)
-        except TimeoutError:
-            continue
-        if b"READY=1" in data.split(b"\n"):
-            break
-    # Keep reading, as systemd does: STATUS and WATCHDOG datagrams follow every second.
-    threading.Thread(target=_drain_notify, args=(notify, proc), daemon=True).start()
-    return Daemon(proc, ("127.0.0.1", audio_port), f"tcp://127.0.0.1:{events_port}", workdir)
-
-
-def _drain_notify(notify: socket.socket, proc: subprocess.Popen[bytes]) -> None:
-    with notify:
-        while proc.poll() is None:
-            try:
-                notify.recv(65536)
-            except (TimeoutError, OSError):
-                continue
-
-
-# --------------------------------------------------------------------------------------------- collector
-
-
-class Collector:
-    """A subscriber thread recording (receive wall time, event) for every message."""
-
-    def __init__(self, uri: str) -> None:
-        self._sub = Subscriber(uri, topics=("",), recv_timeout_s=0.1)
-        if not self._sub.wait_connected(SUB_CONNECT_TIMEOUT_S):
-            raise SystemExit(f"no status heartbeat from {uri} within {SUB_CONNECT_TIMEOUT_S} s")
-        self.records: list[tuple[float, events.Event]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            event = self._sub.recv()
-            if event is not None:
-                with self._lock:
-                    self.records.append((time.time(), event))
-
-    def about(self, prefix: str) -> list[tuple[float, events.Event]]:
-        """Records of events whose stream id starts with `prefix`."""
-        with self._lock:
-            return [(t, e) for t, e in self.records if str(e.raw.get("stream_id", "")).startswith(prefix)]
-
-    @property
-    def missed(self) -> int:
-        """Seq gaps seen so far (lost events)."""
-        return self._sub.missed
-
-    def last_event_wall(self, prefix: str) -> float:
-        """Receive time of the latest event about these streams (0 if none)."""
-        found = self.about(prefix)
-        return found[-1][0] if found else 0.0
-
-    def close(self) -> None:
-        """Stop the thread and close the socket."""
-        self._stop.set()
-        self._thread.join()
-        self._sub.close()
+    Unlike a test daemon it keeps its own torch threads (no OMP_NUM_THREADS=1): the configured ones are measured.
+    """
+    return start_daemon(workdir, model.resolve(), merge(BENCH_SECTIONS, sections), name=name, one_thread=False,
+                        ready_timeout_s=READY_TIMEOUT_S)
 
 
 # ------------------------------------------------------------------------------------------------ sender
@@ -429,8 +305,8 @@ def pct(values: Sequence[float], q: float) -> float:
 class ResourceSampler:
     """Daemon CPU% (delta of its CPU time over the window) and peak RSS, sampled in a thread."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self._ps = daemon.ps
+    def __init__(self, daemon: DaemonProc) -> None:
+        self._ps = psutil.Process(daemon.proc.pid)
         self._me = psutil.Process()
         self.rss_peak = 0
         self._stop = threading.Event()
@@ -457,7 +333,7 @@ class ResourceSampler:
         self.bench_cpu = (m.user + m.system - self._me0) / wall * 100
 
 
-def settle(collector: Collector, prefix: str, expected: int) -> None:
+def settle(collector: EventCollector, prefix: str, expected: int) -> None:
     """Wait until every expected utterance has an event, or no event came for SETTLE_QUIET_S."""
     started = time.time()
     while True:
@@ -490,7 +366,7 @@ def summarise(result: RunResult, found: Iterable[tuple[float, events.Event]], or
             result.errors += 1
 
 
-def run_realtime(daemon: Daemon, collector: Collector, clips: Sequence[np.ndarray], n: int, duration_s: float,
+def run_realtime(daemon: DaemonProc, collector: EventCollector, clips: Sequence[np.ndarray], n: int, duration_s: float,
                  seed: int, cache: dict[tuple[int, float], tuple[bytes, int]], label: str) -> RunResult:
     """N real-time streams for `duration_s`; stream i's audio is the same at every N (of the same duration)."""
     for i in range(n):
@@ -502,29 +378,29 @@ def run_realtime(daemon: Daemon, collector: Collector, clips: Sequence[np.ndarra
     result = RunResult(label, n, sum(cache[i, duration_s][1] for i in range(n)), duration_s)
     missed_before = collector.missed
     with ResourceSampler(daemon) as res:
-        stats = asyncio.run(send_realtime(daemon.audio, streams))
+        stats = asyncio.run(send_realtime(daemon.audio_address, streams))
         settle(collector, prefix, result.expected)
     result.missed = collector.missed - missed_before
     summarise(result, collector.about(prefix), {sid: stats.t0_wall for sid in streams})
     result.utt_per_s = result.intents / duration_s
     result.daemon_cpu, result.bench_cpu, result.rss_mb = res.daemon_cpu, res.bench_cpu, res.rss_peak / 2**20
-    result.uss_mb = daemon.ps.memory_full_info().uss / 2**20
+    result.uss_mb = psutil.Process(daemon.proc.pid).memory_full_info().uss / 2**20
     result.lag_p99, result.lag_max = pct(stats.lags_ms, 99), max(stats.lags_ms, default=0.0)
     result.buffered_kb = stats.max_buffered / 1024
     result.send_errors = stats.errors
     return result
 
 
-def run_flood(daemon: Daemon, clips: Sequence[np.ndarray], total: int, seed: int, label: str
+def run_flood(daemon: DaemonProc, clips: Sequence[np.ndarray], total: int, seed: int, label: str
               ) -> tuple[RunResult, float]:
     """K utterances as fast as possible over FLOOD_STREAMS streams; (result, utterances/s)."""
-    collector = Collector(daemon.events_uri)
+    collector = EventCollector(daemon.events_uri)
     per = -(-total // FLOOD_STREAMS)
     audios = [flood_stream(clips, seed, i, per) for i in range(FLOOD_STREAMS)]
     streams = {f"{label}-flood-{i}": a.tobytes() for i, a in enumerate(audios)}
     result = RunResult(label, FLOOD_STREAMS, sum(expected_utterances(a) for a in audios), 0.0)
     with ResourceSampler(daemon) as res:
-        stats = asyncio.run(send_flood(daemon.audio, streams))
+        stats = asyncio.run(send_flood(daemon.audio_address, streams))
         settle(collector, f"{label}-flood-", result.expected)
     found = collector.about(f"{label}-flood-")
     result.missed = collector.missed
@@ -572,14 +448,6 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return sections
 
 
-def merge(base: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Config sections with `extra`'s keys over `base`'s."""
-    out = {section: dict(values) for section, values in base.items()}
-    for section, values in extra.items():
-        out.setdefault(section, {}).update(values)
-    return out
-
-
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -617,13 +485,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# intentd load: model {args.model}, {len(clips)} FSDD clips, {psutil.cpu_count()} CPUs, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, overrides {args.set or 'none'}")
     try:
-        daemon = start_daemon(args.model, workdir, "sweep", overrides)
-        collector = Collector(daemon.events_uri)
+        daemon = start(args.model, workdir, "sweep", overrides)
+        collector: EventCollector | None = None
         print(f"\n## Real-time sweep: {args.duration:g} s per step (longer for few streams), 8 kHz s16le, {CHUNK_MS} ms chunks, "
               f"config overrides: {args.set or 'none'}\n\n{HEADER}", flush=True)
         cache: dict[tuple[int, float], tuple[bytes, int]] = {}
         best = 0
         try:
+            collector = EventCollector(daemon.events_uri)
             for n in args.streams:
                 duration = max(args.duration, round(MEAN_PERIOD_S * args.min_utterances / n))
                 r = run_realtime(daemon, collector, clips, n, duration, args.seed, cache, "rt")
@@ -635,8 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 elif not args.keep_going:
                     break
         finally:
+            if collector is not None:
+                collector.close()
             daemon.stop()
-            collector.close()
         print(f"\nMost streams sustained (p99 processing < {P99_LIMIT_MS:g} ms, no drops): {best}", flush=True)
 
         if args.flood:
@@ -647,8 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             defaults = BatcherSettings()
             default_name = f"default (max_batch {defaults.max_batch}, max_wait {defaults.max_wait_ms:g} ms)"
             for name, batcher in ((default_name, {}), ("max_batch = 1", {"max_batch": 1})):
-                d = start_daemon(args.model, workdir, f"flood{len(batcher)}",
-                                 merge(overrides, {"batcher": {"queue_size": FLOOD_QUEUE, **batcher}}))
+                d = start(args.model, workdir, f"flood{len(batcher)}",
+                          merge(overrides, {"batcher": {"queue_size": FLOOD_QUEUE, **batcher}}))
                 try:
                     r, rate = run_flood(d, clips, args.flood, args.seed, f"f{len(batcher)}")
                 finally:
@@ -657,6 +527,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"| {name} | {r.intents}/{r.expected} | {rate:.1f} | {bs} "
                       f"| {pct(r.processing, 50):.0f} / {pct(r.processing, 99):.0f} | {r.daemon_cpu:.0f} |",
                       flush=True)
+    except DaemonFailed as err:  # did not start, stop or publish: its log says why
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         if args.keep_logs:
             print(f"\nconfigs and daemon logs: {workdir}")

@@ -1,8 +1,10 @@
-"""Run `intentd` as a subprocess for tests: free ports, a tmp config, readiness from a fake NOTIFY_SOCKET.
+"""The one harness that runs `intentd` as a subprocess, for the tests and for bench/daemon_load.py.
 
-Readiness is never guessed: the daemon's READY=1 datagram arrives only after the model is warm and every socket
-is bound. Also here: speech WAVs (espeak-ng, or FSDD digits) joined with silence, and intentd-send as a
-subprocess.
+Free ports, a config written from {section: {key: value}}, readiness from a fake NOTIFY_SOCKET (never
+guessed: the daemon's READY=1 datagram arrives only after the model is warm and every socket is bound), events
+collected from the publisher, and our console scripts run as subprocesses. Also here: speech clips (espeak-ng,
+or FSDD digits) at the model's rate and WAVs of them joined with silence. A daemon that misbehaves raises
+DaemonFailed, an AssertionError (a test failure under pytest) carrying its log.
 """
 
 from __future__ import annotations
@@ -24,17 +26,37 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
+
+from clients.subscriber import Subscriber
+from daemon import events
+from daemon.audio import SAMPLE_RATE, to_mono
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 90.0  # torch import + model load on a busy 2-core machine
 STOP_TIMEOUT_S = 30.0
 NOTIFY_POLL_S = 0.1
-SPEECH_RATE = 16_000  # the model's rate: no resampling between daemon and direct classification
+SUB_CONNECT_TIMEOUT_S = 20.0
+COLLECT_POLL_S = 0.1
+# The harness's clips are at the model's rate: the daemon and a direct classification hear the same samples.
+# Kept for the tests that import it under this name; it is daemon.audio's one constant.
+SPEECH_RATE = SAMPLE_RATE
 FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 # Environment a test daemon must not inherit from whoever runs pytest (e.g. pytest itself under systemd).
 _SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM")
+# Test daemons share two cores with pytest and each other; benchmarks measure the configured model.threads.
+_ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1"}
+
+
+class DaemonFailed(AssertionError):
+    """The daemon under test did not start, stop or publish as it should; the message carries its log."""
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without systemd's variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
+    env.update(extra or {})
+    return env
 
 
 def tool(name: str) -> list[str]:
@@ -194,6 +216,12 @@ class DaemonProc:
         """True while the process runs."""
         return self.proc.poll() is None
 
+    @property
+    def audio_address(self) -> tuple[str, int]:
+        """(host, port) of the TCP audio socket."""
+        host, port = self.audio_uri.removeprefix("tcp://").rsplit(":", 1)
+        return host, int(port)
+
     def log_text(self) -> str:
         """Everything the daemon wrote to stdout/stderr so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -212,10 +240,10 @@ class DaemonProc:
         try:
             return self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"intentd did not exit within {timeout_s} s:\n{self.log_text()}") from None
+            raise DaemonFailed(f"intentd did not exit within {timeout_s} s:\n{self.log_text()}") from None
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
-        """SIGTERM and wait; the exit status (killed after the timeout, then AssertionError)."""
+        """SIGTERM and wait; the exit status (killed after the timeout, then DaemonFailed)."""
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -223,7 +251,7 @@ class DaemonProc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"intentd ignored SIGTERM for {timeout_s} s:\n{self.log_text()}") from None
+            raise DaemonFailed(f"intentd ignored SIGTERM for {timeout_s} s:\n{self.log_text()}") from None
         finally:
             self._cleanup()
 
@@ -250,8 +278,15 @@ def launch(
     env: Mapping[str, str] | None = None,
     args: Sequence[str] = (),
     metrics: bool = False,
+    *,
+    name: str = "intentd",
+    one_thread: bool = True,
 ) -> DaemonProc:
-    """Start intentd on free ports with a tmp config; returns without waiting for readiness."""
+    """Start intentd on free ports (config TMP/NAME.toml, output TMP/NAME.log); returns before READY.
+
+    `sections` go over base_sections; `env` over the caller's environment (systemd's variables removed);
+    `one_thread` sets OMP_NUM_THREADS=1 (benchmarks pass False).
+    """
     tmp.mkdir(parents=True, exist_ok=True)
     audio_port, events_port = free_port(), free_port()
     config = merge(base_sections(model_dir, audio_port, events_port), sections or {})
@@ -259,12 +294,11 @@ def launch(
     if metrics:
         metrics_port = free_port()
         config = merge(config, {"metrics": {"listen": f"127.0.0.1:{metrics_port}"}})
-    config_path = write_config(tmp / "intentd.toml", config)
+    config_path = write_config(tmp / f"{name}.toml", config)
     notify = NotifySocket()
-    full_env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
-    full_env.update({"NOTIFY_SOCKET": notify.path, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-    full_env.update(env or {})
-    log_path = tmp / "intentd.log"
+    full_env = clean_env({"NOTIFY_SOCKET": notify.path, "PYTHONUNBUFFERED": "1",
+                          **(_ONE_THREAD_ENV if one_thread else {}), **(env or {})})
+    log_path = tmp / f"{name}.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 -- closed by DaemonProc.stop
     proc = subprocess.Popen(
         [*tool("intentd"), "--config", str(config_path), *args],
@@ -275,17 +309,18 @@ def launch(
 
 
 def start_daemon(tmp: Path, model_dir: Path, sections: Mapping[str, Mapping[str, Any]] | None = None,
-                 env: Mapping[str, str] | None = None, metrics: bool = False) -> DaemonProc:
-    """Start intentd and return once it has sent READY=1 (AssertionError with its log if it never does)."""
-    d = launch(tmp, model_dir, sections, env, metrics=metrics)
+                 env: Mapping[str, str] | None = None, metrics: bool = False, *, name: str = "intentd",
+                 one_thread: bool = True, ready_timeout_s: float = READY_TIMEOUT_S) -> DaemonProc:
+    """launch(), then return once intentd has sent READY=1 (DaemonFailed with its log if it never does)."""
+    d = launch(tmp, model_dir, sections, env, metrics=metrics, name=name, one_thread=one_thread)
     try:
-        d.notify.wait_for("READY", "1", READY_TIMEOUT_S, alive=d.alive)
+        d.notify.wait_for("READY", "1", ready_timeout_s, alive=d.alive)
     except AssertionError as err:
         if d.alive():
             d.proc.kill()
         d.proc.wait()
         d._cleanup()
-        raise AssertionError(f"{err}\nintentd log:\n{d.log_text()}") from None
+        raise DaemonFailed(f"{err}\nintentd log:\n{d.log_text()}") from None
     return d
 
 
@@ -306,9 +341,7 @@ def running_daemon(tmp: Path, model_dir: Path, sections: Mapping[str, Mapping[st
 def run_cli(name: str, *args: str, env: Mapping[str, str] | None = None,
             timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
     """Run one of our console scripts to completion, capturing its output."""
-    full_env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
-    full_env.update(env or {})
-    return subprocess.run([*tool(name), *args], capture_output=True, text=True, env=full_env,
+    return subprocess.run([*tool(name), *args], capture_output=True, text=True, env=clean_env(env),
                           timeout=timeout_s, check=False)
 
 
@@ -325,18 +358,11 @@ def send_files(uri: str, files: Sequence[Path], chunk_ms: int = 20, stream_id: s
 # --------------------------------------------------------------------------------------------- audio
 
 
-def _to_rate(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
-    if rate == target:
-        return samples.astype(np.float32)
-    import torch
-    import torchaudio.functional as AF
-
-    return AF.resample(torch.from_numpy(samples.astype(np.float32)), rate, target).numpy()
-
-
 def speech_clips(count: int, tmp: Path, seed: int = 0) -> list[np.ndarray]:
-    """`count` different spoken clips at SPEECH_RATE: espeak-ng phrases, else FSDD digits, else skip."""
+    """`count` different spoken clips at the model's rate: espeak-ng phrases, else FSDD digits, else skip."""
     import soundfile as sf
+
+    from daemon.resample import resample  # torch: only for the tests that need speech
 
     phrases = ["check my account balance", "transfer money to savings", "please stop the card",
                "what is my balance today", "send fifty dollars to john", "cancel the payment now",
@@ -351,33 +377,35 @@ def speech_clips(count: int, tmp: Path, seed: int = 0) -> list[np.ndarray]:
             subprocess.run([espeak, "-s", str(150 + 10 * ((seed + i) % 4)), "-w", str(out), text], check=True,
                            capture_output=True)
             data, rate = sf.read(str(out), dtype="float32")
-            clips.append(_to_rate(data, rate, SPEECH_RATE))
+            clips.append(resample(to_mono(data, channels_axis=1), rate, SAMPLE_RATE))
         return clips
     files = sorted(FSDD.glob("*.wav")) if FSDD.is_dir() else []
     if len(files) < count:
+        import pytest  # only here: benchmarks import this module without pytest
+
         pytest.skip("no speech audio: install espeak-ng or put FSDD in ../shared/data/fsdd")
     rng = np.random.default_rng(seed)
     for path in rng.choice(files, count, replace=False):
         data, rate = sf.read(str(path), dtype="float32")
-        clips.append(_to_rate(data if data.ndim == 1 else data.mean(axis=1), rate, SPEECH_RATE))
+        clips.append(resample(to_mono(data, channels_axis=1), rate, SAMPLE_RATE))
     return clips
 
 
-def silence(seconds: float, rate: int = SPEECH_RATE) -> np.ndarray:
+def silence(seconds: float, rate: int = SAMPLE_RATE) -> np.ndarray:
     """Digital silence (webrtcvad calls it non-speech at every aggressiveness)."""
     return np.zeros(round(seconds * rate), dtype=np.float32)
 
 
 def write_speech_wav(path: Path, clips: Sequence[np.ndarray], gap_s: float = 1.0, lead_s: float = 0.5,
                      tail_s: float = 1.0) -> Path:
-    """Clips joined with silence, written as 16-bit PCM at SPEECH_RATE."""
+    """Clips joined with silence, written as 16-bit PCM at SAMPLE_RATE."""
     import soundfile as sf
 
     parts = [silence(lead_s)]
     for i, clip in enumerate(clips):
         parts.append(clip)
         parts.append(silence(gap_s if i < len(clips) - 1 else tail_s))
-    sf.write(str(path), np.clip(np.concatenate(parts), -1.0, 1.0), SPEECH_RATE, subtype="PCM_16")
+    sf.write(str(path), np.clip(np.concatenate(parts), -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
     return path
 
 
@@ -397,6 +425,44 @@ def collect(sub: Any, done: Callable[[list[Any]], bool], timeout_s: float = 60.0
         if event is not None and keep(event):
             kept.append(event)
     return kept
+
+
+class EventCollector:
+    """A subscriber thread keeping (receive wall time, event) for every message until close()."""
+
+    def __init__(self, uri: str, connect_timeout_s: float = SUB_CONNECT_TIMEOUT_S) -> None:
+        self._sub = Subscriber(uri, topics=("",), recv_timeout_s=COLLECT_POLL_S)
+        if not self._sub.wait_connected(connect_timeout_s):
+            self._sub.close()
+            raise DaemonFailed(f"no status heartbeat from {uri} within {connect_timeout_s} s")
+        self.records: list[tuple[float, events.Event]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="event-collector", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            event = self._sub.recv()
+            if event is not None:
+                with self._lock:
+                    self.records.append((time.time(), event))
+
+    def about(self, prefix: str) -> list[tuple[float, events.Event]]:
+        """Records of events whose stream id starts with `prefix`."""
+        with self._lock:
+            return [(t, e) for t, e in self.records if str(e.raw.get("stream_id", "")).startswith(prefix)]
+
+    @property
+    def missed(self) -> int:
+        """Seq gaps seen so far (lost events)."""
+        return self._sub.missed
+
+    def close(self) -> None:
+        """Stop the thread and close the socket."""
+        self._stop.set()
+        self._thread.join()
+        self._sub.close()
 
 
 def serve_while(service: Any, drive: Callable[[], None], join_s: float = 60.0) -> int:
