@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from daemon.audio import SAMPLE_RATE
 from train.ct2_reader import CT2FormatError, CT2Model, read_ct2_model
 from train.errors import TrainError
 
@@ -30,8 +31,8 @@ log = logging.getLogger(__name__)
 # Banking requests last 2-4 s; 1 s (the tutorial's crop) cuts most of them, 30 s (Whisper's own) costs ~11x more.
 DEFAULT_MAX_SECONDS = 4.0
 
-# Whisper's fixed front end: 16 kHz audio, 10 ms mel hop, and conv2's stride 2 gives one position per 20 ms.
-SAMPLE_RATE = 16_000
+# Whisper's fixed front end: 16 kHz audio (SAMPLE_RATE), 10 ms mel hop, and conv2's stride 2 gives one position
+# per 20 ms.
 HOP_LENGTH = 160
 N_FFT = 400
 MEL_FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
