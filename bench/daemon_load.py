@@ -54,7 +54,8 @@ from daemon.segmenter import SegmenterSettings
 from daemon.settings import BatcherSettings
 from daemon.vad import DEFAULT_AGGRESSIVENESS, StreamSegmenter
 
-# `python -m bench.daemon_load` runs from the repository root, so `tests` (a package) is importable here.
+# `python -m bench.daemon_load` runs from the repository root, which puts `tests` (a folder without
+# __init__.py: test modules import conftest as a top-level module) on the import path as a namespace package.
 from tests.daemon_proc import FSDD, REPO, DaemonFailed, DaemonProc, EventCollector, merge, start_daemon
 
 log = logging.getLogger("bench.daemon_load")
