@@ -20,17 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from daemon.audio import SAMPLE_RATE
 from daemon.classifier import Classifier
 
 CLIP_S = 1.0
-RATE = 16_000
 REPEATS = 12
 OP_WARMUP, OP_REPEATS = 50, 2000
 
 
 def classify_ms(classifier: Classifier, idle_s: float) -> float:
     """Median ms of one classify after idle_s of sleep."""
-    clip = (np.random.default_rng(0).standard_normal(int(CLIP_S * RATE)) * 0.1).astype(np.float32)
+    clip = (np.random.default_rng(0).standard_normal(int(CLIP_S * SAMPLE_RATE)) * 0.1).astype(np.float32)
     times = []
     for _ in range(REPEATS):
         time.sleep(idle_s)
