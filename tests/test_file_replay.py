@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from daemon.audio import SAMPLE_RATE, to_mono
 from daemon.errors import SourceError
 from daemon.sources.file_replay import FileReplaySource
 from tests.recording_sink import RecordingSink
@@ -25,7 +26,7 @@ def _write(path: Path, rate: int, channels: int, seconds: float, subtype: str) -
 @pytest.mark.parametrize(
     ("name", "rate", "channels", "subtype"),
     [
-        ("a.wav", 16000, 1, "PCM_16"),
+        ("a.wav", SAMPLE_RATE, 1, "PCM_16"),
         ("b.flac", 44100, 2, "PCM_16"),
         ("c.wav", 8000, 3, "FLOAT"),
     ],
@@ -40,7 +41,7 @@ def test_fast_replay_delivers_the_file_as_mono_float32(
     pushed = asyncio.run(src.replay())
     rec = sink.by_id(str(path))
     assert rec.closed and rec.reason is None and rec.sample_rate == rate
-    expected = frames.mean(axis=1, dtype=np.float32) if channels > 1 else frames[:, 0]
+    expected = to_mono(frames, channels_axis=1)
     np.testing.assert_array_equal(rec.samples, expected)
     assert pushed == len(frames)
     assert {c.samples.size for c in rec.chunks[:-1]} == {rate * 20 // 1000}
@@ -48,7 +49,7 @@ def test_fast_replay_delivers_the_file_as_mono_float32(
 
 def test_realtime_replay_takes_about_the_audio_duration(tmp_path: Path) -> None:
     path = tmp_path / "rt.wav"
-    _write(path, 16000, 1, 0.5, "PCM_16")
+    _write(path, SAMPLE_RATE, 1, 0.5, "PCM_16")
     sink = RecordingSink()
 
     async def run() -> float:
@@ -61,12 +62,12 @@ def test_realtime_replay_takes_about_the_audio_duration(tmp_path: Path) -> None:
     elapsed = asyncio.run(run())
     # The last chunk is pushed at 0.45 s of audio clock; generous upper bound for a loaded 2-core machine.
     assert 0.4 <= elapsed < 1.5, elapsed
-    assert sink.by_id("rt").samples.size == 8000
+    assert sink.by_id("rt").samples.size == SAMPLE_RATE // 2
 
 
 def test_close_mid_replay_closes_the_stream_with_a_reason(tmp_path: Path) -> None:
     path = tmp_path / "long.wav"
-    _write(path, 16000, 1, 5.0, "PCM_16")
+    _write(path, SAMPLE_RATE, 1, 5.0, "PCM_16")
     sink = RecordingSink()
 
     async def run() -> None:
@@ -78,7 +79,7 @@ def test_close_mid_replay_closes_the_stream_with_a_reason(tmp_path: Path) -> Non
     asyncio.run(run())
     rec = sink.by_id("long")
     assert rec.closed and rec.reason == "server shutting down"
-    assert 0 < rec.samples.size < 16000 * 5
+    assert 0 < rec.samples.size < SAMPLE_RATE * 5
 
 
 def test_unreadable_file_is_a_source_error_naming_it(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from daemon.audio import SAMPLE_RATE, to_mono
 from daemon.sources.socket_server import SocketServer
 from daemon.sources.uri import TcpSpec, UnixSpec
 from tests.recording_sink import RecordingSink
@@ -28,7 +29,7 @@ def _write(path: Path, rate: int, channels: int, seconds: float, subtype: str, s
     data = rng.uniform(-0.8, 0.8, size=(int(rate * seconds), channels)).astype(np.float32)
     sf.write(path, data, rate, subtype=subtype)
     frames = sf.read(path, dtype="float32", always_2d=True)[0]
-    return frames.mean(axis=1, dtype=np.float32) if channels > 1 else frames[:, 0]
+    return to_mono(frames, channels_axis=1)
 
 
 async def _send(*args: str) -> tuple[int, str, str, float]:
@@ -49,7 +50,7 @@ async def _send(*args: str) -> tuple[int, str, str, float]:
 
 def test_files_stream_concurrently_bit_exact_without_torch(tmp_path: Path) -> None:
     files = {
-        tmp_path / "a.wav": _write(tmp_path / "a.wav", 16000, 1, 1.0, "PCM_16", 1),
+        tmp_path / "a.wav": _write(tmp_path / "a.wav", SAMPLE_RATE, 1, 1.0, "PCM_16", 1),
         tmp_path / "b.flac": _write(tmp_path / "b.flac", 44100, 2, 0.7, "PCM_16", 2),
         tmp_path / "c.wav": _write(tmp_path / "c.wav", 22050, 1, 0.5, "FLOAT", 3),  # sent as f32le
     }
@@ -94,13 +95,13 @@ def test_realtime_sequential_over_unix_with_stream_id(tmp_path: Path) -> None:
 
 def test_refusal_exits_nonzero_with_the_servers_reason(tmp_path: Path) -> None:
     wav = tmp_path / "dup.wav"
-    _write(wav, 16000, 1, 0.2, "PCM_16", 5)
+    _write(wav, SAMPLE_RATE, 1, 0.2, "PCM_16", 5)
     sink = RecordingSink()
 
     async def run() -> tuple[int, str, str, float]:
         server = SocketServer(TcpSpec("127.0.0.1", 0), sink)
         uri = await server.start()
-        sink.open_stream("taken", 16000, 0.0)  # the id is already open: the server must refuse it
+        sink.open_stream("taken", SAMPLE_RATE, 0.0)  # the id is already open: the server must refuse it
         try:
             return await _send("--to", uri, "--stream-id", "taken", str(wav))
         finally:
@@ -125,7 +126,7 @@ def test_unreachable_server_and_bad_files_fail_clearly(tmp_path: Path) -> None:
     rc, _, err, _ = asyncio.run(run("--to", f"unix://{tmp_path}/nobody.sock", str(missing)))
     assert rc == 1 and "missing.wav" in err
     wav = tmp_path / "ok.wav"
-    _write(wav, 16000, 1, 0.1, "PCM_16", 7)
+    _write(wav, SAMPLE_RATE, 1, 0.1, "PCM_16", 7)
     rc, _, err, _ = asyncio.run(run("--to", f"unix://{tmp_path}/nobody.sock", str(wav)))
     assert rc == 1 and "cannot connect" in err
     rc, _, err, _ = asyncio.run(run("--to", "http://x", str(wav)))

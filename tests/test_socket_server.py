@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from daemon.audio import SAMPLE_RATE
 from daemon.errors import SourceError
 from daemon.protocol import (
     MAX_CHUNK_BYTES,
@@ -149,7 +150,7 @@ async def test_concurrent_streams_arrive_complete_and_bit_exact(
         cases: list[tuple[StreamHeader, bytes]] = []
         for i, (rate, fmt, channels) in enumerate(
             [
-                (16000, "s16le", 1),
+                (SAMPLE_RATE, "s16le", 1),
                 (44100, "f32le", 2),
                 (8000, "s16le", 8),
                 (48000, "f32le", 1),
@@ -180,7 +181,7 @@ async def test_chunk_size_does_not_change_what_arrives(
     tmp_path: Path,
 ) -> None:
     async with serving(kind, tmp_path) as (server, sink):
-        rate = 16000
+        rate = SAMPLE_RATE
         pcm = encode_pcm(_audio(2.0, rate, 2, seed=7), "s16le")
         frame = 2 * 2
         for sid, chunk_ms in (("ten-ms", 10), ("one-s", 1000), ("odd-bytes", None)):
@@ -199,16 +200,16 @@ def _set_rst_on_close(writer: asyncio.StreamWriter) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-GOOD = StreamHeader("good", 16000, "s16le", 1)
-CHUNK = encode_pcm(_audio(0.1, 16000, 1, seed=1), "s16le")
-SMALL = encode_pcm(_audio(0.01, 16000, 1, seed=2), "s16le")
+GOOD = StreamHeader("good", SAMPLE_RATE, "s16le", 1)
+CHUNK = encode_pcm(_audio(0.1, SAMPLE_RATE, 1, seed=1), "s16le")
+SMALL = encode_pcm(_audio(0.01, SAMPLE_RATE, 1, seed=2), "s16le")
 
 
 async def _bad_client(uri: str, case: str, sink: RecordingSink) -> tuple[list[Reply], str]:
     """Run one misbehaving client; return its replies and its stream id."""
     reader, writer = await _connect(uri)
     sid = f"bad-{case}"
-    header = encode_header(StreamHeader(sid, 16000, "s16le", 1))
+    header = encode_header(StreamHeader(sid, SAMPLE_RATE, "s16le", 1))
     if case == "garbage header":
         writer.write(b"\x00garbage that is not a header at all\n")
     elif case == "truncated header":
@@ -216,11 +217,11 @@ async def _bad_client(uri: str, case: str, sink: RecordingSink) -> tuple[list[Re
         await writer.drain()
         writer.write_eof()
     elif case == "unsupported rate":
-        writer.write(header.replace(b"16000", b"96000"))
+        writer.write(header.replace(str(SAMPLE_RATE).encode(), b"96000"))
     elif case == "oversized chunk":
         writer.write(header + struct.pack(">BI", 1, MAX_CHUNK_BYTES + 1) + b"\x00" * 64)
     elif case == "nan samples":
-        writer.write(encode_header(StreamHeader(sid, 16000, "f32le", 1)))
+        writer.write(encode_header(StreamHeader(sid, SAMPLE_RATE, "f32le", 1)))
         writer.write(encode_audio(encode_pcm(np.array([0.1, np.nan], dtype=np.float32), "f32le")))
     elif case == "duplicate id":
         writer.write(encode_header(GOOD))
@@ -317,7 +318,7 @@ async def test_plain_close_is_a_normal_end(
 ) -> None:
     async with serving(kind, tmp_path) as (server, sink):
         reader, writer = await _connect(server.bound_uri)
-        writer.write(encode_header(StreamHeader("closer", 16000, "s16le", 1)) + encode_audio(CHUNK))
+        writer.write(encode_header(StreamHeader("closer", SAMPLE_RATE, "s16le", 1)) + encode_audio(CHUNK))
         await writer.drain()
         writer.write_eof()
         replies = await _replies(reader)
@@ -335,7 +336,7 @@ async def test_stop_accepting_keeps_open_streams_and_close_ends_them(
 ) -> None:
     async with serving(kind, tmp_path) as (server, sink):
         reader, writer = await _connect(server.bound_uri)
-        writer.write(encode_header(StreamHeader("open", 16000, "s16le", 1)) + encode_audio(CHUNK))
+        writer.write(encode_header(StreamHeader("open", SAMPLE_RATE, "s16le", 1)) + encode_audio(CHUNK))
         dec = ReplyDecoder()
         assert (await _read_reply(reader, dec)).type == "accept"
         server.stop_accepting()
@@ -360,7 +361,7 @@ async def test_max_streams_refuses_with_reason() -> None:
     await server.start()
     try:
         reader, writer = await _connect(server.bound_uri)
-        writer.write(encode_header(StreamHeader("one", 16000, "s16le", 1)))
+        writer.write(encode_header(StreamHeader("one", SAMPLE_RATE, "s16le", 1)))
         assert (await _read_reply(reader, ReplyDecoder())).type == "accept"
         reader2, writer2 = await _connect(server.bound_uri)
         replies = await _replies(reader2)
