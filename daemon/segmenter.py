@@ -170,13 +170,20 @@ class Segmenter:
         return None
 
     def flush(self) -> SegmentEvent | None:
-        """End of stream: close the open utterance (if any) and forget the onset history."""
-        event = self._close(truncated=False) if self._speaking else None
+        """End of stream: close the open utterance (if any) and forget the onset history.
+
+        An utterance the stream's end cuts short is kept if it was long enough to open one (start_ms of voice):
+        a stream that ends inside speech ends on a command cut off, not on noise (a file or push-to-talk stream
+        is its command: FSDD's tightest clips end before 150 ms of speech were judged voiced, and a hangover
+        can never close them; mid-stream blips still need min_utterance_ms).
+        """
+        event = self._close(truncated=False, min_frames=min(self.min_frames, self.start_frames)) \
+            if self._speaking else None
         self._window.clear()
         self._voiced_in_window = 0
         return event
 
-    def _close(self, truncated: bool) -> SpeechEnded | SpeechDiscarded:
+    def _close(self, truncated: bool, min_frames: int | None = None) -> SpeechEnded | SpeechDiscarded:
         # At a cut in the middle of speech the cut point is the end; unvoiced frames just before a cut stay
         # outside the utterance as a hangover would.
         end = self._last_voiced + 1
@@ -189,6 +196,6 @@ class Segmenter:
             self._floor = end
             self._window.clear()
             self._voiced_in_window = 0
-        if end - self._onset < self.min_frames:
+        if end - self._onset < (self.min_frames if min_frames is None else min_frames):
             return SpeechDiscarded(self._start, end)
         return SpeechEnded(self._start, end, truncated, self._silence)

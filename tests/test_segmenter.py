@@ -133,8 +133,18 @@ def test_cut_during_a_dip_keeps_the_dip_outside() -> None:
 def test_flush_ends_an_open_utterance() -> None:
     assert run([F] * 10 + [T] * 10, flush=True)[-1] == (20, SpeechEnded(5, 20, False, 0))
     assert run([F] * 10 + [T] * 10 + [F] * 2, flush=True)[-1] == (22, SpeechEnded(5, 20, False, 2))
-    assert run([F] * 10 + [T] * 3, flush=True)[-1] == (13, SpeechDiscarded(5, 13))
     assert run([F] * 10, flush=True) == []
+
+
+def test_the_stream_end_keeps_a_short_command_it_cuts_off() -> None:
+    """A hangover never closes speech the stream's end cuts: enough voice to open an utterance is kept there,
+    while the same blip inside the stream is still too short."""
+    assert run([F] * 10 + [T] * 3, flush=True)[-1] == (13, SpeechEnded(5, 13, False, 0))
+    assert run([F] * 10 + [T] * 3 + [F] * 4, flush=True)[-1] == (17, SpeechEnded(5, 13, False, 4))
+    assert [e for _, e in run([F] * 10 + [T] * 3 + [F] * 10 + [T] * 3, flush=True)] == [
+        SpeechStarted(5), SpeechDiscarded(5, 13), SpeechStarted(18), SpeechEnded(18, 26, False, 0)]
+    # One unvoiced frame inside the onset still opens it, and is counted in the voiced span.
+    assert run([F] * 10 + [T, F, T, T], flush=True)[-1] == (14, SpeechEnded(5, 14, False, 0))
 
 
 def test_endless_silence_emits_nothing_in_bounded_memory() -> None:
