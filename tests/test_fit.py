@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -14,7 +15,14 @@ from daemon.classifier import Classifier
 from train import frozen
 from train.data import iter_clips, load_labelled, prepare_features
 from train.errors import TrainError
-from train.fit import CHECKPOINTS_DIR, FitResult, FitSettings, fit
+from train.fit import (
+    CHECKPOINTS_DIR,
+    FitResult,
+    FitSettings,
+    add_arguments,
+    fit,
+    from_arguments,
+)
 
 SEED = 0
 
@@ -105,6 +113,37 @@ def test_mode_defaults_resolve() -> None:
     s = FitSettings(dataset="d", out="o", train_mode="full").resolved()
     assert s.learning_rate == 3e-5 and s.grad_accumulation == 4  # the tutorial's settings
     assert FitSettings(dataset="d", out="o", learning_rate=0.5).resolved().learning_rate == 0.5
+
+
+def _fit_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fit")
+    add_arguments(parser)
+    return parser
+
+
+def test_fit_flags_are_the_settings_fields_with_their_defaults_and_help() -> None:
+    parser = _fit_parser()
+    assert from_arguments(parser.parse_args(["--dataset", "d", "--out", "o"])) == FitSettings(dataset="d", out="o")
+    helps = {a.option_strings[0]: a.help for a in parser._actions if a.dest != "help"}
+    assert len(helps) == len(FitSettings.__dataclass_fields__) and all(helps.values()), helps
+    assert "(default: 10)" in helps["--epochs"] and "(default: 32)" in helps["--batch-size"]
+    for mode, rate in frozen.DEFAULT_LEARNING_RATES.items():  # mode-dependent defaults are shown per mode
+        assert f"{mode} {rate:g}" in helps["--learning-rate"]
+    assert "full 4" in helps["--grad-accumulation"] and "--batch-size" in helps["--eval-batch-size"]
+    parser.format_help()  # a % in a help text would break this
+
+
+def test_fit_flags_set_every_kind_of_field() -> None:
+    argv = ["--dataset", "d", "--out", "o", "--add-dataset", "a", "--add-dataset", "b", "--speed-perturb", "0.9,1.1",
+            "--trim-perturb", "15", "--time-mask", "0.4", "--weighted-layer-sum", "--train-mode", "full",
+            "--learning-rate", "0.01", "--eval-batch-size", "4", "--grad-accumulation", "2", "--epochs", "2.5",
+            "--seed", "7", "--no-cache", "--resume", "--hub-model-id", "me/m"]
+    assert from_arguments(_fit_parser().parse_args(argv)) == FitSettings(
+        dataset="d", out="o", add_datasets=("a", "b"), speed_perturb=(0.9, 1.1), trim_perturb=(15.0,),
+        time_mask=0.4, weighted_layer_sum=True, train_mode="full", learning_rate=0.01, eval_batch_size=4,
+        grad_accumulation=2, epochs=2.5, seed=7, cache=False, resume=True, hub_model_id="me/m")
+    with pytest.raises(SystemExit):
+        _fit_parser().parse_args(["--dataset", "d", "--out", "o", "--train-mode", "most"])
 
 
 def test_head_fit_learns_and_writes_a_complete_model_folder(head_fit: FitResult, fit_data: Path) -> None:

@@ -20,7 +20,7 @@ log = logging.getLogger("intentd-train")
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="intentd-train", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default %(default)s)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

@@ -12,15 +12,16 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import numpy as np
 
 from train.data import (
     DEFAULT_MAX_SECONDS,
     DEFAULT_TEST_FRACTION,
+    LABEL_COLUMN_CANDIDATES,
     LabelledSplits,
     load_combined,
     prepare_features,
@@ -30,19 +31,12 @@ from train.frozen import DEFAULT_LEARNING_RATES, DEFAULT_UNFREEZE_TOP, TRAIN_MOD
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_MODEL = "facebook/wav2vec2-base"
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 ACCURACY_METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
-# The tutorial's settings; frozen modes take many cheap steps, so they accumulate fewer gradients by default.
-DEFAULT_BATCH_SIZE = 32
-# Measured (bench/README.md): with top-2 digits peaked by epoch 3-5 and the 14-intent synth set at epoch 7; with
-# top-1 (the default) the 14-intent set still gains until epoch 9 of 10, and synth-only digits scored 96.45% with
-# 10 epochs against 96.15% with 5. The best epoch is kept, so 10 costs time, not accuracy.
-DEFAULT_EPOCHS = 10
-DEFAULT_WARMUP_RATIO = 0.1
+# The tutorial accumulates 4 batches of 32; frozen modes take many cheap steps, so they accumulate none by default.
 DEFAULT_GRAD_ACCUMULATION = {"head": 1, "top": 1, "full": 4}
 # Speed perturbation beyond this range stops sounding like the same word said by another person.
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
@@ -50,64 +44,163 @@ MIN_SPEED, MAX_SPEED = 0.5, 2.0
 MIN_TRIM_DB, MAX_TRIM_DB = 3.0, 60.0
 # A mask longer than a short word hides all of it; beyond this it only adds label noise.
 MAX_TIME_MASK_S = 1.0
+REQUIRED: Any = MISSING
+
+
+def option(default: Any, doc: str, *, metavar: str | None = None, flag: str | None = None,
+           choices: tuple[str, ...] | None = None, per_mode: dict[str, Any] | None = None,
+           fallback: str | None = None, default_doc: str | None = None) -> Any:
+    """A FitSettings field with its `fit` flag attached: help text and, where the field's name and type are not
+    enough, flag name, metavar and choices. A None default is filled by resolved() from `per_mode` (by train
+    mode) or from the field named by `fallback`; `default_doc` says in words what the default is."""
+    meta = {"doc": doc, "metavar": metavar, "flag": flag, "choices": choices, "per_mode": per_mode,
+            "fallback": fallback, "default_doc": default_doc}
+    return field(metadata=meta) if default is REQUIRED else field(default=default, metadata=meta)
 
 
 @dataclass(slots=True)
 class FitSettings:
-    """Everything one fit run uses; written to metrics.json as `settings`."""
+    """Everything one fit run uses; written to metrics.json as `settings`. Each field is also a `fit` flag
+    (add_arguments): its default, type and help live here and nowhere else."""
 
-    dataset: str
-    out: str
-    add_datasets: tuple[str, ...] = ()  # more DATA joined to `dataset` by label name (load_combined)
-    speed_perturb: tuple[float, ...] = ()  # extra copies of every training clip at these speeds
-    trim_perturb: tuple[float, ...] = ()  # extra copies cut tight at these dB below each clip's peak
-    time_mask: float = 0.0  # seconds: mask up to this much of each training clip in the lowest trained layer's input
-    weighted_layer_sum: bool = False  # pool a learned mix of all encoder layers (config.use_weighted_layer_sum)
-    base_model: str = DEFAULT_BASE_MODEL
-    dataset_config: str | None = None
-    label_column: str | None = None
-    train_mode: str = "top"
-    unfreeze_top: int = DEFAULT_UNFREEZE_TOP
-    learning_rate: float | None = None  # None: the mode's default
-    batch_size: int = DEFAULT_BATCH_SIZE
-    eval_batch_size: int | None = None
-    grad_accumulation: int | None = None  # None: the mode's default
-    epochs: float = DEFAULT_EPOCHS
-    warmup_ratio: float = DEFAULT_WARMUP_RATIO
-    weight_decay: float = 0.0
-    max_seconds: float = DEFAULT_MAX_SECONDS
-    test_fraction: float = DEFAULT_TEST_FRACTION
-    seed: int = 42
-    cache: bool = True
-    resume: bool = False
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
+    dataset: str = option(REQUIRED, "hub id (with --dataset-config), audio folder, or save_to_disk folder",
+                          metavar="DATA")
+    out: str = option(REQUIRED, "output model folder", metavar="DIR")
+    add_datasets: tuple[str, ...] = option(
+        (), "also train on DATA (repeatable): labels are matched by name, its held-out split joins the test set; "
+        "e.g. your recordings plus `intentd-train synth` speech", flag="--add-dataset", metavar="DATA")
+    speed_perturb: tuple[float, ...] = option(
+        (), "also train on every training clip played F times faster, e.g. 0.9,1.1 (tempo and pitch together; the "
+        "held-out split is left as is)", metavar="F,F")
+    trim_perturb: tuple[float, ...] = option(
+        (), "also train on every training clip cut tight at DB below its loudest 10 ms, e.g. 15 (as an endpointer "
+        "cuts weak onsets; the held-out split is left as is)", metavar="DB,DB")
+    time_mask: float = option(
+        0.0, "hide a random span of up to SECONDS of every training clip from the trained layers, e.g. 0.4: "
+        "SpecAugment-style time masking where the trained layers begin; 0 is off", metavar="SECONDS")
+    weighted_layer_sum: bool = option(
+        False, "classify a learned weighted sum of every encoder layer, not only the last "
+        "(config.use_weighted_layer_sum)")
+    base_model: str = option("facebook/wav2vec2-base", "hub id or local HF model folder", metavar="MODEL")
+    dataset_config: str | None = option(None, "hub dataset config, e.g. en-US for PolyAI/minds14")
+    label_column: str | None = option(None, "label column", default_doc=" or ".join(LABEL_COLUMN_CANDIDATES))
+    train_mode: str = option("top", "head: classifier only; top: + top N encoder layers; full: everything",
+                             choices=TRAIN_MODES)
+    unfreeze_top: int = option(DEFAULT_UNFREEZE_TOP, "encoder layers trained in top mode", metavar="N")
+    learning_rate: float | None = option(None, "peak learning rate", per_mode=DEFAULT_LEARNING_RATES)
+    batch_size: int = option(32, "training clips per step, the tutorial's")
+    eval_batch_size: int | None = option(None, "clips per evaluation step", fallback="batch_size")
+    grad_accumulation: int | None = option(None, "gradient accumulation steps", metavar="STEPS",
+                                           per_mode=DEFAULT_GRAD_ACCUMULATION)
+    # Measured (bench/README.md): with top-2 digits peaked by epoch 3-5 and the 14-intent synth set at epoch 7;
+    # with top-1 (the default) the 14-intent set still gains until epoch 9 of 10, and synth-only digits scored
+    # 96.45% with 10 epochs against 96.15% with 5. The best epoch is kept, so 10 costs time, not accuracy.
+    epochs: float = option(10, "training epochs (fractions allowed); the best one by held-out accuracy is kept")
+    warmup_ratio: float = option(0.1, "share of the steps over which the learning rate rises linearly from 0, "
+                                 "before it decays linearly to 0")
+    weight_decay: float = option(0.0, "AdamW weight decay, not applied to biases and norms")
+    max_seconds: float = option(DEFAULT_MAX_SECONDS, "truncate longer clips; Whisper uses its own chunk length "
+                                "instead")
+    test_fraction: float = option(DEFAULT_TEST_FRACTION, "held-out fraction when DATA has no test split")
+    seed: int = option(42, "seed of the held-out split, the head's initialisation and the batch order")
+    cache: bool = option(True, "run the whole model every step even in frozen modes (slow; for checking)")
+    resume: bool = option(False, "continue from the last checkpoint in DIR/checkpoints")
+    push_to_hub: bool = option(False, "upload the final model (needs hub access)")
+    hub_model_id: str | None = option(None, "repo id for --push-to-hub", default_doc="DIR's name")
 
     def resolved(self) -> FitSettings:
         """A copy with every mode-dependent default filled in and values checked."""
         if self.train_mode not in TRAIN_MODES:
-            raise TrainError(f"--train-mode must be one of {', '.join(TRAIN_MODES)}, not {self.train_mode!r}")
+            raise TrainError(f"{flag_of('train_mode')} must be one of {', '.join(TRAIN_MODES)}, "
+                             f"not {self.train_mode!r}")
         for name in ("batch_size", "epochs", "max_seconds"):
             if getattr(self, name) <= 0:
-                raise TrainError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise TrainError(f"{flag_of(name)} must be positive, got {getattr(self, name)}")
         for factor in self.speed_perturb:
             if not MIN_SPEED <= factor <= MAX_SPEED:
-                raise TrainError(f"--speed-perturb factors must be in [{MIN_SPEED}, {MAX_SPEED}], got {factor}")
+                raise TrainError(f"{flag_of('speed_perturb')} factors must be in [{MIN_SPEED}, {MAX_SPEED}], "
+                                 f"got {factor}")
         for db in self.trim_perturb:
             if not MIN_TRIM_DB <= db <= MAX_TRIM_DB:
-                raise TrainError(f"--trim-perturb levels must be in [{MIN_TRIM_DB:g}, {MAX_TRIM_DB:g}] dB, got {db:g}")
+                raise TrainError(f"{flag_of('trim_perturb')} levels must be in "
+                                 f"[{MIN_TRIM_DB:g}, {MAX_TRIM_DB:g}] dB, got {db:g}")
         if not 0 <= self.time_mask <= MAX_TIME_MASK_S:
-            raise TrainError(f"--time-mask must be between 0 and {MAX_TIME_MASK_S:g} seconds, got {self.time_mask:g}")
+            raise TrainError(f"{flag_of('time_mask')} must be between 0 and {MAX_TIME_MASK_S:g} seconds, "
+                             f"got {self.time_mask:g}")
         if self.time_mask and self.train_mode == "head":
-            raise TrainError("--time-mask masks the input of the lowest trained encoder layer; --train-mode head "
-                             "trains none (use top or full)")
+            raise TrainError(f"{flag_of('time_mask')} masks the input of the lowest trained encoder layer; "
+                             f"{flag_of('train_mode')} head trains none (use top or full)")
         if not 0 < self.test_fraction < 1:
-            raise TrainError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}")
+            raise TrainError(f"{flag_of('test_fraction')} must be between 0 and 1, got {self.test_fraction}")
         out = FitSettings(**asdict(self))
-        out.learning_rate = self.learning_rate or DEFAULT_LEARNING_RATES[self.train_mode]
-        out.grad_accumulation = self.grad_accumulation or DEFAULT_GRAD_ACCUMULATION[self.train_mode]
-        out.eval_batch_size = self.eval_batch_size or self.batch_size
+        for f in fields(FitSettings):
+            per_mode, fallback = f.metadata["per_mode"], f.metadata["fallback"]
+            if per_mode is not None:
+                setattr(out, f.name, getattr(self, f.name) or per_mode[self.train_mode])
+            elif fallback is not None:
+                setattr(out, f.name, getattr(self, f.name) or getattr(self, fallback))
         return out
+
+
+def flag_of(name: str) -> str:
+    """The `fit` flag of a FitSettings field: --the-field-name, --no-the-field-name for one on by default, or
+    what its metadata names."""
+    f = FitSettings.__dataclass_fields__[name]
+    negated = f.default is True
+    return f.metadata["flag"] or ("--no-" if negated else "--") + name.replace("_", "-")
+
+
+def _shown(f: Field[Any]) -> str | None:
+    """A field's default as its help shows it; None where there is nothing to show (off, empty or required)."""
+    meta = f.metadata
+    if meta["per_mode"] is not None:
+        by_mode = ", ".join(f"{mode} {value:g}" for mode, value in meta["per_mode"].items())
+        return f"{by_mode}, by {flag_of('train_mode')}"
+    if meta["fallback"] is not None:
+        return f"the {flag_of(meta['fallback'])} value"
+    if meta["default_doc"] is not None:
+        return meta["default_doc"]
+    if f.default in (REQUIRED, None, ()) or isinstance(f.default, bool):
+        return None
+    return f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per FitSettings field, its type, default and help read from the field (settings said once)."""
+    hints = get_type_hints(FitSettings)
+    for f in fields(FitSettings):
+        kind = hints[f.name]
+        if type(None) in get_args(kind):  # X | None: a flag of type X, None when not given
+            kind = next(t for t in get_args(kind) if t is not type(None))
+        default: Any = f.default
+        shown = _shown(f)
+        doc = f.metadata["doc"] + (f" (default: {shown})" if shown else "")
+        kwargs: dict[str, Any] = {"dest": f.name, "help": doc.replace("%", "%%")}
+        if default is REQUIRED:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+        if kind is bool:
+            kwargs["action"] = "store_false" if default else "store_true"
+        elif kind == tuple[str, ...]:
+            kwargs.update(action="append", default=list(default))  # --add-dataset A --add-dataset B
+        elif kind == tuple[float, ...]:
+            kwargs["type"] = _numbers  # --speed-perturb 0.9,1.1
+        elif kind is not str:
+            kwargs["type"] = kind
+        for key in ("metavar", "choices"):
+            if f.metadata[key] is not None:
+                kwargs[key] = f.metadata[key]
+        parser.add_argument(flag_of(f.name), **kwargs)
+
+
+def from_arguments(args: argparse.Namespace) -> FitSettings:
+    """FitSettings from add_arguments' flags (lists back to tuples)."""
+    values: dict[str, Any] = {}
+    for f in fields(FitSettings):
+        value = getattr(args, f.name)
+        values[f.name] = tuple(value) if isinstance(value, list) else value
+    return FitSettings(**values)
 
 
 @dataclass(slots=True)
@@ -353,53 +446,10 @@ def _push(model: Any, extractor: Any, repo_id: str) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add the `fit` subcommand."""
+    """Add the `fit` subcommand: its flags are FitSettings' fields."""
     p = subparsers.add_parser("fit", help="fine-tune an audio classifier", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, metavar="DATA",
-                   help="hub id (with --dataset-config), audio folder, or save_to_disk folder")
-    p.add_argument("--add-dataset", dest="add_datasets", action="append", default=[], metavar="DATA",
-                   help="also train on DATA (repeatable): labels are matched by name, its held-out split joins "
-                        "the test set; e.g. your recordings plus `intentd-train synth` speech")
-    p.add_argument("--speed-perturb", type=_numbers, default=(), metavar="F,F",
-                   help="also train on every training clip played F times faster, e.g. 0.9,1.1 (tempo and "
-                        "pitch together; the held-out split is left as is)")
-    p.add_argument("--trim-perturb", type=_numbers, default=(), metavar="DB,DB",
-                   help="also train on every training clip cut tight at DB below its loudest 10 ms, e.g. 15 "
-                        "(as an endpointer cuts weak onsets; the held-out split is left as is)")
-    p.add_argument("--time-mask", type=float, default=0.0, metavar="SECONDS",
-                   help="hide a random span of up to SECONDS of every training clip from the trained layers, "
-                        "e.g. 0.4 (SpecAugment-style time masking, applied where the trained layers begin)")
-    p.add_argument("--weighted-layer-sum", action="store_true",
-                   help="classify a learned weighted sum of every encoder layer, not only the last")
-    p.add_argument("--dataset-config", help="hub dataset config, e.g. en-US for PolyAI/minds14")
-    p.add_argument("--label-column", help="label column (default: intent_class or label)")
-    p.add_argument("--base-model", default=DEFAULT_BASE_MODEL, metavar="MODEL",
-                   help=f"hub id or local HF model folder (default {DEFAULT_BASE_MODEL})")
-    p.add_argument("--out", required=True, metavar="DIR", help="output model folder")
-    p.add_argument("--train-mode", choices=TRAIN_MODES, default="top",
-                   help="head: classifier only; top: + top N encoder layers; full: everything (default top)")
-    p.add_argument("--unfreeze-top", type=int, default=DEFAULT_UNFREEZE_TOP, metavar="N",
-                   help=f"encoder layers trained in top mode (default {DEFAULT_UNFREEZE_TOP})")
-    p.add_argument("--learning-rate", type=float,
-                   help="default per mode: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LEARNING_RATES.items()))
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--eval-batch-size", type=int, help="default: --batch-size")
-    p.add_argument("--grad-accumulation", type=int, metavar="STEPS",
-                   help="gradient accumulation steps (default 4 in full mode, 1 otherwise)")
-    p.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS)
-    p.add_argument("--warmup-ratio", type=float, default=DEFAULT_WARMUP_RATIO)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
-                   help="truncate longer clips (Whisper uses its own chunk length instead; default 4)")
-    p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
-                   help="held-out fraction when DATA has no test split (default 0.2)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--no-cache", dest="cache", action="store_false",
-                   help="run the whole model every step even in frozen modes (slow; for checking)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in DIR/checkpoints")
-    p.add_argument("--push-to-hub", action="store_true", help="upload the final model (needs hub access)")
-    p.add_argument("--hub-model-id", help="repo id for --push-to-hub (default: DIR's name)")
+    add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -413,9 +463,7 @@ def _numbers(text: str) -> tuple[float, ...]:
 
 def run(args: argparse.Namespace) -> int:
     """CLI entry: build FitSettings from flags and fit."""
-    names = FitSettings.__dataclass_fields__
-    settings = FitSettings(**{k: v for k, v in vars(args).items() if k in names})
-    settings.add_datasets = tuple(settings.add_datasets)
+    settings = from_arguments(args)
     result = fit(settings)
     print(f"accuracy {result.accuracy:.4f} ({len(result.test_labels)} test clips); model in {settings.out}")
     return 0
