@@ -9,7 +9,7 @@ from typing import Any
 
 from daemon.frames import Prediction
 from train.audio_io import check_clip, read_native
-from train.inference import VIA_CHOICES, PipelineClassifier, load_classifier
+from train.inference import VIA_CHOICES, PipelineClassifier, check_model_dir, load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ def predict_files(model_dir: str, files: list[str], top_k: int = DEFAULT_TOP_K, 
     """One Prediction (best top_k labels) per file, in file order; every file is read and checked first."""
     from daemon.resample import resample
 
+    check_model_dir(model_dir)  # a wrong --model says so before any file is read
     clips = []
     for path in files:
         samples, rate = read_native(path)
