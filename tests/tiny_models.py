@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from daemon.audio import SAMPLE_RATE
+
 TINY_LABELS = ("balance", "transfer", "stop")
-TINY_SAMPLE_RATE = 16_000
-TINY_CHUNK_S = 1  # the encoder sees 1 s: max_source_positions=50 -> 100 mel frames -> 16000 samples
+TINY_CHUNK_S = 1  # the encoder sees 1 s: max_source_positions=50 -> 100 mel frames -> one second of samples
 POSITIONS_PER_S = 50
 
 
@@ -34,7 +35,7 @@ def _whisper_folder(folder: Path, labels: tuple[str, ...] | list[str], *, seed: 
                 conv.weight.normal_(0.0, conv_std)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
-    WhisperFeatureExtractor(feature_size=mel_bins, sampling_rate=TINY_SAMPLE_RATE,
+    WhisperFeatureExtractor(feature_size=mel_bins, sampling_rate=SAMPLE_RATE,
                             chunk_length=TINY_CHUNK_S).save_pretrained(folder)
     return folder
 
@@ -69,6 +70,6 @@ def make_tiny_wav2vec2(out: Path, labels: list[str] | None = None) -> Path:
         id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
     )
     Wav2Vec2ForSequenceClassification(config).save_pretrained(str(out))
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=TINY_SAMPLE_RATE,
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE,
                              return_attention_mask=False).save_pretrained(str(out))
     return out
