@@ -167,8 +167,7 @@ class Service:
         self._streams = StreamTable(s.vad.segmenter(), s.vad.aggressiveness, self._submit, self._publish,
                                     vad_events=s.publisher.vad_events, on_utterance=self._count_utterance)
         for uri in s.sources.listen:
-            source = create_source(uri, self._streams, idle_timeout_s=s.sources.idle_timeout_s,
-                                   max_streams=s.sources.max_streams, chunk_ms=s.sources.chunk_ms)
+            source = create_source(uri, self._streams, s.sources)
             self._sources.append(source)
             self.bound_sources.append(await source.start())
         if s.metrics.listen:

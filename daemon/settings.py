@@ -1,20 +1,26 @@
 """Typed settings loaded from TOML: nested frozen dataclasses, validated in one place, unknown keys rejected.
 
 Every field carries its documentation, unit and allowed range in its metadata, so the reference
-`config.toml`, the validation messages and the tests all read from one source.
+`config.toml`, the validation messages and the tests all read from one source. Each section is the only place
+its defaults are written: the stages take theirs from `DEFAULTS` (or from the section they are given), and a
+section checks its ranges whenever it is made, from a file or in code.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Final, get_type_hints
 
 from daemon.errors import ConfigError, SourceError
 from daemon.segmenter import SegmenterSettings
+
+# Which utterance a full batcher queue drops: the oldest waiting, or the one arriving.
+DROP_POLICIES: Final = ("drop_oldest", "drop_newest")
 
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
@@ -26,8 +32,19 @@ def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None
     return field(default=default, metadata=meta)
 
 
+class _Section:
+    """A table of config.toml: its values are checked against their fields' ranges and choices when made."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        name = _section_names()[type(self)]
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
+            _check(f"{name}.{f.name}", getattr(self, f.name), dict(f.metadata))
+
+
 @dataclass(frozen=True, slots=True)
-class ModelSettings:
+class ModelSettings(_Section):
     """Which model serves, and where it runs."""
 
     path: str = setting("models/default", "model folder made by `intentd-train fit`; relative paths are "
@@ -44,7 +61,7 @@ class ModelSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class SourceSettings:
+class SourceSettings(_Section):
     """Where audio comes from."""
 
     listen: tuple[str, ...] = setting(None, "audio source URIs: tcp://HOST:PORT, unix:///PATH, "
@@ -57,22 +74,28 @@ class SourceSettings:
     chunk_ms: int = setting(20, "chunk length read from microphones and replayed files, in ms", lo=5, hi=1000)
 
 
+# The timing defaults are the segmenter's own, written (with the measurements behind them) in daemon/segmenter.py.
+_SEGMENTER: Final = SegmenterSettings()
+
+
 @dataclass(frozen=True, slots=True)
-class VadSettings:
+class VadSettings(_Section):
     """Utterance segmentation with webrtcvad, per stream."""
 
     aggressiveness: int = setting(2, "webrtcvad aggressiveness: 0 keeps most audio as speech, 3 least",
                                   lo=0, hi=3)
-    frame_ms: int = setting(30, "VAD frame length in ms: 10, 20 or 30", choices=("10", "20", "30"))
-    start_ms: int = setting(90, "voiced audio (within a short window) needed to open an utterance, in ms",
-                            lo=10, hi=2000)
-    preroll_ms: int = setting(300, "audio kept before the detected start so first sounds are not cut, in ms",
-                              lo=0, hi=2000)
-    hangover_ms: int = setting(300, "silence after speech before the utterance is closed, in ms", lo=30,
-                               hi=5000)
-    min_utterance_ms: int = setting(200, "shorter voiced blips are discarded, in ms", lo=0, hi=10000)
-    max_utterance_ms: int = setting(8000, "longer speech is cut here, classified and flagged truncated, in ms",
-                                    lo=500, hi=60000)
+    frame_ms: int = setting(_SEGMENTER.frame_ms, "VAD frame length in ms: 10, 20 or 30",
+                            choices=("10", "20", "30"))
+    start_ms: int = setting(_SEGMENTER.start_ms, "voiced audio (within a short window) needed to open an "
+                            "utterance, in ms", lo=10, hi=2000)
+    preroll_ms: int = setting(_SEGMENTER.preroll_ms, "audio kept before the detected start so first sounds are "
+                              "not cut, in ms", lo=0, hi=2000)
+    hangover_ms: int = setting(_SEGMENTER.hangover_ms, "silence after speech before the utterance is closed, "
+                               "in ms", lo=30, hi=5000)
+    min_utterance_ms: int = setting(_SEGMENTER.min_utterance_ms, "shorter voiced blips are discarded, in ms",
+                                    lo=0, hi=10000)
+    max_utterance_ms: int = setting(_SEGMENTER.max_utterance_ms, "longer speech is cut here, classified and "
+                                    "flagged truncated, in ms", lo=500, hi=60000)
 
     def segmenter(self) -> SegmenterSettings:
         """The segmenter's view of this section; it checks the rules between keys (ConfigError naming them)."""
@@ -82,7 +105,7 @@ class VadSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class BatcherSettings:
+class BatcherSettings(_Section):
     """Micro-batching of utterances from all streams into one model call."""
 
     max_batch: int = setting(16, "a batch runs as soon as this many utterances wait", lo=1, hi=1024)
@@ -94,11 +117,11 @@ class BatcherSettings:
     queue_size: int = setting(256, "utterances waiting at most; beyond it the drop policy applies",
                               lo=1, hi=100000)
     drop_policy: str = setting("drop_oldest", "which utterance a full queue drops (an event says so)",
-                               choices=("drop_oldest", "drop_newest"))
+                               choices=DROP_POLICIES)
 
 
 @dataclass(frozen=True, slots=True)
-class PublisherSettings:
+class PublisherSettings(_Section):
     """Where events go."""
 
     uri: str = setting("tcp://127.0.0.1:5556", "ZeroMQ PUB endpoint (tcp:// or ipc://)")
@@ -109,14 +132,14 @@ class PublisherSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class MetricsSettings:
+class MetricsSettings(_Section):
     """The Prometheus endpoint."""
 
     listen: str = setting("", "HOST:PORT for Prometheus metrics, e.g. 127.0.0.1:9310; empty = off")
 
 
 @dataclass(frozen=True, slots=True)
-class ServiceSettings:
+class ServiceSettings(_Section):
     """Lifecycle and health."""
 
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR",
@@ -148,8 +171,8 @@ class Settings:
         return path if path.is_absolute() else (self.base_dir / path).resolve()
 
 
-def _convert(key: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any:
-    """Check one value's type and range; the error names the key."""
+def _convert(key: str, value: Any, hint: Any) -> Any:
+    """Check one value's type (the error names the key); its range is checked when its section is made."""
     expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     if hint is bool:
         ok = isinstance(value, bool)
@@ -169,15 +192,19 @@ def _convert(key: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any:
         raise TypeError(f"no converter for {key}: {hint}")
     if not ok:
         raise ConfigError(f"{key} must be {expected[hint]}, got {value!r}")
+    return value
+
+
+def _check(key: str, value: Any, meta: dict[str, Any]) -> None:
+    """Check one value against its field's range and choices; the error names the key."""
     # TOML has nan and inf; nan compares false with every bound and would slip through the range check.
-    if hint is float and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
     if lo is not None and value < lo or hi is not None and value > hi:
         raise ConfigError(f"{key} = {value!r} is out of range {lo}..{hi}")
     if choices is not None and str(value) not in choices:
         raise ConfigError(f"{key} = {value!r} is not one of {', '.join(choices)}")
-    return value
 
 
 def _section(cls: type, name: str, table: Any) -> Any:
@@ -188,13 +215,18 @@ def _section(cls: type, name: str, table: Any) -> Any:
     unknown = sorted(set(table) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key {name}.{unknown[0]} (known in [{name}]: {', '.join(fields)})")
-    values = {k: _convert(f"{name}.{k}", v, hints[k], dict(fields[k].metadata)) for k, v in table.items()}
+    values = {k: _convert(f"{name}.{k}", v, hints[k]) for k, v in table.items()}
     return cls(**values)
 
 
 def _sections() -> dict[str, type]:
     hints = get_type_hints(Settings)
     return {f.name: hints[f.name] for f in dataclasses.fields(Settings) if not f.metadata.get("internal")}
+
+
+@functools.cache
+def _section_names() -> dict[type, str]:
+    return {cls: name for name, cls in _sections().items()}
 
 
 def from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Settings:
@@ -266,3 +298,7 @@ def documented_fields() -> list[tuple[str, str, Any, dict[str, Any]]]:
         for f in dataclasses.fields(cls):
             out.append((name, f.name, getattr(defaults, f.name), dict(f.metadata)))
     return out
+
+
+# Every default, for stages made without a section of their own (tests, tools): never restate one elsewhere.
+DEFAULTS: Final = Settings()

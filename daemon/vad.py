@@ -18,9 +18,10 @@ from daemon.errors import AudioError, ConfigError
 from daemon.frames import AudioChunk, Utterance
 from daemon.reframer import VAD_SAMPLE_RATES, Reframer, check_vad_frame, frame_samples_for
 from daemon.segmenter import Segmenter, SegmenterSettings, SpeechDiscarded, SpeechEnded, SpeechStarted
+from daemon.settings import DEFAULTS
 
 VAD_AGGRESSIVENESS = (0, 1, 2, 3)
-DEFAULT_AGGRESSIVENESS = 2
+DEFAULT_AGGRESSIVENESS = DEFAULTS.vad.aggressiveness
 # Stream rates we segment; below 8 kHz speech loses the bands webrtcvad looks at.
 MIN_STREAM_RATE = 8000
 MAX_STREAM_RATE = 192_000

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from daemon.settings import DEFAULTS, SourceSettings
 from daemon.sources.sink import StreamSink
 from daemon.sources.uri import FileSpec, MicSpec, TcpSpec, UnixSpec, parse_source_uri
 
@@ -28,25 +29,18 @@ class Source(Protocol):
         ...
 
 
-def create_source(
-    uri: str,
-    sink: StreamSink,
-    *,
-    idle_timeout_s: float = 10.0,
-    max_streams: int | None = None,
-    chunk_ms: int = 20,
-) -> Source:
+def create_source(uri: str, sink: StreamSink, settings: SourceSettings = DEFAULTS.sources) -> Source:
     """Build the source a URI names (SourceError for a bad URI); heavy optional imports happen only here."""
     spec = parse_source_uri(uri)
     if isinstance(spec, TcpSpec | UnixSpec):
         from daemon.sources.socket_server import SocketServer
 
-        return SocketServer(spec, sink, idle_timeout_s=idle_timeout_s, max_streams=max_streams)
+        return SocketServer(spec, sink, idle_timeout_s=settings.idle_timeout_s, max_streams=settings.max_streams)
     if isinstance(spec, FileSpec):
         from daemon.sources.file_replay import FileReplaySource
 
-        return FileReplaySource(spec.path, sink, chunk_ms=chunk_ms, realtime=spec.realtime)
+        return FileReplaySource(spec.path, sink, chunk_ms=settings.chunk_ms, realtime=spec.realtime)
     assert isinstance(spec, MicSpec)
     from daemon.sources.microphone import MicrophoneSource
 
-    return MicrophoneSource(spec.device, sink, chunk_ms=chunk_ms)
+    return MicrophoneSource(spec.device, sink, chunk_ms=settings.chunk_ms)

@@ -13,11 +13,11 @@ import numpy as np
 
 from daemon.errors import SourceError
 from daemon.frames import AudioChunk
+from daemon.settings import DEFAULTS
 from daemon.sources.sink import StreamSink
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_MS: Final = 20
 # Disk reads are done off the event loop in blocks this long, then cut into chunk_ms pieces.
 READ_BLOCK_S: Final = 1.0
 SHUTDOWN_REASON: Final = "server shutting down"
@@ -31,7 +31,7 @@ class FileReplaySource:
         path: str | Path,
         sink: StreamSink,
         *,
-        chunk_ms: int = DEFAULT_CHUNK_MS,
+        chunk_ms: int = DEFAULTS.sources.chunk_ms,
         realtime: bool = False,
         stream_id: str | None = None,
     ) -> None:

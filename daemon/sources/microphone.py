@@ -14,11 +14,11 @@ import numpy as np
 
 from daemon.errors import SourceError
 from daemon.frames import AudioChunk
+from daemon.settings import DEFAULTS
 from daemon.sources.sink import StreamSink
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_MS: Final = 20
 # Virtual ALSA devices ("pulse", "default") advertise 32+ channels that are copies of the same signal;
 # opening more than stereo costs bandwidth for nothing, since everything is mixed to mono.
 MAX_CHANNELS: Final = 2
@@ -110,7 +110,7 @@ class MicrophoneSource:
         sink: StreamSink,
         *,
         stream_id: str | None = None,
-        chunk_ms: int = DEFAULT_CHUNK_MS,
+        chunk_ms: int = DEFAULTS.sources.chunk_ms,
         retry_initial_s: float = RETRY_INITIAL_S,
         retry_max_s: float = RETRY_MAX_S,
         stall_timeout_s: float = STALL_TIMEOUT_S,

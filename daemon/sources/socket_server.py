@@ -25,12 +25,12 @@ from daemon.protocol import (
     StreamHeader,
     encode_reply,
 )
+from daemon.settings import DEFAULTS
 from daemon.sources.sink import StreamSink
 from daemon.sources.uri import TcpSpec, UnixSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IDLE_TIMEOUT_S: Final = 10.0
 UNIX_SOCKET_MODE: Final = 0o660
 READ_BYTES: Final = 64 * 1024
 # A client that does not read its replies must not hold a connection (or shutdown) open.
@@ -47,7 +47,7 @@ class SocketServer:
         spec: TcpSpec | UnixSpec,
         sink: StreamSink,
         *,
-        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        idle_timeout_s: float = DEFAULTS.sources.idle_timeout_s,
         unix_mode: int = UNIX_SOCKET_MODE,
         max_streams: int | None = None,
     ) -> None:
