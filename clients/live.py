@@ -16,13 +16,13 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
 import numpy as np
 
-from clients.send import MAX_MIC_CHANNELS, SendError, _pick_input, _sounddevice, send_stream
+from clients.send import DEFAULT_CHUNK_MS, MAX_MIC_CHANNELS, SendError, _pick_input, _sounddevice, send_stream
 from clients.sub import clock
 from clients.subscriber import DEFAULT_CONNECT, Subscriber, SubscriberError
 from daemon import events
@@ -32,7 +32,6 @@ from daemon.protocol import StreamHeader
 log = logging.getLogger(__name__)
 
 DEFAULT_AUDIO_URI: Final = "tcp://127.0.0.1:5555"
-CHUNK_MS: Final = 20
 REDRAW_S: Final = 0.05  # 20 redraws a second: smooth meter, negligible CPU
 METER_WIDTH: Final = 30
 METER_FLOOR_DB: Final = -60.0  # the meter's left edge; quieter reads as empty
@@ -82,26 +81,35 @@ class LiveView:
 
     def on_event(self, event: events.Event) -> str | None:
         """Update state from an event about our stream; returns a line to print above the status line."""
-        with self.lock:
-            if isinstance(event, events.VadEvent):
-                self.speaking = event.started
-                return None
-            if isinstance(event, events.IntentEvent):
-                self.intents += 1
-                text = f"{event.label} {event.score:.2f}"
-                self.last_intent = text
-                shade = YELLOW if event.label == events.UNKNOWN_LABEL else GREEN
-                alts = "  ".join(f"{label} {score:.2f}" for label, score in event.top_k[1:])
-                return (
-                    f"{clock(event.published_wall)} #{event.utterance} {self._paint(shade + BOLD, text)}"
-                    f"  ({event.duration_s:.2f} s, {event.latency_ms.end_of_speech:.0f} ms after speech end)"
-                    + (f"  [{alts}]" if alts else "")
-                )
-            if isinstance(event, events.DroppedEvent):
-                return f"{clock(event.published_wall)} #{event.utterance} {self._paint(RED, 'dropped')}: {event.reason}"
-            if isinstance(event, events.ErrorEvent):
-                return f"{clock(event.published_wall)} {self._paint(RED, 'error')}: {event.error} {event.message}"
+        react = _REACTIONS.get(type(event))
+        if react is None:
             return None
+        with self.lock:
+            return react(self, event)
+
+    def _speech_started(self, event: events.VadStartEvent) -> None:
+        self.speaking = True
+
+    def _speech_ended(self, event: events.VadEndEvent) -> None:
+        self.speaking = False
+
+    def _intent(self, event: events.IntentEvent) -> str:
+        self.intents += 1
+        text = f"{event.label} {event.score:.2f}"
+        self.last_intent = text
+        shade = YELLOW if event.label == events.UNKNOWN_LABEL else GREEN
+        alts = "  ".join(f"{label} {score:.2f}" for label, score in event.top_k[1:])
+        return (
+            f"{clock(event.published_wall)} #{event.utterance} {self._paint(shade + BOLD, text)}"
+            f"  ({event.duration_s:.2f} s, {event.latency_ms.end_of_speech:.0f} ms after speech end)"
+            + (f"  [{alts}]" if alts else "")
+        )
+
+    def _dropped(self, event: events.DroppedEvent) -> str:
+        return f"{clock(event.published_wall)} #{event.utterance} {self._paint(RED, 'dropped')}: {event.reason}"
+
+    def _error(self, event: events.ErrorEvent) -> str:
+        return f"{clock(event.published_wall)} {self._paint(RED, 'error')}: {event.error} {event.message}"
 
     def status_line(self) -> str:
         """The one line redrawn in place: meter, level, VAD state, last intent."""
@@ -117,6 +125,16 @@ class LiveView:
 
     def _paint(self, code: str, text: str) -> str:
         return f"{code}{text}{RESET}" if self.color else text
+
+
+# What the view does with each event type (state change, a line to print, or both); other types are ignored.
+_REACTIONS: Final[dict[type[events.Event], Callable[[LiveView, Any], str | None]]] = {
+    events.VadStartEvent: LiveView._speech_started,
+    events.VadEndEvent: LiveView._speech_ended,
+    events.IntentEvent: LiveView._intent,
+    events.DroppedEvent: LiveView._dropped,
+    events.ErrorEvent: LiveView._error,
+}
 
 
 class Terminal:
@@ -192,7 +210,7 @@ async def stream_microphone(
 
     try:
         mic = sd.InputStream(device=index, samplerate=rate, channels=channels, dtype="float32",
-                             blocksize=max(1, rate * CHUNK_MS // 1000), callback=callback)  # fmt: skip
+                             blocksize=max(1, rate * DEFAULT_CHUNK_MS // 1000), callback=callback)  # fmt: skip
     except Exception as err:  # sounddevice raises PortAudioError, ValueError...
         raise SendError(f"cannot open microphone {info['name']!r}: {err}") from err
     with mic:

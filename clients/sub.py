@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from clients.subscriber import DEFAULT_CONNECT, Subscriber, SubscriberError
-from daemon.events import DroppedEvent, ErrorEvent, Event, IntentEvent, StatusEvent, VadEvent
+from daemon.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -50,31 +50,8 @@ def clock(wall: float) -> str:
 
 
 def format_event(event: Event) -> str:
-    """One human-readable line for an event."""
-    when = clock(event.published_wall)
-    if isinstance(event, IntentEvent):
-        return (
-            f"{when} stream={event.stream_id} #{event.utterance} {event.label} {event.score:.2f} "
-            f"({event.start_s:.2f}-{event.end_s:.2f} s) {event.latency_ms.processing:.0f} ms"
-            + (" truncated" if event.truncated else "")
-        )
-    if isinstance(event, DroppedEvent):
-        return (
-            f"{when} stream={event.stream_id} #{event.utterance} dropped: {event.reason} "
-            f"({event.start_s:.2f}-{event.end_s:.2f} s)"
-        )
-    if isinstance(event, ErrorEvent):
-        where = f" #{event.utterance}" if event.utterance is not None else ""
-        kind = f"{event.error}: " if event.error else ""
-        return f"{when} stream={event.stream_id}{where} error: {kind}{event.message}"
-    if isinstance(event, VadEvent):
-        return f"{when} stream={event.stream_id} #{event.utterance} {event.type} at {event.at_s:.2f} s"
-    if isinstance(event, StatusEvent):
-        return (
-            f"{when} status {event.state} model={event.model_id} streams={len(event.streams)} "
-            f"queue={event.queue_depth} up={event.uptime_s:.0f} s"
-        )
-    return f"{when} {event.topic} {json.dumps(dict(event.raw), ensure_ascii=False)}"
+    """One human-readable line for an event: the time it was published, then the event's own summary."""
+    return f"{clock(event.published_wall)} {event.summary()}"
 
 
 def format_json(event: Event) -> str:

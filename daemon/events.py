@@ -1,18 +1,36 @@
-"""The event wire format (docs/events.md): builders for the daemon, typed parsing for clients.
+"""The event wire format (docs/events.md): one envelope, and typed events converted to and from it generically.
 
 Every message is a two-frame ZeroMQ message `[topic, json]`. The topic comes first so subscribers filter by
-prefix (`intent.` for every intent); the JSON object always carries `schema`, `seq`, `type` and
-`published_wall`. Clients import this module, so it must stay free of numpy, torch and anything that pulls
-them in (daemon.frames types are only named for type checking).
+prefix (`intent.` for every intent). The JSON object is the envelope: it starts with `schema`, `seq` and `type`,
+ends with `published_wall`, and holds one event's own fields in between, in the order its dataclass declares
+them. An event type is one frozen dataclass below: its `TYPE` registers it, its `topic` is derived, its fields
+are its JSON, and `summary()` says it in one line. `encode` and `decode` are generic over those dataclasses, so
+adding a type is adding one class (see "Adding an event type" in docs/events.md).
+
+Clients import this module, so it must stay free of numpy, torch and anything that pulls them in (daemon.frames
+types are only named for type checking).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Final,
+    NamedTuple,
+    Self,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from daemon.errors import IntentdError
 
@@ -20,39 +38,27 @@ if TYPE_CHECKING:
     from daemon.frames import Classified, Utterance
 
 SCHEMA_VERSION: Final = 1
+ENVELOPE_FRAMES: Final = 2  # [topic, json]
 
 TOPIC_INTENT_PREFIX: Final = "intent."
 UNKNOWN_LABEL: Final = "unknown"
 TOPIC_UNKNOWN: Final = TOPIC_INTENT_PREFIX + UNKNOWN_LABEL
-TOPIC_DROPPED: Final = "utterance.dropped"
-TOPIC_ERROR: Final = "utterance.error"
-TOPIC_VAD_START: Final = "vad.start"
-TOPIC_VAD_END: Final = "vad.end"
 TOPIC_STATUS: Final = "status"
 
-# `type` in the JSON: the topic, except that every intent.<label> topic has type "intent".
-TYPE_INTENT: Final = "intent"
-TYPE_DROPPED: Final = TOPIC_DROPPED
-TYPE_ERROR: Final = TOPIC_ERROR
-TYPE_VAD_START: Final = TOPIC_VAD_START
-TYPE_VAD_END: Final = TOPIC_VAD_END
-TYPE_STATUS: Final = TOPIC_STATUS
-
-ENVELOPE_FRAMES: Final = 2  # [topic, json]
 MS_PER_S: Final = 1000.0
 # Rounding keeps messages short and readable; far below any timing we can measure.
 TIME_DECIMALS: Final = 6
 MS_DECIMALS: Final = 3
 SCORE_DECIMALS: Final = 6
 
-Message = tuple[str, dict[str, Any]]  # (topic, payload without seq/published_wall) as builders return it
+# The envelope's own keys; no event field may take one of these names.
+_ENVELOPE_KEYS: Final = frozenset({"schema", "seq", "type", "published_wall"})
+# Registered event types by their `type`: filled by Event.__init_subclass__.
+_TYPES: dict[str, type[Event]] = {}
 
 
 class EventError(IntentdError):
     """A message on the event socket is not a valid envelope (wrong frame count, bad JSON, missing field)."""
-
-
-# --------------------------------------------------------------------------------------------- encoding
 
 
 def intent_topic(label: str) -> str:
@@ -60,291 +66,70 @@ def intent_topic(label: str) -> str:
     return TOPIC_INTENT_PREFIX + label
 
 
-def encode(topic: str, payload: Mapping[str, Any], seq: int, published_wall: float) -> list[bytes]:
+# --------------------------------------------------------------------------------------------- the envelope
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Any event. The daemon makes typed events with seq 0; the publisher stamps `seq` and `published_wall` on
+    the wire, and a parsed event carries them, with the whole JSON object in `raw`."""
+
+    # The `type` field on the wire; a subclass that sets it is registered for parsing under it.
+    TYPE: ClassVar[str] = ""
+
+    seq: int = 0
+    published_wall: float = 0.0
+    schema: int = SCHEMA_VERSION
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # No zero-argument super() here: @dataclass(slots=True) rebuilds the class, which breaks its __class__
+        # cell. That rebuild runs this hook again, so the slotted class is the one left registered.
+        if "TYPE" in cls.__dict__:
+            taken = _TYPES.get(cls.TYPE)
+            # By name: the rebuilt class gets its __qualname__ only after this hook has run.
+            if taken is not None and (taken.__module__, taken.__name__) != (cls.__module__, cls.__name__):
+                raise TypeError(f"event type {cls.TYPE!r} is already {taken.__qualname__}")
+            reserved = _ENVELOPE_KEYS & set(getattr(cls, "__annotations__", {}))
+            if reserved:
+                raise TypeError(f"{cls.__qualname__}: {sorted(reserved)} belong to the envelope")
+            _TYPES[cls.TYPE] = cls
+
+    @property
+    def type(self) -> str:
+        """The event's kind: the topic, except that every `intent.<label>` topic has type `intent`."""
+        return self.TYPE
+
+    def data(self) -> dict[str, Any]:
+        """The event's own fields as JSON values, in declaration order (the envelope's keys excluded)."""
+        return {name: _to_json(getattr(self, name)) for name, _hint, _required in _shape(type(self))}
+
+    @property
+    def topic(self) -> str:
+        """The topic it is published on."""
+        return self.TYPE
+
+    def summary(self) -> str:
+        """One human-readable line (what intentd-sub prints after the time of day)."""
+        return f"{self.topic} {json.dumps(self.data(), ensure_ascii=False)}"
+
+
+def encode(event: Event, seq: int, published_wall: float) -> list[bytes]:
     """The two frames for one message; `seq` and `published_wall` are stamped by the publisher."""
     body = {
         "schema": SCHEMA_VERSION,
         "seq": seq,
-        **payload,
+        "type": event.type,
+        **event.data(),
         "published_wall": round(published_wall, TIME_DECIMALS),
     }
     # allow_nan=False: NaN is not JSON, and a client in another language would choke on it.
     text = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return [topic.encode("utf-8"), text.encode("utf-8")]
-
-
-def _stream_times(u: Utterance) -> dict[str, Any]:
-    """Stream and wall-clock times of an utterance, shared by intent and dropped events."""
-    start_s = u.start_sample / u.sample_rate
-    end_s = u.end_sample / u.sample_rate
-    return {
-        "stream_id": u.stream_id,
-        "utterance": u.index,
-        "start_s": round(start_s, TIME_DECIMALS),
-        "end_s": round(end_s, TIME_DECIMALS),
-        "start_wall": round(u.stream_origin_wall + start_s, TIME_DECIMALS),
-        "end_wall": round(u.stream_origin_wall + end_s, TIME_DECIMALS),
-        "duration_s": round(u.duration_s, TIME_DECIMALS),
-        "truncated": u.truncated,
-    }
-
-
-def intent_message(c: Classified, now_monotonic: float | None = None) -> Message:
-    """An intent event for a classified utterance; call it right before publishing (it measures processing)."""
-    u = c.utterance
-    now = time.monotonic() if now_monotonic is None else now_monotonic
-    processing_ms = (now - u.closed_monotonic) * MS_PER_S
-    hangover_ms = u.hangover_samples / u.sample_rate * MS_PER_S
-    p = c.prediction
-    payload = {
-        "type": TYPE_INTENT,
-        **_stream_times(u),
-        "label": p.label,
-        "score": round(p.score, SCORE_DECIMALS),
-        "top_k": [{"label": label, "score": round(score, SCORE_DECIMALS)} for label, score in p.top_k],
-        "model_id": c.model_id,
-        "latency_ms": {
-            "queue_wait": round(c.queue_wait_ms, MS_DECIMALS),
-            "inference": round(c.inference_ms, MS_DECIMALS),
-            "processing": round(processing_ms, MS_DECIMALS),
-            "end_of_speech": round(processing_ms + hangover_ms, MS_DECIMALS),
-        },
-        "batch_size": c.batch_size,
-    }
-    return intent_topic(p.label), payload
-
-
-def dropped_message(u: Utterance, reason: str) -> Message:
-    """An utterance that will not be classified (queue full, stream closed...), with the reason."""
-    return TOPIC_DROPPED, {"type": TYPE_DROPPED, **_stream_times(u), "reason": reason}
-
-
-def error_message(stream_id: str, message: str, error: str = "", utterance: int | None = None) -> Message:
-    """A stream or utterance that failed: `error` is the exception class name, `message` its one line."""
-    return TOPIC_ERROR, {
-        "type": TYPE_ERROR,
-        "stream_id": stream_id,
-        "utterance": utterance,
-        "error": error,
-        "message": message,
-    }
-
-
-def vad_message(
-    started: bool, stream_id: str, utterance: int, at_sample: int, sample_rate: int, stream_origin_wall: float,
-    discarded: bool = False,
-) -> Message:
-    """vad.start (speech onset, pre-roll excluded) or vad.end (last voiced sample) for one stream.
-
-    A vad.end with `discarded` closes speech shorter than the minimum: no intent event follows it."""
-    at_s = at_sample / sample_rate
-    topic = TOPIC_VAD_START if started else TOPIC_VAD_END
-    return topic, {
-        "type": topic,
-        "stream_id": stream_id,
-        "utterance": utterance,
-        "at_s": round(at_s, TIME_DECIMALS),
-        "at_wall": round(stream_origin_wall + at_s, TIME_DECIMALS),
-        **({} if started else {"discarded": discarded}),
-    }
-
-
-def status_message(
-    state: str,
-    model_id: str,
-    uptime_s: float,
-    streams: Sequence[str] = (),
-    queue_depth: int = 0,
-    counters: Mapping[str, int] | None = None,
-) -> Message:
-    """A heartbeat: lifecycle state (starting, ready, reloading, draining, stopping) and load."""
-    return TOPIC_STATUS, {
-        "type": TYPE_STATUS,
-        "state": state,
-        "model_id": model_id,
-        "uptime_s": round(uptime_s, MS_DECIMALS),
-        "streams": list(streams),
-        "queue_depth": queue_depth,
-        "counters": dict(counters or {}),
-    }
-
-
-# --------------------------------------------------------------------------------------------- parsing
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Any event; unknown types arrive as this, with every field in `raw`, so old clients survive new topics."""
-
-    topic: str
-    type: str
-    schema: int
-    seq: int
-    published_wall: float
-    raw: Mapping[str, Any] = field(repr=False, compare=False, hash=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Latency:
-    """Latencies in milliseconds; see docs/events.md for where each one starts and stops."""
-
-    queue_wait: float
-    inference: float
-    processing: float
-    end_of_speech: float
-
-
-@dataclass(frozen=True, slots=True)
-class IntentEvent(Event):
-    """A classified utterance: `label` is `unknown` when the top score fell below the daemon's threshold."""
-
-    stream_id: str
-    utterance: int
-    start_s: float
-    end_s: float
-    start_wall: float
-    end_wall: float
-    duration_s: float
-    truncated: bool
-    label: str
-    score: float
-    top_k: tuple[tuple[str, float], ...]
-    model_id: str
-    latency_ms: Latency
-    batch_size: int
-
-
-@dataclass(frozen=True, slots=True)
-class DroppedEvent(Event):
-    """An utterance the daemon heard but did not classify, and why."""
-
-    stream_id: str
-    utterance: int
-    start_s: float
-    end_s: float
-    start_wall: float
-    end_wall: float
-    duration_s: float
-    truncated: bool
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorEvent(Event):
-    """A stream or utterance that failed; `utterance` is None for stream-level errors."""
-
-    stream_id: str
-    utterance: int | None
-    error: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class VadEvent(Event):
-    """Speech started (`type` vad.start) or ended (vad.end) on a stream."""
-
-    stream_id: str
-    utterance: int
-    at_s: float
-    at_wall: float
-    discarded: bool = False  # vad.end of speech too short to classify
-
-    @property
-    def started(self) -> bool:
-        """True for vad.start, False for vad.end."""
-        return self.type == TYPE_VAD_START
-
-
-@dataclass(frozen=True, slots=True)
-class StatusEvent(Event):
-    """The daemon's heartbeat."""
-
-    state: str
-    model_id: str
-    uptime_s: float
-    streams: tuple[str, ...]
-    queue_depth: int
-    counters: Mapping[str, int] = field(compare=False, hash=False)
-
-
-def _intent_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
-    latency = raw["latency_ms"]
-    return {
-        **_times_fields(raw),
-        "label": str(raw["label"]),
-        "score": float(raw["score"]),
-        "top_k": tuple((str(item["label"]), float(item["score"])) for item in raw["top_k"]),
-        "model_id": str(raw["model_id"]),
-        "latency_ms": Latency(
-            queue_wait=float(latency["queue_wait"]),
-            inference=float(latency["inference"]),
-            processing=float(latency["processing"]),
-            end_of_speech=float(latency["end_of_speech"]),
-        ),
-        "batch_size": int(raw["batch_size"]),
-    }
-
-
-def _times_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "stream_id": str(raw["stream_id"]),
-        "utterance": int(raw["utterance"]),
-        "start_s": float(raw["start_s"]),
-        "end_s": float(raw["end_s"]),
-        "start_wall": float(raw["start_wall"]),
-        "end_wall": float(raw["end_wall"]),
-        "duration_s": float(raw["duration_s"]),
-        "truncated": bool(raw["truncated"]),
-    }
-
-
-def _dropped_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {**_times_fields(raw), "reason": str(raw["reason"])}
-
-
-def _error_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
-    utterance = raw.get("utterance")
-    return {
-        "stream_id": str(raw["stream_id"]),
-        "utterance": None if utterance is None else int(utterance),
-        "error": str(raw.get("error", "")),
-        "message": str(raw["message"]),
-    }
-
-
-def _vad_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "stream_id": str(raw["stream_id"]),
-        "utterance": int(raw["utterance"]),
-        "at_s": float(raw["at_s"]),
-        "at_wall": float(raw["at_wall"]),
-        "discarded": bool(raw.get("discarded", False)),
-    }
-
-
-def _status_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "state": str(raw["state"]),
-        "model_id": str(raw["model_id"]),
-        "uptime_s": float(raw["uptime_s"]),
-        "streams": tuple(str(s) for s in raw.get("streams", ())),
-        "queue_depth": int(raw.get("queue_depth", 0)),
-        "counters": {str(k): int(v) for k, v in dict(raw.get("counters") or {}).items()},
-    }
-
-
-_PARSERS: Final = {
-    TYPE_INTENT: (IntentEvent, _intent_fields),
-    TYPE_DROPPED: (DroppedEvent, _dropped_fields),
-    TYPE_ERROR: (ErrorEvent, _error_fields),
-    TYPE_VAD_START: (VadEvent, _vad_fields),
-    TYPE_VAD_END: (VadEvent, _vad_fields),
-    TYPE_STATUS: (StatusEvent, _status_fields),
-}
+    return [event.topic.encode("utf-8"), text.encode("utf-8")]
 
 
 def decode(frames: Sequence[bytes]) -> Event:
-    """Parse one received `[topic, json]` message into its typed event (or a generic Event for unknown types)."""
+    """Parse one received `[topic, json]` message into its typed event (an UnknownEvent for unknown types)."""
     if len(frames) != ENVELOPE_FRAMES:
         raise EventError(f"expected {ENVELOPE_FRAMES} frames [topic, json], got {len(frames)}")
     try:
@@ -360,9 +145,8 @@ def decode(frames: Sequence[bytes]) -> Event:
 def parse(topic: str, raw: Mapping[str, Any]) -> Event:
     """Build the typed event for an already-decoded JSON object."""
     try:
-        base: dict[str, Any] = {
-            "topic": topic,
-            "type": str(raw["type"]),
+        kind = str(raw["type"])
+        envelope: dict[str, Any] = {
             "schema": int(raw["schema"]),
             "seq": int(raw["seq"]),
             "published_wall": float(raw["published_wall"]),
@@ -370,14 +154,314 @@ def parse(topic: str, raw: Mapping[str, Any]) -> Event:
         }
     except (KeyError, TypeError, ValueError) as err:
         raise EventError(f"topic {topic!r}: envelope field missing or invalid: {err!r}") from err
-    known = _PARSERS.get(base["type"])
-    if known is None:
-        return Event(**base)
-    cls, fields = known
+    cls = _TYPES.get(kind)
+    if cls is None:
+        return UnknownEvent(wire_topic=topic, wire_type=kind, **envelope)
     try:
-        return cls(**base, **fields(raw))
+        return cls(**envelope, **_fields_from_json(cls, raw))
     except (KeyError, TypeError, ValueError) as err:
-        if base["schema"] > SCHEMA_VERSION:
+        if envelope["schema"] > SCHEMA_VERSION:
             # A newer daemon may have reshaped this type; keep the message rather than fail the client.
-            return Event(**base)
-        raise EventError(f"topic {topic!r} type {base['type']!r}: field missing or invalid: {err!r}") from err
+            return UnknownEvent(wire_topic=topic, wire_type=kind, **envelope)
+        raise EventError(f"topic {topic!r} type {kind!r}: field missing or invalid: {err!r}") from err
+
+
+# --------------------------------------------------------------------------------------------- typed events
+
+
+class LabelScore(NamedTuple):
+    """One (label, score) pair of an intent's top-k; `{"label": ..., "score": ...}` on the wire."""
+
+    label: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Latencies in milliseconds; see docs/events.md for where each one starts and stops."""
+
+    queue_wait: float
+    inference: float
+    processing: float
+    end_of_speech: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UtteranceEvent(Event):
+    """The stream and wall-clock times of one utterance, shared by intent and dropped events (no type)."""
+
+    stream_id: str
+    utterance: int
+    start_s: float
+    end_s: float
+    start_wall: float
+    end_wall: float
+    duration_s: float
+    truncated: bool
+
+    @staticmethod
+    def times_of(u: Utterance) -> dict[str, Any]:
+        """The time fields for an utterance, rounded as they go on the wire."""
+        start_s = u.start_sample / u.sample_rate
+        end_s = u.end_sample / u.sample_rate
+        return {
+            "stream_id": u.stream_id,
+            "utterance": u.index,
+            "start_s": round(start_s, TIME_DECIMALS),
+            "end_s": round(end_s, TIME_DECIMALS),
+            "start_wall": round(u.stream_origin_wall + start_s, TIME_DECIMALS),
+            "end_wall": round(u.stream_origin_wall + end_s, TIME_DECIMALS),
+            "duration_s": round(u.duration_s, TIME_DECIMALS),
+            "truncated": u.truncated,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IntentEvent(UtteranceEvent):
+    """A classified utterance: `label` is `unknown` when the top score fell below the daemon's threshold."""
+
+    TYPE: ClassVar[str] = "intent"
+
+    label: str
+    score: float
+    top_k: tuple[LabelScore, ...]
+    model_id: str
+    latency_ms: Latency
+    batch_size: int
+
+    @property
+    def topic(self) -> str:
+        """`intent.<label>`, so subscribers pick labels by prefix."""
+        return intent_topic(self.label)
+
+    @classmethod
+    def from_classified(cls, c: Classified, now_monotonic: float | None = None) -> IntentEvent:
+        """The event for a classified utterance; make it right before publishing (it measures processing)."""
+        u = c.utterance
+        now = time.monotonic() if now_monotonic is None else now_monotonic
+        processing_ms = (now - u.closed_monotonic) * MS_PER_S
+        hangover_ms = u.hangover_samples / u.sample_rate * MS_PER_S
+        p = c.prediction
+        return cls(
+            **cls.times_of(u),
+            label=p.label,
+            score=round(p.score, SCORE_DECIMALS),
+            top_k=tuple(LabelScore(label, round(score, SCORE_DECIMALS)) for label, score in p.top_k),
+            model_id=c.model_id,
+            latency_ms=Latency(
+                queue_wait=round(c.queue_wait_ms, MS_DECIMALS),
+                inference=round(c.inference_ms, MS_DECIMALS),
+                processing=round(processing_ms, MS_DECIMALS),
+                end_of_speech=round(processing_ms + hangover_ms, MS_DECIMALS),
+            ),
+            batch_size=c.batch_size,
+        )
+
+    def summary(self) -> str:
+        """`stream=a.wav #3 balance 0.97 (1.21-2.80 s) 23 ms`: the last number is the processing latency."""
+        return (
+            f"stream={self.stream_id} #{self.utterance} {self.label} {self.score:.2f} "
+            f"({self.start_s:.2f}-{self.end_s:.2f} s) {self.latency_ms.processing:.0f} ms"
+            + (" truncated" if self.truncated else "")
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DroppedEvent(UtteranceEvent):
+    """An utterance the daemon heard but did not classify, and why (`queue_full`, `draining`)."""
+
+    TYPE: ClassVar[str] = "utterance.dropped"
+
+    reason: str
+
+    @classmethod
+    def from_utterance(cls, u: Utterance, reason: str) -> DroppedEvent:
+        """The event for an utterance that will not be classified."""
+        return cls(**cls.times_of(u), reason=reason)
+
+    def summary(self) -> str:
+        """`stream=a.wav #4 dropped: queue_full (3.02-4.40 s)`."""
+        return (
+            f"stream={self.stream_id} #{self.utterance} dropped: {self.reason} "
+            f"({self.start_s:.2f}-{self.end_s:.2f} s)"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorEvent(Event):
+    """A stream or utterance that failed: `error` is the exception class name, `message` its one line;
+    `utterance` is None for stream-level errors."""
+
+    TYPE: ClassVar[str] = "utterance.error"
+
+    stream_id: str
+    utterance: int | None = None
+    error: str = ""
+    message: str
+
+    def summary(self) -> str:
+        """`stream=mic0 #7 error: AudioError: NaN or infinite samples`."""
+        where = f" #{self.utterance}" if self.utterance is not None else ""
+        kind = f"{self.error}: " if self.error else ""
+        return f"stream={self.stream_id}{where} error: {kind}{self.message}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VadEdgeEvent(Event):
+    """Where speech started or ended on a stream (no type: see VadStartEvent and VadEndEvent)."""
+
+    stream_id: str
+    utterance: int
+    at_s: float
+    at_wall: float
+
+    @classmethod
+    def at(cls, stream_id: str, utterance: int, at_sample: int, sample_rate: int, stream_origin_wall: float,
+           **more: Any) -> Self:
+        """The event for an edge at `at_sample` of a stream (`more`: the subclass's own fields)."""
+        at_s = at_sample / sample_rate
+        return cls(stream_id=stream_id, utterance=utterance, at_s=round(at_s, TIME_DECIMALS),
+                   at_wall=round(stream_origin_wall + at_s, TIME_DECIMALS), **more)
+
+    def summary(self) -> str:
+        """`stream=a.wav #3 vad.end at 2.80 s`."""
+        return f"stream={self.stream_id} #{self.utterance} {self.type} at {self.at_s:.2f} s"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VadStartEvent(VadEdgeEvent):
+    """Speech began on a stream (onset, pre-roll excluded); a VadEndEvent for the same utterance follows."""
+
+    TYPE: ClassVar[str] = "vad.start"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VadEndEvent(VadEdgeEvent):
+    """Speech ended (last voiced sample); `discarded` when it was shorter than the minimum: no intent follows."""
+
+    TYPE: ClassVar[str] = "vad.end"
+
+    discarded: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusEvent(Event):
+    """The daemon's heartbeat: lifecycle state (starting, ready, reloading, draining, stopping) and load."""
+
+    TYPE: ClassVar[str] = TOPIC_STATUS
+
+    state: str
+    model_id: str
+    uptime_s: float
+    streams: tuple[str, ...] = ()
+    queue_depth: int = 0
+    counters: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
+
+    def summary(self) -> str:
+        """`status ready model=m@1 streams=2 queue=0 up=3600 s`."""
+        return (
+            f"status {self.state} model={self.model_id} streams={len(self.streams)} "
+            f"queue={self.queue_depth} up={self.uptime_s:.0f} s"
+        )
+
+    @classmethod
+    def since(cls, started_monotonic: float, *, state: str, model_id: str, streams: Sequence[str] = (),
+              queue_depth: int = 0, counters: Mapping[str, int] | None = None) -> StatusEvent:
+        """A heartbeat of a daemon that started at `started_monotonic`."""
+        uptime_s = round(time.monotonic() - started_monotonic, MS_DECIMALS)
+        return cls(state=state, model_id=model_id, uptime_s=uptime_s, streams=tuple(streams),
+                   queue_depth=queue_depth, counters=dict(counters or {}))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnknownEvent(Event):
+    """A type this client does not know (a newer daemon's), kept whole in `raw` so old clients survive new topics;
+    made by hand (with `raw` holding its fields) it publishes as any other event."""
+
+    wire_topic: str
+    wire_type: str
+
+    type = property(lambda self: self.wire_type, doc="The `type` it arrived with.")  # type: ignore[assignment]
+    topic = property(lambda self: self.wire_topic, doc="The topic it arrived on.")  # type: ignore[assignment]
+
+    def data(self) -> dict[str, Any]:
+        """Its fields: everything in `raw` but the envelope."""
+        return {k: v for k, v in self.raw.items() if k not in _ENVELOPE_KEYS}
+
+    def summary(self) -> str:
+        """The topic and the JSON object as it arrived."""
+        return f"{self.topic} {json.dumps(dict(self.raw), ensure_ascii=False)}"
+
+
+# --------------------------------------------------------------------------------------------- conversion
+
+_BASE_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Event))
+# (name, type, required) of each wire field, per class: see _shape.
+_SHAPES: dict[type, list[tuple[str, Any, bool]]] = {}
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _shape(cls: type) -> list[tuple[str, Any, bool]]:
+    """(name, type, required) of each wire field of an event, a nested dataclass or a named tuple, in order."""
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        hints = get_type_hints(cls)
+        if dataclasses.is_dataclass(cls):
+            shape = [(f.name, hints[f.name], _required(f)) for f in dataclasses.fields(cls)
+                     if f.name not in _BASE_FIELDS]
+        else:  # a named tuple
+            shape = [(name, hints[name], name not in cls._field_defaults) for name in cls._fields]  # type: ignore[attr-defined]
+        _SHAPES[cls] = shape
+    return shape
+
+
+def _to_json(value: Any) -> Any:
+    """A field value as JSON: named tuples and dataclasses become objects, tuples lists."""
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):
+        return {k: _to_json(v) for k, v in value._asdict().items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_to_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    return value
+
+
+def _fields_from_json(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor arguments for `cls` from a JSON object; a field with a default may be absent."""
+    if not isinstance(raw, Mapping):
+        raise TypeError(f"expected an object, got {raw!r}")
+    values = {}
+    for name, hint, required in _shape(cls):
+        if name in raw:
+            values[name] = _from_json(hint, raw[name])
+        elif required:
+            raise KeyError(name)
+    return values
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    """A JSON value as the Python type a field declares (KeyError, TypeError or ValueError when it is not)."""
+    origin = get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        if value is None and type(None) in get_args(hint):
+            return None
+        (inner,) = [a for a in get_args(hint) if a is not type(None)]
+        return _from_json(inner, value)
+    if origin is tuple:
+        (item, _ellipsis) = get_args(hint)
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {value!r}")
+        return tuple(_from_json(item, v) for v in value)
+    if origin is Mapping or origin is dict:
+        key_hint, value_hint = get_args(hint)
+        return {_from_json(key_hint, k): _from_json(value_hint, v) for k, v in dict(value or {}).items()}
+    if isinstance(hint, type) and (dataclasses.is_dataclass(hint) or hasattr(hint, "_fields")):
+        return hint(**_fields_from_json(hint, value))
+    if hint in (str, int, float, bool):
+        return hint(value)
+    raise TypeError(f"no JSON conversion for {hint!r}")  # a new field type: add its conversion here

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -13,11 +12,10 @@ import zmq
 
 from daemon import events
 from daemon.errors import ConfigError, UnavailableError
+from daemon.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URI: Final = "tcp://127.0.0.1:5556"
-DEFAULT_SNDHWM: Final = 10_000
 DEFAULT_LINGER_MS: Final = 1000
 SCHEMES: Final = ("tcp://", "ipc://")
 
@@ -45,7 +43,10 @@ class Publisher:
     """A PUB socket bound to `uri`; `publish` stamps a sequence number that grows by one per message."""
 
     def __init__(
-        self, uri: str = DEFAULT_URI, sndhwm: int = DEFAULT_SNDHWM, context: zmq.Context[Any] | None = None
+        self,
+        uri: str = DEFAULTS.publisher.uri,
+        sndhwm: int = DEFAULTS.publisher.sndhwm,
+        context: zmq.Context[Any] | None = None,
     ) -> None:
         check_uri(uri)
         if sndhwm < 1:
@@ -80,27 +81,22 @@ class Publisher:
         """The sequence number of the last message published (0 before the first)."""
         return self._seq
 
-    def publish(self, topic: str, payload: Mapping[str, Any]) -> int:
+    def publish(self, event: events.Event) -> int:
         """Send one event without blocking, from any thread; returns the sequence number it carried."""
         with self._lock:
             if self._closed:
                 raise PublisherError(f"publisher on {self.uri} is closed")
             self._seq += 1
             seq = self._seq
-            frames = events.encode(topic, payload, seq=seq, published_wall=time.time())
+            frames = events.encode(event, seq=seq, published_wall=time.time())
             try:
                 self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
             except zmq.Again:
                 self.dropped += 1
-                log.debug("event %d on %s dropped: socket would block", seq, topic)
+                log.debug("event %d on %s dropped: socket would block", seq, event.topic)
             else:
                 self.sent += 1
         return seq
-
-    def publish_message(self, message: events.Message) -> int:
-        """Publish a (topic, payload) pair as the builders in daemon.events return it."""
-        topic, payload = message
-        return self.publish(topic, payload)
 
     def close(self, linger_ms: int = DEFAULT_LINGER_MS) -> None:
         """Close the socket, giving queued messages up to `linger_ms` to leave; safe to call twice."""

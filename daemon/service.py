@@ -193,38 +193,38 @@ class Service:
         self.counters["utterances"] += 1
         self.metrics.utterances.labels(truncated=str(utterance.truncated).lower()).inc()
 
-    def _publish(self, message: events.Message) -> None:
+    def _publish(self, event: events.Event) -> None:
         if self._publisher is None:
             return
         try:
-            self._publisher.publish_message(message)
+            self._publisher.publish(event)
         except IntentdError as err:
             # A closed or broken publisher stops the watchdog pings: systemd restarts us.
             self._publish_failed = str(err)
-            log.error("cannot publish %s: %s", message[0], err)
+            log.error("cannot publish %s: %s", event.topic, err)
 
     def _on_result(self, classified: Classified) -> None:
         """Runs on the batcher thread for every classified utterance."""
-        message = events.intent_message(classified)
-        self._publish(message)
-        payload = message[1]
-        latency = payload["latency_ms"]
+        event = events.IntentEvent.from_classified(classified)
+        self._publish(event)
+        latency = event.latency_ms
         self.counters["events"] += 1
         self.metrics.events.labels(label=classified.prediction.label).inc()
         self.metrics.queue_wait.observe(classified.queue_wait_ms / MS_PER_S)
-        self.metrics.processing.observe(latency["processing"] / MS_PER_S)
-        self.metrics.end_to_publish.observe(latency["end_of_speech"] / MS_PER_S)
+        self.metrics.processing.observe(latency.processing / MS_PER_S)
+        self.metrics.end_to_publish.observe(latency.end_of_speech / MS_PER_S)
 
     def _on_drop(self, utterance: Utterance, reason: str) -> None:
         self.counters["dropped"] += 1
         self.metrics.drops.labels(reason=reason).inc()
         log.warning("dropped utterance %d of stream %s: %s", utterance.index, utterance.stream_id, reason)
-        self._publish(events.dropped_message(utterance, reason))
+        self._publish(events.DroppedEvent.from_utterance(utterance, reason))
 
     def _on_error(self, utterance: Utterance, message: str) -> None:
         self.counters["errors"] += 1
         self.metrics.errors.labels(kind="classify").inc()
-        self._publish(events.error_message(utterance.stream_id, message, "ClassifyError", utterance.index))
+        self._publish(events.ErrorEvent(stream_id=utterance.stream_id, utterance=utterance.index,
+                                        error="ClassifyError", message=message))
 
     # -- health, status, reload ----------------------------------------------------------------------------
 
@@ -240,13 +240,13 @@ class Service:
         self._rate_window = (now, count)
         return (count - before) / (now - then) if now > then else 0.0
 
-    def _status_message(self) -> events.Message:
+    def _status_message(self) -> events.StatusEvent:
         stats = self._batcher.stats() if self._batcher else None
         engine = self._batcher.engine if self._batcher else None
         counters = dict(self.counters)
         counters["reloads"] = counters.get("reloads", 0)
-        return events.status_message(
-            self.state, engine.model_id if engine else "", time.monotonic() - self.started_monotonic,
+        return events.StatusEvent.since(
+            self.started_monotonic, state=self.state, model_id=engine.model_id if engine else "",
             streams=self._streams.stream_ids if self._streams else (),
             queue_depth=stats.queued if stats else 0, counters=counters,
         )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from daemon import events
 from daemon.errors import IntentdError
+from daemon.events import Event, VadEndEvent, VadStartEvent
 from daemon.frames import AudioChunk, Utterance
 from daemon.segmenter import SegmenterSettings
 from daemon.vad import StreamSegmenter, UtteranceDiscarded, UtteranceStarted, VadEvent
@@ -22,7 +22,7 @@ class StreamTable:
         segmenter_settings: SegmenterSettings,
         aggressiveness: int,
         submit: Callable[[Utterance], object],
-        publish: Callable[[events.Message], object],
+        publish: Callable[[Event], object],
         *,
         vad_events: bool = False,
         on_utterance: Callable[[Utterance], None] | None = None,
@@ -78,18 +78,17 @@ class StreamTable:
         for event in vad_events:
             if isinstance(event, Utterance):
                 if self._vad_events:
-                    self._publish(events.vad_message(False, event.stream_id, event.index, event.end_sample,
-                                                     event.sample_rate, event.stream_origin_wall))
+                    self._publish(VadEndEvent.at(event.stream_id, event.index, event.end_sample, event.sample_rate,
+                                                 event.stream_origin_wall))
                 if self._on_utterance is not None:
                     self._on_utterance(event)
                 self._submit(event)
             elif isinstance(event, UtteranceStarted) and self._vad_events:
-                self._publish(events.vad_message(True, event.stream_id, event.index, event.start_sample,
-                                                 event.sample_rate, event.stream_origin_wall))
+                self._publish(VadStartEvent.at(event.stream_id, event.index, event.start_sample, event.sample_rate,
+                                               event.stream_origin_wall))
             elif isinstance(event, UtteranceDiscarded):
                 log.debug("stream %s: discarded a %d-sample blip", event.stream_id,
                           event.end_sample - event.start_sample)
                 if self._vad_events:  # every vad.start gets its vad.end, so live views leave "speech"
-                    self._publish(events.vad_message(False, event.stream_id, event.index, event.end_sample,
-                                                     event.sample_rate, event.stream_origin_wall,
-                                                     discarded=True))
+                    self._publish(VadEndEvent.at(event.stream_id, event.index, event.end_sample,
+                                                 event.sample_rate, event.stream_origin_wall, discarded=True))

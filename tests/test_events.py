@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -18,7 +20,9 @@ from daemon.events import (
     EventError,
     IntentEvent,
     StatusEvent,
-    VadEvent,
+    UnknownEvent,
+    VadEndEvent,
+    VadStartEvent,
 )
 from daemon.frames import Classified, Prediction, Utterance
 
@@ -50,18 +54,21 @@ def _classified(label: str = "balance", score: float = 0.97) -> Classified:
     )
 
 
-def _round_trip(message: events.Message, seq: int = 7) -> Event:
-    topic, payload = message
-    frames = events.encode(topic, payload, seq=seq, published_wall=ORIGIN_WALL + 5)
+def _round_trip(sent: Event, seq: int = 7) -> Event:
+    frames = events.encode(sent, seq=seq, published_wall=ORIGIN_WALL + 5)
     assert all(isinstance(f, bytes) for f in frames)
-    assert frames[0] == topic.encode()
-    return events.decode(frames)
+    assert frames[0] == sent.topic.encode()
+    received = events.decode(frames)
+    # The same event, now stamped by the publisher.
+    assert received == dataclasses.replace(sent, seq=seq, published_wall=round(ORIGIN_WALL + 5, 6))
+    assert type(received) is type(sent)
+    return received
 
 
 def test_intent_round_trip() -> None:
-    message = events.intent_message(_classified(), now_monotonic=CLOSED_AT + 0.023)
-    assert message[0] == "intent.balance"
-    event = _round_trip(message)
+    sent = IntentEvent.from_classified(_classified(), now_monotonic=CLOSED_AT + 0.023)
+    assert sent.topic == "intent.balance"
+    event = _round_trip(sent)
     assert isinstance(event, IntentEvent)
     assert (event.topic, event.type, event.schema, event.seq) == ("intent.balance", "intent", 1, 7)
     assert (event.stream_id, event.utterance, event.label) == ("a.wav", 3, "balance")
@@ -83,14 +90,13 @@ def test_intent_round_trip() -> None:
 
 
 def test_unknown_intent_topic() -> None:
-    classified = _classified(label=events.UNKNOWN_LABEL, score=0.4)
-    topic, _ = events.intent_message(classified)
-    assert topic == events.TOPIC_UNKNOWN == "intent.unknown"
-    assert isinstance(_round_trip(events.intent_message(classified)), IntentEvent)
+    sent = IntentEvent.from_classified(_classified(label=events.UNKNOWN_LABEL, score=0.4))
+    assert sent.topic == events.TOPIC_UNKNOWN == "intent.unknown"
+    assert isinstance(_round_trip(sent), IntentEvent)
 
 
 def test_dropped_round_trip() -> None:
-    event = _round_trip(events.dropped_message(_utterance(index=5, truncated=True), reason="queue_full"))
+    event = _round_trip(DroppedEvent.from_utterance(_utterance(index=5, truncated=True), reason="queue_full"))
     assert isinstance(event, DroppedEvent)
     assert (event.topic, event.type, event.reason) == ("utterance.dropped", "utterance.dropped", "queue_full")
     assert (event.stream_id, event.utterance, event.truncated) == ("a.wav", 5, True)
@@ -98,55 +104,102 @@ def test_dropped_round_trip() -> None:
 
 
 def test_error_round_trip() -> None:
-    event = _round_trip(events.error_message("mic0", "NaN samples", error="AudioError", utterance=2))
+    event = _round_trip(ErrorEvent(stream_id="mic0", utterance=2, error="AudioError", message="NaN samples"))
     assert isinstance(event, ErrorEvent)
     assert (event.topic, event.stream_id, event.utterance) == ("utterance.error", "mic0", 2)
     assert (event.error, event.message) == ("AudioError", "NaN samples")
-    stream_level = _round_trip(events.error_message("mic0", "device lost"))
+    stream_level = _round_trip(ErrorEvent(stream_id="mic0", message="device lost"))
     assert isinstance(stream_level, ErrorEvent) and stream_level.utterance is None
 
 
-@pytest.mark.parametrize("started", [True, False])
-def test_vad_round_trip(started: bool) -> None:
-    event = _round_trip(
-        events.vad_message(
-            started, "mic0", 4, at_sample=RATE * 2, sample_rate=RATE, stream_origin_wall=ORIGIN_WALL
-        )
-    )
-    assert isinstance(event, VadEvent)
-    assert event.topic == ("vad.start" if started else "vad.end")
-    assert event.started is started
+@pytest.mark.parametrize("cls", [VadStartEvent, VadEndEvent])
+def test_vad_round_trip(cls: type[VadStartEvent | VadEndEvent]) -> None:
+    event = _round_trip(cls.at("mic0", 4, at_sample=RATE * 2, sample_rate=RATE, stream_origin_wall=ORIGIN_WALL))
+    assert event.topic == event.type == ("vad.start" if cls is VadStartEvent else "vad.end")
     assert (event.stream_id, event.utterance, event.at_s) == ("mic0", 4, 2.0)
     assert event.at_wall == pytest.approx(ORIGIN_WALL + 2.0)
 
 
+def test_vad_end_says_when_speech_was_discarded_and_vad_start_never_does() -> None:
+    end = _round_trip(VadEndEvent.at("mic0", 0, RATE, RATE, ORIGIN_WALL, discarded=True))
+    assert isinstance(end, VadEndEvent) and end.discarded
+    assert "discarded" not in VadStartEvent.at("mic0", 0, RATE, RATE, ORIGIN_WALL).data()
+
+
 def test_status_round_trip() -> None:
-    message = events.status_message(
-        "ready",
-        "tiny@0123abcd",
-        12.5,
-        streams=("a", "b"),
-        queue_depth=2,
-        counters={"utterances": 10, "dropped": 1},
-    )
-    event = _round_trip(message)
+    sent = StatusEvent(state="ready", model_id="tiny@0123abcd", uptime_s=12.5, streams=("a", "b"), queue_depth=2,
+                       counters={"utterances": 10, "dropped": 1})
+    event = _round_trip(sent)
     assert isinstance(event, StatusEvent)
     assert (event.topic, event.state, event.model_id) == ("status", "ready", "tiny@0123abcd")
     assert (event.uptime_s, event.streams, event.queue_depth) == (12.5, ("a", "b"), 2)
     assert event.counters == {"utterances": 10, "dropped": 1}
 
 
+def test_the_wire_format_is_the_documented_one_byte_for_byte() -> None:
+    """Field order, rounding and separators as docs/events.md shows them (and as every schema-1 client reads)."""
+    frames = events.encode(IntentEvent.from_classified(_classified(), now_monotonic=CLOSED_AT + 0.0231234),
+                           seq=412, published_wall=ORIGIN_WALL + 2.8271234)
+    assert frames == [b"intent.balance", (
+        b'{"schema":1,"seq":412,"type":"intent","stream_id":"a.wav","utterance":3,"start_s":1.21,"end_s":2.8,'
+        b'"start_wall":1700000001.21,"end_wall":1700000002.8,"duration_s":1.59,"truncated":false,'
+        b'"label":"balance","score":0.97,"top_k":[{"label":"balance","score":0.97},'
+        b'{"label":"transfer","score":0.02},{"label":"stop","score":0.01}],"model_id":"tiny@0123abcd",'
+        b'"latency_ms":{"queue_wait":1.5,"inference":12.25,"processing":23.123,"end_of_speech":323.123},'
+        b'"batch_size":4,"published_wall":1700000002.827123}')]
+    frames = events.encode(StatusEvent(state="ready", model_id="m", uptime_s=1.0), seq=1, published_wall=2.0)
+    assert frames[1] == (b'{"schema":1,"seq":1,"type":"status","state":"ready","model_id":"m","uptime_s":1.0,'
+                         b'"streams":[],"queue_depth":0,"counters":{},"published_wall":2.0}')
+
+
 def test_unknown_type_kept_as_generic_event() -> None:
-    frames = events.encode("weather.rain", {"type": "weather.rain", "mm": 3}, seq=9, published_wall=1.0)
-    event = events.decode(frames)
-    assert type(event) is Event
+    sent = UnknownEvent(wire_topic="weather.rain", wire_type="weather.rain", raw={"mm": 3})
+    event = events.decode(events.encode(sent, seq=9, published_wall=1.0))
+    assert type(event) is UnknownEvent
     assert (event.topic, event.type, event.seq, event.raw["mm"]) == ("weather.rain", "weather.rain", 9, 3)
+    assert "weather.rain" in event.summary() and '"mm": 3' in event.summary()
 
 
 def test_newer_schema_with_reshaped_type_degrades_to_generic() -> None:
     body = {"schema": 2, "seq": 1, "type": "intent", "published_wall": 1.0, "labels": ["a"]}
     event = events.decode([b"intent.a", json.dumps(body).encode()])
-    assert type(event) is Event and event.schema == 2
+    assert type(event) is UnknownEvent and event.schema == 2 and event.topic == "intent.a"
+
+
+def test_a_new_event_type_is_one_class() -> None:
+    """Declaring the dataclass registers it: it encodes, parses back typed, and summarises itself."""
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class BargeInEvent(Event):
+        TYPE: ClassVar[str] = "test.barge_in"
+
+        stream_id: str
+        at_s: float
+        voices: tuple[str, ...] = ()
+
+    try:
+        sent = BargeInEvent(stream_id="mic0", at_s=1.5, voices=("a", "b"))
+        frames = events.encode(sent, seq=3, published_wall=1.0)
+        assert frames[0] == b"test.barge_in"
+        assert json.loads(frames[1])["voices"] == ["a", "b"]
+        event = events.decode(frames)
+        assert type(event) is BargeInEvent and event.voices == ("a", "b") and event.seq == 3
+        assert event.summary().startswith("test.barge_in {")
+    finally:
+        events._TYPES.pop("test.barge_in", None)
+
+
+def test_an_event_type_cannot_take_an_envelope_key_or_another_type() -> None:
+    with pytest.raises(TypeError, match="envelope"):
+        @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+        class Bad(Event):
+            TYPE: ClassVar[str] = "test.bad"
+
+            published_wall: str
+    with pytest.raises(TypeError, match="already"):
+        @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+        class Twin(Event):
+            TYPE: ClassVar[str] = "status"
+    assert events._TYPES["status"] is StatusEvent
 
 
 @pytest.mark.parametrize(
@@ -168,7 +221,7 @@ def test_malformed_messages_raise(frames: list[bytes], match: str) -> None:
 
 def test_nan_is_never_put_on_the_wire() -> None:
     with pytest.raises(ValueError):
-        events.encode("status", {"type": "status", "x": float("nan")}, seq=1, published_wall=1.0)
+        events.encode(StatusEvent(state="ready", model_id="m", uptime_s=float("nan")), seq=1, published_wall=1.0)
 
 
 def test_events_module_stays_light() -> None:

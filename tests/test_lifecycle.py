@@ -152,7 +152,7 @@ def test_notify_watchdog_metrics_journald_logs_and_sigterm_drain(
             # arrives, yet its event is published before the process exits 0.
             t.say(clips[2])
             collect(sub, lambda k: len(k) >= 1, EVENT_TIMEOUT_S,
-                    lambda e: isinstance(e, events.VadEvent) and e.stream_id == "metered" and e.started
+                    lambda e: isinstance(e, events.VadStartEvent) and e.stream_id == "metered"
                     and e.utterance != 0)
             d.signal(signal.SIGTERM)
             last = intents(sub, "metered", 1)[0]

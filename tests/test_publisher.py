@@ -11,9 +11,8 @@ import pytest
 import zmq
 
 from clients.subscriber import Subscriber
-from daemon import events
 from daemon.errors import ConfigError
-from daemon.events import IntentEvent, StatusEvent
+from daemon.events import ErrorEvent, IntentEvent, LabelScore, Latency, StatusEvent
 from daemon.publisher import Publisher, PublisherError
 
 SYNC_TIMEOUT_S = 10.0
@@ -22,19 +21,21 @@ RECV_TIMEOUT_S = 5.0
 
 def probe(publisher: Publisher) -> int:
     """Publish one status heartbeat (what wait_connected pokes with)."""
-    return publisher.publish_message(events.status_message("ready", "test@00000000", 0.0))
+    return publisher.publish(status())
 
 
-def _intent(stream: str, index: int, label: str = "balance") -> events.Message:
+def status(state: str = "ready", model_id: str = "test@00000000") -> StatusEvent:
+    """A status heartbeat."""
+    return StatusEvent(state=state, model_id=model_id, uptime_s=0.0)
+
+
+def _intent(stream: str, index: int, label: str = "balance") -> IntentEvent:
     """A complete intent event as the daemon publishes it."""
-    payload = {
-        "type": "intent", "stream_id": stream, "utterance": index, "start_s": 0.0, "end_s": 1.0,
-        "start_wall": 1.0, "end_wall": 2.0, "duration_s": 1.0, "truncated": False, "label": label, "score": 0.9,
-        "top_k": [{"label": label, "score": 0.9}], "model_id": "m@1",
-        "latency_ms": {"queue_wait": 1, "inference": 2, "processing": 3, "end_of_speech": 303},
-        "batch_size": 1,
-    }  # fmt: skip
-    return events.intent_topic(label), payload
+    return IntentEvent(
+        stream_id=stream, utterance=index, start_s=0.0, end_s=1.0, start_wall=1.0, end_wall=2.0, duration_s=1.0,
+        truncated=False, label=label, score=0.9, top_k=(LabelScore(label, 0.9),), model_id="m@1",
+        latency_ms=Latency(queue_wait=1, inference=2, processing=3, end_of_speech=303), batch_size=1,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -53,8 +54,8 @@ def test_seq_grows_by_one_and_order_is_kept(publisher: Publisher) -> None:
     with Subscriber(publisher.endpoint, recv_timeout_s=RECV_TIMEOUT_S) as sub:
         assert sub.wait_connected(SYNC_TIMEOUT_S, poke=lambda: probe(publisher))
         first = publisher.seq + 1
-        sent = [publisher.publish(*_intent("a", i)) for i in range(50)]
-        sent.append(publisher.publish_message(events.error_message("a", "boom")))
+        sent = [publisher.publish(_intent("a", i)) for i in range(50)]
+        sent.append(publisher.publish(ErrorEvent(stream_id="a", message="boom")))
         assert sent == list(range(first, first + 51))
         got = [sub.recv() for _ in range(51)]
     assert [e.seq for e in got if e is not None] == sent
@@ -81,7 +82,7 @@ def test_ipc_transport(tmp_path: Path) -> None:
     uri = f"ipc://{tmp_path / 'events.sock'}"
     with Publisher(uri) as pub, Subscriber(uri, recv_timeout_s=RECV_TIMEOUT_S) as sub:
         assert sub.wait_connected(SYNC_TIMEOUT_S, poke=lambda: probe(pub))
-        seq = pub.publish(*_intent("a", 0))
+        seq = pub.publish(_intent("a", 0))
         event = sub.recv()
     assert event is not None and event.seq == seq
 
@@ -90,7 +91,7 @@ def test_publish_after_close_raises(publisher: Publisher) -> None:
     publisher.close()
     publisher.close()  # idempotent
     with pytest.raises(PublisherError, match="closed"):
-        publisher.publish(*_intent("a", 0))
+        publisher.publish(_intent("a", 0))
 
 
 def test_slow_subscriber_never_blocks_publish() -> None:
@@ -102,7 +103,7 @@ def test_slow_subscriber_never_blocks_publish() -> None:
             with Subscriber(pub.endpoint, rcvhwm=5, context=context) as sub:
                 assert sub.wait_connected(SYNC_TIMEOUT_S, poke=lambda: probe(pub))
                 start = time.perf_counter()
-                seqs = [pub.publish(*_intent("a", i)) for i in range(count)]
+                seqs = [pub.publish(_intent("a", i)) for i in range(count)]
                 elapsed = time.perf_counter() - start
                 assert seqs == list(range(seqs[0], seqs[0] + count))
                 assert pub.sent + pub.dropped >= count
@@ -132,7 +133,7 @@ def test_publish_is_thread_safe() -> None:
 
         def work(n: int) -> None:
             for i in range(per_thread):
-                seqs[n].append(publisher.publish(*_intent(f"s{n}", i)))
+                seqs[n].append(publisher.publish(_intent(f"s{n}", i)))
 
         workers = [threading.Thread(target=work, args=(n,)) for n in range(threads_n)]
         for w in workers:
@@ -152,8 +153,8 @@ def test_publish_is_thread_safe() -> None:
 def test_intent_events_arrive_typed(publisher: Publisher) -> None:
     with Subscriber(publisher.endpoint, topics=("intent.",), recv_timeout_s=RECV_TIMEOUT_S) as sub:
         assert sub.wait_connected(SYNC_TIMEOUT_S, poke=lambda: probe(publisher))
-        publisher.publish_message(events.status_message("ready", "m@1", 1.0))
-        publisher.publish_message(_intent("a", 0, label="stop"))
+        publisher.publish(status(model_id="m@1"))
+        publisher.publish(_intent("a", 0, label="stop"))
         event = sub.recv()
     assert isinstance(event, IntentEvent)
     assert (event.label, event.score, event.latency_ms.end_of_speech) == ("stop", 0.9, 303.0)

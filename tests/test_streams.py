@@ -30,20 +30,21 @@ def test_every_vad_start_has_one_end_and_short_speech_is_flagged_discarded(tmp_p
     blip = clip[: int(0.35 * SPEECH_RATE)]  # the first 350 ms of speech: voiced, but below the minimum
     audio = np.concatenate([silence(0.5), blip, silence(1.0), clip, silence(1.0)])
     submitted: list[Utterance] = []
-    published: list[events.Message] = []
+    published: list[events.Event] = []
     # A 700 ms voiced minimum makes the blip too short while the phrase (> 1 s) is kept.
     settings = SegmenterSettings(min_utterance_ms=700)
     table = StreamTable(settings, 2, submitted.append, published.append, vad_events=True)
     _feed(table, "s", audio)
 
     assert [u.index for u in submitted] == [0]
-    kinds = [(topic, payload["utterance"], payload.get("discarded")) for topic, payload in published]
+    kinds = [(e.topic, e.utterance, getattr(e, "discarded", None)) for e in published]  # type: ignore[attr-defined]
     assert kinds == [("vad.start", 0, None), ("vad.end", 0, True), ("vad.start", 0, None), ("vad.end", 0, False)]
     # vad.start comes before the voiced end of the same utterance, on the stream's wall clock.
-    start, end = published[2][1], published[3][1]
-    assert start["at_s"] < end["at_s"] and start["at_wall"] < end["at_wall"]
-    parsed = events.decode(events.encode(*published[1], seq=1, published_wall=time.time()))
-    assert isinstance(parsed, events.VadEvent) and parsed.discarded and not parsed.started
+    start, end = published[2], published[3]
+    assert isinstance(start, events.VadStartEvent) and isinstance(end, events.VadEndEvent)
+    assert start.at_s < end.at_s and start.at_wall < end.at_wall
+    parsed = events.decode(events.encode(published[1], seq=1, published_wall=time.time()))
+    assert isinstance(parsed, events.VadEndEvent) and parsed.discarded
 
 
 def test_stream_ids_are_unique_while_open_and_close_flushes_open_speech(tmp_path: Path) -> None:

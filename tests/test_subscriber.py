@@ -20,9 +20,9 @@ from clients import live
 from clients import sub as sub_cli
 from clients.subscriber import Subscriber, SubscriberError
 from daemon import events
-from daemon.events import ErrorEvent, IntentEvent, StatusEvent, VadEvent
+from daemon.events import DroppedEvent, ErrorEvent, IntentEvent, StatusEvent, VadEndEvent, VadStartEvent
 from daemon.publisher import Publisher
-from tests.test_publisher import _intent, probe
+from tests.test_publisher import _intent, probe, status
 
 REPO = Path(__file__).resolve().parents[1]
 SYNC_TIMEOUT_S = 10.0
@@ -45,7 +45,7 @@ def _connected(publisher: Publisher, **kwargs: object) -> Subscriber:
 
 def _sentinel(publisher: Publisher, topic: str = "intent.zz-sentinel", stream: str = "s") -> int:
     """Publish a last message every test subscriber accepts, so 'it arrived' proves all before it did."""
-    return publisher.publish_message(_intent(stream, 999, label=topic.removeprefix("intent.")))
+    return publisher.publish(_intent(stream, 999, label=topic.removeprefix("intent.")))
 
 
 def _drain_until(sub: Subscriber, seq: int) -> list[events.Event]:
@@ -59,25 +59,25 @@ def _drain_until(sub: Subscriber, seq: int) -> list[events.Event]:
 
 def test_topic_prefix_filtering(publisher: Publisher) -> None:
     with _connected(publisher, topics=("intent.bal", "vad.")) as sub:
-        publisher.publish_message(_intent("a", 0, label="balance"))
-        publisher.publish_message(_intent("a", 1, label="transfer"))
-        publisher.publish_message(events.vad_message(True, "a", 2, 16000, 16000, 0.0))
-        publisher.publish_message(events.error_message("a", "x"))
-        publisher.publish_message(events.status_message("ready", "m", 1.0))
-        last = publisher.publish_message(_intent("a", 3, label="balance-check"))
+        publisher.publish(_intent("a", 0, label="balance"))
+        publisher.publish(_intent("a", 1, label="transfer"))
+        publisher.publish(VadStartEvent.at("a", 2, 16000, 16000, 0.0))
+        publisher.publish(ErrorEvent(stream_id="a", message="x"))
+        publisher.publish(status())
+        last = publisher.publish(_intent("a", 3, label="balance-check"))
         got = _drain_until(sub, last)
     assert [e.topic for e in got] == ["intent.balance", "vad.start", "intent.balance-check"]
-    assert isinstance(got[1], VadEvent) and got[1].started
+    assert isinstance(got[1], VadStartEvent)
     assert sub.missed == 0  # gaps are not counted under a topic filter: they are other topics
 
 
 def test_stream_filter_keeps_stream_and_streamless_events(publisher: Publisher) -> None:
     with _connected(publisher, stream_id="b") as sub:
-        publisher.publish_message(_intent("a", 0))
-        publisher.publish_message(_intent("b", 0))
-        publisher.publish_message(events.error_message("a", "other stream's error"))
-        publisher.publish_message(events.error_message("b", "my error"))
-        publisher.publish_message(events.status_message("ready", "m", 1.0))
+        publisher.publish(_intent("a", 0))
+        publisher.publish(_intent("b", 0))
+        publisher.publish(ErrorEvent(stream_id="a", message="other stream's error"))
+        publisher.publish(ErrorEvent(stream_id="b", message="my error"))
+        publisher.publish(status())
         last = _sentinel(publisher, stream="b")
         got = _drain_until(sub, last)
     assert [(type(e), e.raw.get("stream_id")) for e in got] == [
@@ -102,7 +102,7 @@ def test_status_heartbeat_ends_wait_without_poke(publisher: Publisher) -> None:
 
     def heartbeat() -> None:
         while not stop.wait(0.02):
-            publisher.publish_message(events.status_message("ready", "m", 1.0))
+            publisher.publish(status())
 
     context = zmq.Context()
     thread = threading.Thread(target=heartbeat)
@@ -126,7 +126,7 @@ def test_wait_connected_times_out_without_publisher() -> None:
 
 def test_gaps_are_counted_as_missed(publisher: Publisher) -> None:
     with _connected(publisher) as sub:
-        publisher.publish_message(_intent("a", 0))
+        publisher.publish(_intent("a", 0))
         # Messages the subscriber never sees: sequence numbers it will find missing.
         publisher._seq += 3  # stands in for three messages dropped at a full HWM
         last = _sentinel(publisher)
@@ -140,7 +140,7 @@ def test_reconnects_after_publisher_restart() -> None:
     with Subscriber(endpoint, recv_timeout_s=RECV_TIMEOUT_S) as sub:
         assert sub.wait_connected(SYNC_TIMEOUT_S, poke=lambda: probe(first))
         for i in range(5):
-            first.publish_message(_intent("a", i))
+            first.publish(_intent("a", i))
         assert [sub.recv().raw["utterance"] for _ in range(5)] == list(range(5))  # type: ignore[union-attr]
         first.close(linger_ms=0)
         second = Publisher(endpoint)  # same port, fresh seq
@@ -151,7 +151,7 @@ def test_reconnects_after_publisher_restart() -> None:
 
             def keep_probing() -> None:
                 while not stop.wait(0.05):
-                    second.publish_message(_intent("a", 100))
+                    second.publish(_intent("a", 100))
 
             prober = threading.Thread(target=keep_probing)
             prober.start()
@@ -176,9 +176,7 @@ def test_malformed_messages_are_skipped_not_fatal() -> None:
 
     def raw_probe() -> int:
         seq = next(probes)
-        raw_pub.send_multipart(
-            events.encode(*events.status_message("ready", "m", 0.0), seq=seq, published_wall=1.0)
-        )
+        raw_pub.send_multipart(events.encode(status(), seq=seq, published_wall=1.0))
         return seq
 
     try:
@@ -186,7 +184,7 @@ def test_malformed_messages_are_skipped_not_fatal() -> None:
             assert sub.wait_connected(SYNC_TIMEOUT_S, poke=raw_probe)
             raw_pub.send_multipart([b"status", b"{broken"])
             raw_pub.send_multipart([b"status"])
-            good = events.encode(*_intent("a", 0), seq=1_000_000, published_wall=1.0)
+            good = events.encode(_intent("a", 0), seq=1_000_000, published_wall=1.0)
             raw_pub.send_multipart(good)
             event = sub.recv()
         assert isinstance(event, IntentEvent) and event.seq == 1_000_000
@@ -213,9 +211,23 @@ def test_clients_never_import_torch() -> None:
 
 
 def test_format_event_human_line() -> None:
-    frames = events.encode(*_intent("a.wav", 3), seq=1, published_wall=1_700_000_000.5)
+    frames = events.encode(_intent("a.wav", 3), seq=1, published_wall=1_700_000_000.5)
     line = sub_cli.format_event(events.decode(frames))
     assert line.endswith(".500 stream=a.wav #3 balance 0.90 (0.00-1.00 s) 3 ms")
+
+
+@pytest.mark.parametrize(("event", "summary"), [
+    (DroppedEvent(stream_id="a", utterance=4, start_s=3.02, end_s=4.4, start_wall=1.0, end_wall=2.0, duration_s=1.38,
+                  truncated=False, reason="queue_full"), "stream=a #4 dropped: queue_full (3.02-4.40 s)"),
+    (ErrorEvent(stream_id="mic0", utterance=7, error="AudioError", message="NaN"), "stream=mic0 #7 error: AudioError: NaN"),
+    (ErrorEvent(stream_id="mic0", message="device lost"), "stream=mic0 error: device lost"),
+    (VadEndEvent.at("a", 3, 44800, 16000, 0.0), "stream=a #3 vad.end at 2.80 s"),
+    (StatusEvent(state="ready", model_id="m@1", uptime_s=3600.25, streams=("a", "b")),
+     "status ready model=m@1 streams=2 queue=0 up=3600 s"),
+])  # fmt: skip
+def test_format_event_says_every_type_in_one_line(event: events.Event, summary: str) -> None:
+    line = sub_cli.format_event(events.decode(events.encode(event, seq=1, published_wall=1_700_000_000.5)))
+    assert line.endswith(f".500 {summary}")
 
 
 class _Lines:
@@ -256,8 +268,8 @@ def test_intentd_sub_prints_json_lines_and_exits_cleanly_on_ctrl_c(publisher: Pu
                 continue
         assert first is not None and json.loads(first)["topic"] == "status"
         sync_seq = publisher.seq
-        sent = [publisher.publish_message(_intent("a.wav", i)) for i in range(3)]
-        sent.append(publisher.publish_message(events.error_message("a.wav", "boom", error="AudioError")))
+        sent = [publisher.publish(_intent("a.wav", i)) for i in range(3)]
+        sent.append(publisher.publish(ErrorEvent(stream_id="a.wav", error="AudioError", message="boom")))
         printed: list[dict[str, Any]] = []
         while len(printed) < len(sent):
             record = json.loads(lines.get())
@@ -299,21 +311,17 @@ def test_live_view_follows_vad_and_intents() -> None:
     view = live.LiveView("mic0", color=False)
     assert "vad ?" in view.status_line()
 
-    def parsed(message: events.Message) -> events.Event:
-        return events.decode(events.encode(*message, seq=1, published_wall=1_700_000_000.0))
+    def parsed(event: events.Event) -> events.Event:
+        return events.decode(events.encode(event, seq=1, published_wall=1_700_000_000.0))
 
-    assert view.on_event(parsed(events.vad_message(True, "mic0", 0, 16000, 16000, 0.0))) is None
+    assert view.on_event(parsed(VadStartEvent.at("mic0", 0, 16000, 16000, 0.0))) is None
     assert "SPEECH" in view.status_line()
     line = view.on_event(parsed(_intent("mic0", 0, label="stop")))
     assert line is not None and "#0 stop 0.90" in line and "303 ms after speech end" in line
-    view.on_event(parsed(events.vad_message(False, "mic0", 0, 32000, 16000, 0.0)))
+    view.on_event(parsed(VadEndEvent.at("mic0", 0, 32000, 16000, 0.0)))
     view.on_level(-20.0)
-    status = view.status_line()
-    assert (
-        "silence" in status
-        and "intents 1" in status
-        and "last: stop 0.90" in status
-        and "-20.0 dBFS" in status
-    )
-    error = view.on_event(parsed(events.error_message("mic0", "bad audio", error="AudioError")))
+    line = view.status_line()
+    assert "silence" in line and "intents 1" in line and "last: stop 0.90" in line and "-20.0 dBFS" in line
+    error = view.on_event(parsed(ErrorEvent(stream_id="mic0", error="AudioError", message="bad audio")))
     assert error is not None and "AudioError bad audio" in error
+    assert view.on_event(parsed(status())) is None  # not about the stream: nothing to show
