@@ -1,8 +1,10 @@
-"""Utterances from all streams -> batches for one engine, on one worker thread, through one bounded queue.
+"""Utterances from all streams -> batches for one model, on one worker thread, through one bounded queue.
 
 A batch runs when `max_batch` utterances wait or the oldest has waited `max_wait_ms`. A full queue drops one
-utterance by the configured policy and reports it; an engine failure is reported per utterance and the worker
-goes on. The engine (resampling and model included) is swapped only between batches.
+utterance by the configured policy; a model failure fails each utterance of its batch and the worker goes on.
+Every outcome is handed forward to the next stage (`Results`: classified, dropped, failed), never back to the
+caller. The model (resampling included) is swapped only between batches. Submissions, batch sizes and timings are
+counted here, into the service's Counters.
 """
 
 from __future__ import annotations
@@ -15,15 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from daemon.counters import Counters
 from daemon.errors import ConfigError
 from daemon.frames import Classified, Prediction, Utterance
+from daemon.settings import DEFAULTS, BatcherSettings
 
 log = logging.getLogger(__name__)
 
-DROP_POLICIES = ("drop_oldest", "drop_newest")
-DEFAULT_MAX_BATCH = 16
-DEFAULT_MAX_WAIT_MS = 5.0
-DEFAULT_QUEUE_SIZE = 256
 # The idle worker wakes at least this often to refresh its heartbeat, so a watchdog can tell idle from dead.
 HEARTBEAT_S = 0.5
 MS_PER_S = 1000.0
@@ -31,8 +31,9 @@ REASON_QUEUE_FULL = "queue_full"
 REASON_DRAINING = "draining"
 
 
-class Engine(Protocol):
-    """What the batcher runs: one call per batch, one Prediction per utterance, in order."""
+class UtteranceModel(Protocol):
+    """What the batcher runs: one call per batch, one Prediction per utterance, in order (an optional
+    `keep_warm()` runs a throw-away forward)."""
 
     @property
     def model_id(self) -> str: ...
@@ -40,16 +41,20 @@ class Engine(Protocol):
     def classify(self, utterances: list[Utterance]) -> list[Prediction]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class BatcherStats:
-    """Counters since start."""
+class Results(Protocol):
+    """The next stage: where every utterance the batcher took ends up (daemon.outbox.Outbox)."""
 
-    submitted: int
-    processed: int
-    failed: int
-    dropped: int
-    batches: int
-    queued: int
+    def classified(self, result: Classified) -> None:
+        """Called on the worker thread, in batch order."""
+        ...
+
+    def dropped(self, utterance: Utterance, reason: str) -> None:
+        """Called on the submitting thread (queue full, draining)."""
+        ...
+
+    def failed(self, utterance: Utterance, message: str) -> None:
+        """Called on the worker thread for each utterance of a batch the model failed on."""
+        ...
 
 
 @dataclass(slots=True)
@@ -58,47 +63,32 @@ class _Waiting:
     enqueued: float  # batcher clock at submit; the max_wait deadline counts from here
 
 
-def _no_callback(utterance: Utterance, reason: str) -> None:
-    """Default drop/error callback: the batcher has already logged the event."""
-
-
 class MicroBatcher:
-    """One worker thread batching utterances for `engine`; callbacks run on the worker (results, errors) or
-    on the submitting thread (drops)."""
+    """One worker thread batching utterances for `model` and handing every outcome to `results`.
+
+    `settings` (checked when made) says when a batch runs and what a full queue drops; `keep_warm_s` is
+    `model.keep_warm_s`. Counts go to `counters` (a fresh Counters when none is given)."""
 
     def __init__(
         self,
-        engine: Engine,
-        on_result: Callable[[Classified], None],
+        model: UtteranceModel,
+        results: Results,
+        settings: BatcherSettings = DEFAULTS.batcher,
         *,
-        on_drop: Callable[[Utterance, str], None] = _no_callback,
-        on_error: Callable[[Utterance, str], None] = _no_callback,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
-        drop_policy: str = "drop_oldest",
+        keep_warm_s: float = DEFAULTS.model.keep_warm_s,
+        counters: Counters | None = None,
         clock: Callable[[], float] = time.monotonic,
         heartbeat_s: float = HEARTBEAT_S,
-        keep_warm_s: float = 0.0,
     ) -> None:
-        if max_batch < 1:
-            raise ConfigError(f"batcher.max_batch must be >= 1, got {max_batch}")
-        if max_wait_ms < 0:
-            raise ConfigError(f"batcher.max_wait_ms must be >= 0, got {max_wait_ms}")
-        if queue_size < 1:
-            raise ConfigError(f"batcher.queue_size must be >= 1, got {queue_size}")
-        if drop_policy not in DROP_POLICIES:
-            raise ConfigError(f"batcher.drop_policy must be one of {DROP_POLICIES}, got {drop_policy!r}")
         if heartbeat_s <= 0:
             raise ConfigError(f"heartbeat interval must be positive, got {heartbeat_s}")
-        self._engine = engine
-        self._on_result = on_result
-        self._on_drop = on_drop
-        self._on_error = on_error
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_ms / MS_PER_S
-        self.queue_size = queue_size
-        self.drop_policy = drop_policy
+        self._model = model
+        self._results = results
+        self.counters = counters if counters is not None else Counters()
+        self.max_batch = settings.max_batch
+        self.max_wait_s = settings.max_wait_ms / MS_PER_S
+        self.queue_size = settings.queue_size
+        self.drop_policy = settings.drop_policy
         self._clock = clock
         self._heartbeat_s = heartbeat_s
         self._queue: deque[_Waiting] = deque()
@@ -107,14 +97,13 @@ class MicroBatcher:
         self._draining = False
         self._busy = False
         self._heartbeat = clock()
-        # After this long without a batch the worker calls engine.keep_warm(): on a CPU the first forward
+        # After this long without a batch the worker calls model.keep_warm(): on a CPU the first forward
         # after a few idle seconds measured 30-50 ms instead of 19 ms (cold caches); 0 disables.
         self.keep_warm_s = keep_warm_s
         self._last_work = clock()
         self.keep_warm_calls = 0
         self._iterations = 0
         self._started = threading.Event()
-        self._submitted = self._processed = self._failed = self._dropped = self._batches = 0
 
     # -- producer side -------------------------------------------------------------------------------------
 
@@ -135,8 +124,8 @@ class MicroBatcher:
         """Queue an utterance; False if it (or, by policy, an older one) was dropped instead. Never blocks."""
         dropped: Utterance | None = None
         reason = REASON_QUEUE_FULL
+        self.counters.submitted()
         with self._cond:
-            self._submitted += 1
             if self._draining:
                 dropped, reason = utterance, REASON_DRAINING
             elif len(self._queue) >= self.queue_size:
@@ -147,8 +136,6 @@ class MicroBatcher:
             if dropped is not utterance:
                 self._queue.append(_Waiting(utterance, self._clock()))
                 self._cond.notify_all()
-            if dropped is not None:
-                self._dropped += 1
         if dropped is None:
             return True
         log.warning(
@@ -159,20 +146,26 @@ class MicroBatcher:
             self.drop_policy,
             self.queue_size,
         )
-        self._call(self._on_drop, dropped, reason)
+        self._hand_on(self._results.dropped, dropped, reason)
         return dropped is not utterance
 
-    def swap_engine(self, engine: Engine) -> Engine:
-        """Use `engine` from the next batch on (a running batch finishes on the old one); return the old one."""
+    def swap_model(self, model: UtteranceModel) -> UtteranceModel:
+        """Use `model` from the next batch on (a running batch finishes on the old one); return the old one."""
         with self._cond:
-            old, self._engine = self._engine, engine
-        log.info("engine %s replaces %s from the next batch", engine.model_id, old.model_id)
+            old, self._model = self._model, model
+        log.info("model %s replaces %s from the next batch", model.model_id, old.model_id)
         return old
 
     @property
-    def engine(self) -> Engine:
-        """The engine the next batch will use."""
-        return self._engine
+    def model(self) -> UtteranceModel:
+        """The model the next batch will use."""
+        return self._model
+
+    @property
+    def queue_depth(self) -> int:
+        """Utterances waiting now."""
+        with self._cond:
+            return len(self._queue)
 
     def drain(self, timeout_s: float) -> bool:
         """Stop taking work, classify everything queued, stop the worker; True if nothing was left undone."""
@@ -193,7 +186,7 @@ class MicroBatcher:
 
     @property
     def heartbeat_monotonic(self) -> float:
-        """When the worker loop last went round (batcher clock); it stops moving inside a stuck engine call."""
+        """When the worker loop last went round (batcher clock); it stops moving inside a stuck model call."""
         return self._heartbeat
 
     @property
@@ -207,13 +200,6 @@ class MicroBatcher:
         if thread is None or not thread.is_alive():
             return False
         return self._clock() - self._heartbeat <= max_stall_s
-
-    def stats(self) -> BatcherStats:
-        """A snapshot of the counters."""
-        with self._cond:
-            return BatcherStats(
-                self._submitted, self._processed, self._failed, self._dropped, self._batches, len(self._queue)
-            )
 
     def wait_iterations(self, count: int, timeout_s: float) -> bool:
         """Block until the worker has gone round `count` more times (or timeout); for tests and probes."""
@@ -238,14 +224,14 @@ class MicroBatcher:
                     warm = self._due_for_keep_warm()
                     if warm is None:
                         continue
-                engine = self._engine  # fixed for the whole batch, whatever swap_engine does meanwhile
+                model = self._model  # fixed for the whole batch, whatever swap_model does meanwhile
                 self._busy = True
             if batch is None:
                 assert warm is not None
                 self._keep_warm(warm)  # outside the lock: submit() never waits for it
                 continue
             try:
-                self._run_batch(engine, batch)
+                self._run_batch(model, batch)
             finally:
                 with self._cond:
                     self._busy = False
@@ -259,7 +245,7 @@ class MicroBatcher:
         that runs the forward: without this, the first utterance paid for building it (one measured 296 ms
         against 24 ms at p50).
         """
-        warm = getattr(self._engine, "keep_warm", None)
+        warm = getattr(self._model, "keep_warm", None)
         try:
             if warm is not None:
                 with self._cond:
@@ -269,12 +255,12 @@ class MicroBatcher:
             self._started.set()
 
     def _due_for_keep_warm(self) -> Callable[[], object] | None:
-        """With the lock held: the engine's keep_warm when the worker has idled for keep_warm_s."""
+        """With the lock held: the model's keep_warm when the worker has idled for keep_warm_s."""
         if self.keep_warm_s <= 0 or self._draining or self._queue:
             return None
         if self._clock() - self._last_work < self.keep_warm_s:
             return None
-        return getattr(self._engine, "keep_warm", None)
+        return getattr(self._model, "keep_warm", None)
 
     def _keep_warm(self, warm: Callable[[], object]) -> None:
         try:
@@ -302,49 +288,36 @@ class MicroBatcher:
         n = min(self.max_batch, len(self._queue))
         return [self._queue.popleft().utterance for _ in range(n)]
 
-    def _run_batch(self, engine: Engine, batch: list[Utterance]) -> None:
+    def _run_batch(self, model: UtteranceModel, batch: list[Utterance]) -> None:
         started = self._clock()
+        queue_waits_s = [started - u.closed_monotonic for u in batch]
         try:
-            predictions = engine.classify(batch)
+            predictions = model.classify(batch)
             if len(predictions) != len(batch):
-                raise ValueError(
-                    f"engine returned {len(predictions)} predictions for {len(batch)} utterances"
-                )
+                raise ValueError(f"model returned {len(predictions)} predictions for {len(batch)} utterances")
         except Exception as err:  # noqa: BLE001 -- a poisoned clip must not stop the other streams
             streams = ",".join(sorted({u.stream_id for u in batch}))
-            log.error(
-                "engine %s failed on a batch of %d (streams %s): %s",
-                engine.model_id,
-                len(batch),
-                streams,
-                err,
-            )
-            with self._cond:
-                self._failed += len(batch)
-                self._batches += 1
+            log.error("model %s failed on a batch of %d (streams %s): %s", model.model_id, len(batch), streams, err)
             message = f"{type(err).__name__}: {err}"
             for utterance in batch:
-                self._call(self._on_error, utterance, message)
+                self._hand_on(self._results.failed, utterance, message)
             return
-        done = self._clock()
-        inference_ms = (done - started) * MS_PER_S
-        with self._cond:
-            self._processed += len(batch)
-            self._batches += 1
-        for utterance, prediction in zip(batch, predictions, strict=True):
+        inference_s = self._clock() - started
+        self.counters.batch(len(batch), inference_s, queue_waits_s)
+        for utterance, prediction, wait_s in zip(batch, predictions, queue_waits_s, strict=True):
             result = Classified(
                 utterance=utterance,
                 prediction=prediction,
-                model_id=engine.model_id,
-                queue_wait_ms=(started - utterance.closed_monotonic) * MS_PER_S,
-                inference_ms=inference_ms,
+                model_id=model.model_id,
+                queue_wait_ms=wait_s * MS_PER_S,
+                inference_ms=inference_s * MS_PER_S,
                 batch_size=len(batch),
             )
-            self._call(self._on_result, result)
+            self._hand_on(self._results.classified, result)
 
-    def _call(self, callback: Callable[..., None], *args: object) -> None:
-        """Run a callback; its failure is logged and never reaches the worker loop or the producer."""
+    def _hand_on(self, stage: Callable[..., None], *args: object) -> None:
+        """Give an outcome to the next stage; its failure is logged and never reaches the worker or the producer."""
         try:
-            callback(*args)
+            stage(*args)
         except Exception:
-            log.exception("batcher callback %s failed", getattr(callback, "__name__", callback))
+            log.exception("the batcher's next stage failed in %s", getattr(stage, "__name__", stage))

@@ -1,52 +1,90 @@
-"""Prometheus metrics: one registry per service so tests can run several daemons in one process."""
+"""Prometheus metrics, read at scrape time from the service's Counters: one registry per service, so tests can
+run several daemons in one process."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
+from daemon.counters import Counters, Histogram
 from daemon.errors import ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
 
-# Latency buckets in seconds: our target is tens of milliseconds, the hangover adds a few hundred.
-_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 2.5, 5.0)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+def _labelled(name: str, doc: str, label: str, counts: Mapping[Any, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, count in sorted(counts.items(), key=lambda kv: str(kv[0])):
+        family.add_metric([str(value).lower() if isinstance(value, bool) else str(value)], count)
+    return family
 
 
-class Metrics:
-    """Every counter the daemon exports."""
+def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
+    cumulative, buckets = 0, []
+    for bound, count in zip((*h.bounds, float("inf")), h.counts, strict=True):
+        cumulative += count
+        buckets.append((floatToGoString(bound), cumulative))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=h.total)
 
-    def __init__(self) -> None:
+
+class CountersCollector(Collector):
+    """Every metric the daemon exports, built from one Counters snapshot plus the live gauges."""
+
+    def __init__(
+        self,
+        counters: Counters,
+        *,
+        queue_depth: Callable[[], int],
+        active_streams: Callable[[], int],
+        model_id: Callable[[], str],
+    ) -> None:
+        self._counters = counters
+        self._queue_depth = queue_depth
+        self._active_streams = active_streams
+        self._model_id = model_id
+
+    def collect(self) -> Iterator[Metric]:
+        """Called by prometheus_client at every scrape."""
+        c = self._counters.snapshot()
+        yield _labelled("intentd_utterances", "Utterances segmented", "truncated", c.utterances)
+        yield _labelled("intentd_events", "Intent events published", "label", c.events)
+        yield _labelled("intentd_drops", "Utterances dropped", "reason", c.drops)
+        yield _labelled("intentd_errors", "Errors by kind", "kind", c.errors)
+        yield _labelled("intentd_reloads", "Reloads by result", "result", c.reloads)
+        yield GaugeMetricFamily("intentd_queue_depth", "Utterances waiting for the model", value=self._queue_depth())
+        yield GaugeMetricFamily("intentd_active_streams", "Audio streams open now", value=self._active_streams())
+        yield _histogram("intentd_batch_size", "Utterances per model call", c.batch_size)
+        yield _histogram("intentd_queue_wait_seconds", "Utterance closed -> batch start", c.queue_wait_s)
+        yield _histogram("intentd_inference_seconds", "Batch start -> batch done", c.inference_s)
+        yield _histogram("intentd_end_of_speech_to_publish_seconds",
+                         "Last voiced sample -> event published, hangover included", c.end_of_speech_s)
+        yield _histogram("intentd_processing_seconds", "Utterance closed -> event published", c.processing_s)
+        info = InfoMetricFamily("intentd_model", "The model serving now")
+        info.add_metric([], {"model_id": self._model_id()})
+        yield info
+        yield GaugeMetricFamily("intentd_model_load_seconds", "Seconds the last model load took",
+                                value=c.model_load_s)
+
+
+class MetricsServer:
+    """The HTTP endpoint Prometheus scrapes, serving one collector from its own registry."""
+
+    def __init__(self, collector: CountersCollector) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.utterances = Counter("intentd_utterances_total", "Utterances segmented", ["truncated"], registry=r)
-        self.events = Counter("intentd_events_total", "Intent events published", ["label"], registry=r)
-        self.drops = Counter("intentd_drops_total", "Utterances dropped", ["reason"], registry=r)
-        self.errors = Counter("intentd_errors_total", "Errors by kind", ["kind"], registry=r)
-        self.queue_depth = Gauge("intentd_queue_depth", "Utterances waiting for the model", registry=r)
-        self.active_streams = Gauge("intentd_active_streams", "Audio streams open now", registry=r)
-        self.batch_size = Histogram("intentd_batch_size", "Utterances per model call", buckets=_BATCH_BUCKETS,
-                                    registry=r)
-        self.queue_wait = Histogram("intentd_queue_wait_seconds", "Utterance closed -> batch start",
-                                    buckets=_LATENCY_BUCKETS, registry=r)
-        self.inference = Histogram("intentd_inference_seconds", "Batch start -> batch done",
-                                   buckets=_LATENCY_BUCKETS, registry=r)
-        self.end_to_publish = Histogram("intentd_end_of_speech_to_publish_seconds",
-                                        "Last voiced sample -> event published, hangover included",
-                                        buckets=_LATENCY_BUCKETS, registry=r)
-        self.processing = Histogram("intentd_processing_seconds", "Utterance closed -> event published",
-                                    buckets=_LATENCY_BUCKETS, registry=r)
-        self.model = Info("intentd_model", "The model serving now", registry=r)
-        self.model_load_seconds = Gauge("intentd_model_load_seconds", "Seconds the last model load took",
-                                        registry=r)
-        self.reloads = Counter("intentd_reloads_total", "Reloads by result", ["result"], registry=r)
-
-    def set_queue_depth_source(self, depth: Callable[[], int]) -> None:
-        """Read the queue depth at scrape time instead of tracking every change."""
-        self.queue_depth.set_function(lambda: float(depth()))
+        self.registry.register(collector)
+        self._server: Any = None
 
     def serve(self, listen: str) -> tuple[str, int]:
         """Start the HTTP endpoint on HOST:PORT (port 0 picks one); returns the bound address."""
@@ -64,7 +102,7 @@ class Metrics:
 
     def close(self) -> None:
         """Stop the HTTP endpoint if it runs."""
-        server = getattr(self, "_server", None)
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

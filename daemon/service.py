@@ -1,8 +1,18 @@
-"""The one place that wires the stages: sources -> StreamTable (VAD) -> MicroBatcher -> Engine -> Publisher.
+"""The one place that wires the stages. An utterance's route from socket to ZeroMQ, in order:
 
-An utterance's path: a source pushes AudioChunks into the StreamTable on the event loop thread; the stream's
-StreamSegmenter closes an Utterance; the MicroBatcher queues it and its worker thread runs the Engine
-(resample to 16 kHz + one batched forward); `_on_result` publishes the intent event from that thread.
+    1. a source (daemon/sources/: socket, microphone, file)   audio chunks of one stream, on the event loop
+    2. StreamTable.push (daemon/streams.py)                    webrtcvad cuts the stream into Utterances
+    3. MicroBatcher.submit (daemon/batcher.py)                 one bounded queue for every stream; drops by policy
+    4. the batcher's worker thread runs UtteranceClassifier    resample to 16 kHz + one batched forward
+       (daemon/utterance_classifier.py -> daemon/classifier.py)
+    5. Outbox.classified (daemon/outbox.py)                    Classified -> IntentEvent, counted
+    6. Publisher.publish (daemon/publisher.py)                 [topic, json] with the next seq, never blocking
+
+Each stage hands its output to the next one it was given: nothing comes back here. A dropped utterance goes from
+3 and a failed batch from 4 to the Outbox as utterance.dropped / utterance.error; VAD edges go from 2 to the
+Outbox. Every stage counts into one Counters (daemon/counters.py), which the `status` heartbeat and the
+Prometheus endpoint (daemon/metrics.py) both read. `_start` builds the route from its end, so each stage exists
+before the one that feeds it.
 
 Lifecycle: load and warm the model, bind the publisher and sources, then READY=1. SIGHUP reloads the config and
 model beside the running ones and swaps between batches. SIGTERM stops accepting audio, ends every open utterance
@@ -15,70 +25,30 @@ import asyncio
 import logging
 import signal
 import time
-from collections import Counter
 from collections.abc import Callable
 
-from daemon import events
-from daemon.batcher import Engine as BatchEngine
-from daemon.batcher import MicroBatcher
+from daemon.batcher import MicroBatcher, UtteranceModel
+from daemon.counters import Counters
 from daemon.errors import ConfigError, IntentdError
-from daemon.frames import Classified, Prediction, Utterance
-from daemon.metrics import Metrics
+from daemon.events import StatusEvent
+from daemon.metrics import CountersCollector, MetricsServer
 from daemon.notify import Notifier, watchdog_interval_s
+from daemon.outbox import Outbox
 from daemon.publisher import Publisher
 from daemon.settings import Settings
 from daemon.sources import Source, create_source
 from daemon.streams import StreamTable
 from daemon.threads import run_in_new_thread
+from daemon.utterance_classifier import UtteranceClassifier
 
 log = logging.getLogger(__name__)
 
-MS_PER_S = 1000.0
 # Seconds a closing publisher may take to hand queued events to subscribers.
 PUBLISH_LINGER_MS = 2000
 # With no systemd watchdog armed the health check still runs, to log a stall and feed `status`.
 DEFAULT_HEALTH_INTERVAL_S = 1.0
 # How long READY waits for the batcher thread's own first forward (see MicroBatcher._warm_this_thread).
 WORKER_WARM_TIMEOUT_S = 60.0
-
-
-def load_engine(settings: Settings) -> BatchEngine:
-    """Load, warm and wrap the model named by the settings (ModelError when it cannot)."""
-    import torch
-
-    from daemon.classifier import Classifier
-    from daemon.engine import Engine
-    from daemon.resample import Resampler
-
-    if settings.model.threads:
-        torch.set_num_threads(settings.model.threads)
-    started = time.monotonic()
-    classifier = Classifier.load(settings.model_path(), device=settings.model.device,
-                                 top_k=settings.model.top_k, threshold=settings.model.threshold or None)
-    classifier.warmup()
-    log.info("model %s loaded and warm in %.1f s", classifier.model_id, time.monotonic() - started)
-    return Engine(classifier, Resampler())
-
-
-class _MeteredEngine:
-    """Counts batch sizes and inference time around the real engine."""
-
-    def __init__(self, engine: BatchEngine, metrics: Metrics) -> None:
-        self.inner = engine
-        self.model_id = engine.model_id
-        self._metrics = metrics
-
-    def keep_warm(self) -> None:
-        warm = getattr(self.inner, "keep_warm", None)
-        if warm is not None:
-            warm()
-
-    def classify(self, utterances: list[Utterance]) -> list[Prediction]:
-        started = time.monotonic()
-        result = self.inner.classify(utterances)
-        self._metrics.batch_size.observe(len(utterances))
-        self._metrics.inference.observe(time.monotonic() - started)
-        return result
 
 
 class Service:
@@ -89,26 +59,25 @@ class Service:
         settings: Settings,
         *,
         reload_settings: Callable[[], Settings] | None = None,
-        engine_loader: Callable[[Settings], BatchEngine] = load_engine,
+        model_loader: Callable[[Settings], UtteranceModel] = UtteranceClassifier.load,
         notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self._reload_settings = reload_settings or (lambda: self.settings)
-        self._engine_loader = engine_loader
+        self._model_loader = model_loader
         self.notifier = notifier or Notifier()
-        self.metrics = Metrics()
+        self.counters = Counters()
         self.state = "starting"
         self.started_monotonic = time.monotonic()
-        self.counters: Counter[str] = Counter()
         self._publisher: Publisher | None = None
+        self._outbox: Outbox | None = None
         self._batcher: MicroBatcher | None = None
-        self._sources: list[Source] = []
         self._streams: StreamTable | None = None
+        self._sources: list[Source] = []
+        self._metrics: MetricsServer | None = None
         self._stop: asyncio.Event | None = None  # made on the loop in _main
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reload_requested: asyncio.Event | None = None
-        self._reloading = False
-        self._publish_failed: str | None = None
         self._rate_window: tuple[float, int] = (time.monotonic(), 0)
         self.bound_sources: list[str] = []
 
@@ -120,7 +89,7 @@ class Service:
 
         for uri in self.settings.sources.listen:
             parse_source_uri(uri)
-        self._engine_loader(self.settings)
+        self._model_loader(self.settings)
 
     def run(self) -> int:
         """Serve until asked to stop; 0 after a clean drain."""
@@ -153,78 +122,37 @@ class Service:
 
     async def _start(self) -> None:
         s = self.settings
-        engine = await run_in_new_thread(lambda: self._timed_load(s), name="intentd-load")
-        self._publisher = Publisher(s.publisher.uri, sndhwm=s.publisher.sndhwm)
-        self._batcher = MicroBatcher(
-            _MeteredEngine(engine, self.metrics), self._on_result, on_drop=self._on_drop,
-            on_error=self._on_error, max_batch=s.batcher.max_batch, max_wait_ms=s.batcher.max_wait_ms,
-            queue_size=s.batcher.queue_size, drop_policy=s.batcher.drop_policy, keep_warm_s=s.model.keep_warm_s,
-        )
-        self.metrics.set_queue_depth_source(lambda: self._batcher.stats().queued if self._batcher else 0)
-        self._batcher.start()
-        if not await asyncio.to_thread(self._batcher.wait_started, WORKER_WARM_TIMEOUT_S):
+        model = await run_in_new_thread(lambda: self._load(s), name="intentd-load")
+        # The route (module docstring), from its end: each stage is handed the one it feeds.
+        publisher = self._publisher = Publisher(s.publisher.uri, sndhwm=s.publisher.sndhwm)  # 6
+        outbox = self._outbox = Outbox(publisher, self.counters)  # 5
+        batcher = self._batcher = MicroBatcher(model, outbox, s.batcher, keep_warm_s=s.model.keep_warm_s,
+                                               counters=self.counters)  # 3, 4
+        batcher.start()
+        if not await asyncio.to_thread(batcher.wait_started, WORKER_WARM_TIMEOUT_S):
             log.warning("the batcher's start-up forward took over %.0f s; serving anyway", WORKER_WARM_TIMEOUT_S)
-        self._streams = StreamTable(s.vad.segmenter(), s.vad.aggressiveness, self._submit, self._publish,
-                                    vad_events=s.publisher.vad_events, on_utterance=self._count_utterance)
-        for uri in s.sources.listen:
-            source = create_source(uri, self._streams, s.sources)
+        streams = self._streams = StreamTable(s.vad, batcher.submit, outbox.publish,
+                                              vad_events=s.publisher.vad_events, counters=self.counters)  # 2
+        for uri in s.sources.listen:  # 1
+            source = create_source(uri, streams, s.sources)
             self._sources.append(source)
             self.bound_sources.append(await source.start())
         if s.metrics.listen:
-            self.metrics.serve(s.metrics.listen)
+            self._metrics = MetricsServer(CountersCollector(
+                self.counters, queue_depth=lambda: batcher.queue_depth,
+                active_streams=lambda: len(streams.stream_ids), model_id=lambda: batcher.model.model_id))
+            self._metrics.serve(s.metrics.listen)
         self.state = "ready"
-        log.info("ready: model %s, audio on %s, events on %s", engine.model_id, ", ".join(self.bound_sources),
-                 self._publisher.endpoint)
-        self._publish(self._status_message())
+        log.info("ready: model %s, audio on %s, events on %s", model.model_id, ", ".join(self.bound_sources),
+                 publisher.endpoint)
+        outbox.publish(self._status())
         self.notifier.ready(self._status_line())
 
-    def _timed_load(self, settings: Settings) -> BatchEngine:
+    def _load(self, settings: Settings) -> UtteranceModel:
         started = time.monotonic()
-        engine = self._engine_loader(settings)
-        self.metrics.model_load_seconds.set(time.monotonic() - started)
-        self.metrics.model.info({"model_id": engine.model_id})
-        return engine
-
-    def _submit(self, utterance: Utterance) -> None:
-        assert self._batcher is not None
-        self._batcher.submit(utterance)
-
-    def _count_utterance(self, utterance: Utterance) -> None:
-        self.counters["utterances"] += 1
-        self.metrics.utterances.labels(truncated=str(utterance.truncated).lower()).inc()
-
-    def _publish(self, event: events.Event) -> None:
-        if self._publisher is None:
-            return
-        try:
-            self._publisher.publish(event)
-        except IntentdError as err:
-            # A closed or broken publisher stops the watchdog pings: systemd restarts us.
-            self._publish_failed = str(err)
-            log.error("cannot publish %s: %s", event.topic, err)
-
-    def _on_result(self, classified: Classified) -> None:
-        """Runs on the batcher thread for every classified utterance."""
-        event = events.IntentEvent.from_classified(classified)
-        self._publish(event)
-        latency = event.latency_ms
-        self.counters["events"] += 1
-        self.metrics.events.labels(label=classified.prediction.label).inc()
-        self.metrics.queue_wait.observe(classified.queue_wait_ms / MS_PER_S)
-        self.metrics.processing.observe(latency.processing / MS_PER_S)
-        self.metrics.end_to_publish.observe(latency.end_of_speech / MS_PER_S)
-
-    def _on_drop(self, utterance: Utterance, reason: str) -> None:
-        self.counters["dropped"] += 1
-        self.metrics.drops.labels(reason=reason).inc()
-        log.warning("dropped utterance %d of stream %s: %s", utterance.index, utterance.stream_id, reason)
-        self._publish(events.DroppedEvent.from_utterance(utterance, reason))
-
-    def _on_error(self, utterance: Utterance, message: str) -> None:
-        self.counters["errors"] += 1
-        self.metrics.errors.labels(kind="classify").inc()
-        self._publish(events.ErrorEvent(stream_id=utterance.stream_id, utterance=utterance.index,
-                                        error="ClassifyError", message=message))
+        model = self._model_loader(settings)
+        self.counters.model_loaded(time.monotonic() - started)
+        return model
 
     # -- health, status, reload ----------------------------------------------------------------------------
 
@@ -232,36 +160,37 @@ class Service:
         """The watchdog's question: is every stage still moving?"""
         if self._batcher is None or not self._batcher.is_healthy(self.settings.service.stall_s):
             return False
-        return self._publish_failed is None
+        return self._outbox is not None and self._outbox.failure is None
 
     def _utterances_per_s(self) -> float:
-        now, count = time.monotonic(), self.counters["utterances"]
+        now, count = time.monotonic(), self.counters.status()["utterances"]
         then, before = self._rate_window
         self._rate_window = (now, count)
         return (count - before) / (now - then) if now > then else 0.0
 
-    def _status_message(self) -> events.StatusEvent:
-        stats = self._batcher.stats() if self._batcher else None
-        engine = self._batcher.engine if self._batcher else None
-        counters = dict(self.counters)
-        counters["reloads"] = counters.get("reloads", 0)
-        return events.StatusEvent.since(
-            self.started_monotonic, state=self.state, model_id=engine.model_id if engine else "",
+    def _model_id(self) -> str:
+        return self._batcher.model.model_id if self._batcher else ""
+
+    def _status(self) -> StatusEvent:
+        return StatusEvent.since(
+            self.started_monotonic, state=self.state, model_id=self._model_id(),
             streams=self._streams.stream_ids if self._streams else (),
-            queue_depth=stats.queued if stats else 0, counters=counters,
+            queue_depth=self._batcher.queue_depth if self._batcher else 0, counters=self.counters.status(),
         )
 
     def _status_line(self) -> str:
         streams = len(self._streams.stream_ids) if self._streams else 0
-        engine = self._batcher.engine if self._batcher else None
         return (f"{self.state}: {streams} streams, {self._utterances_per_s():.1f} utterances/s, "
-                f"model {engine.model_id if engine else '-'}")
+                f"model {self._model_id() or '-'}")
+
+    def _publish_status(self) -> None:
+        if self._outbox is not None:
+            self._outbox.publish(self._status())
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.publisher.status_interval_s)
-            self.metrics.active_streams.set(len(self._streams.stream_ids) if self._streams else 0)
-            self._publish(self._status_message())
+            self._publish_status()
             self.notifier.status(self._status_line())
 
     async def _health_loop(self) -> None:
@@ -288,25 +217,23 @@ class Service:
         assert self._batcher is not None and self._streams is not None
         self.notifier.reloading()
         self.state = "reloading"
-        self._publish(self._status_message())
+        self._publish_status()
         try:
             new = self._reload_settings()
             self._check_restart_only(new)
-            engine = await run_in_new_thread(lambda: self._timed_load(new), name="intentd-reload")
+            model = await run_in_new_thread(lambda: self._load(new), name="intentd-reload")
         except IntentdError as err:
-            log.error("reload failed, still serving model %s: %s", self._batcher.engine.model_id, err)
-            self.metrics.reloads.labels(result="failed").inc()
+            log.error("reload failed, still serving model %s: %s", self._batcher.model.model_id, err)
             ok = False
         else:
-            old = self._batcher.swap_engine(_MeteredEngine(engine, self.metrics))
+            old = self._batcher.swap_model(model)
             self.settings = new
-            self._streams.configure(new.vad.segmenter(), new.vad.aggressiveness, new.publisher.vad_events)
-            log.info("reloaded: model %s replaces %s", engine.model_id, old.model_id)
-            self.metrics.reloads.labels(result="ok").inc()
-            self.counters["reloads"] += 1
+            self._streams.configure(new.vad, new.publisher.vad_events)
+            log.info("reloaded: model %s replaces %s", model.model_id, old.model_id)
             ok = True
+        self.counters.reload(ok)
         self.state = "ready"
-        self._publish(self._status_message())
+        self._publish_status()
         self.notifier.ready(self._status_line())
         return ok
 
@@ -344,10 +271,11 @@ class Service:
         if self._batcher is not None:
             complete = await asyncio.to_thread(self._batcher.drain, self.settings.service.drain_timeout_s)
         self.state = "stopping"
+        self._publish_status()
         if self._publisher is not None:
-            self._publish(self._status_message())
             self._publisher.close(PUBLISH_LINGER_MS)
-        self.metrics.close()
+        if self._metrics is not None:
+            self._metrics.close()
         self.notifier.close()
         if drain:
             log.info("stopped%s", "" if complete else " with utterances left unclassified")

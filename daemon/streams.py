@@ -1,44 +1,47 @@
-"""The sink every source feeds: one VAD segmenter per open stream, utterances handed on as they close."""
+"""The sink every source feeds: one VAD segmenter per open stream, each utterance handed on as it closes."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 
+from daemon.counters import Counters
 from daemon.errors import IntentdError
 from daemon.events import Event, VadEndEvent, VadStartEvent
 from daemon.frames import AudioChunk, Utterance
-from daemon.segmenter import SegmenterSettings
+from daemon.settings import DEFAULTS, VadSettings
 from daemon.vad import StreamSegmenter, UtteranceDiscarded, UtteranceStarted, VadEvent
 
 log = logging.getLogger(__name__)
 
 
 class StreamTable:
-    """Implements daemon.sources.sink.StreamSink; every call happens on the event loop thread."""
+    """Implements daemon.sources.sink.StreamSink; every call happens on the event loop thread.
+
+    Closed utterances go to `submit` (the batcher's queue) and are counted; with `vad_events`, speech edges go
+    to `publish` (the outbox) as vad.start / vad.end events."""
 
     def __init__(
         self,
-        segmenter_settings: SegmenterSettings,
-        aggressiveness: int,
+        vad: VadSettings,
         submit: Callable[[Utterance], object],
         publish: Callable[[Event], object],
         *,
-        vad_events: bool = False,
-        on_utterance: Callable[[Utterance], None] | None = None,
+        vad_events: bool = DEFAULTS.publisher.vad_events,
+        counters: Counters | None = None,
     ) -> None:
-        self._segmenter_settings = segmenter_settings
-        self._aggressiveness = aggressiveness
+        self._vad = vad
+        self._segmenter_settings = vad.segmenter()
         self._submit = submit
         self._publish = publish
         self._vad_events = vad_events
-        self._on_utterance = on_utterance
+        self._counters = counters if counters is not None else Counters()
         self._streams: dict[str, StreamSegmenter] = {}
 
-    def configure(self, segmenter_settings: SegmenterSettings, aggressiveness: int, vad_events: bool) -> None:
+    def configure(self, vad: VadSettings, vad_events: bool) -> None:
         """New VAD settings (after a reload) apply to streams opened from now on; open ones keep theirs."""
-        self._segmenter_settings = segmenter_settings
-        self._aggressiveness = aggressiveness
+        self._vad = vad
+        self._segmenter_settings = vad.segmenter()
         self._vad_events = vad_events
 
     @property
@@ -51,7 +54,7 @@ class StreamTable:
         if stream_id in self._streams:
             raise IntentdError(f"stream id {stream_id!r} is already open")
         self._streams[stream_id] = StreamSegmenter(
-            stream_id, sample_rate, self._segmenter_settings, self._aggressiveness,
+            stream_id, sample_rate, self._segmenter_settings, self._vad.aggressiveness,
             stream_origin_wall=origin_wall,
         )
         log.info("stream %s opened at %d Hz", stream_id, sample_rate)
@@ -80,8 +83,7 @@ class StreamTable:
                 if self._vad_events:
                     self._publish(VadEndEvent.at(event.stream_id, event.index, event.end_sample, event.sample_rate,
                                                  event.stream_origin_wall))
-                if self._on_utterance is not None:
-                    self._on_utterance(event)
+                self._counters.utterance(event.truncated)
                 self._submit(event)
             elif isinstance(event, UtteranceStarted) and self._vad_events:
                 self._publish(VadStartEvent.at(event.stream_id, event.index, event.start_sample, event.sample_rate,

@@ -1,4 +1,4 @@
-"""MicroBatcher with a fake engine passed in: batching by size and age, load shedding, swaps, drain, health."""
+"""MicroBatcher with a fake model passed in: batching by size and age, load shedding, swaps, drain, health."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 from daemon.batcher import MicroBatcher
 from daemon.errors import ConfigError
 from daemon.frames import Classified, Prediction, Utterance
+from daemon.settings import BatcherSettings
 
 WAIT_S = 5.0  # generous upper bound for anything the worker should do promptly
-FOREVER_MS = 60_000.0  # max_wait that never expires within a test
+FOREVER_MS = 10_000.0  # max_wait that never expires within a test (the most batcher.max_wait_ms allows)
 
 
 def utt(stream: str, index: int, closed: float = 0.0) -> Utterance:
@@ -23,7 +24,7 @@ def utt(stream: str, index: int, closed: float = 0.0) -> Utterance:
     return Utterance(stream, index, np.zeros(160, np.float32), 16000, 0, 160, False, 0, closed, 0.0)
 
 
-class FakeEngine:
+class FakeModel:
     """Records each batch; can block inside classify until released, and fails on a 'poison' stream."""
 
     def __init__(self, model_id: str = "A", gated: bool = False) -> None:
@@ -44,7 +45,7 @@ class FakeEngine:
 
 
 class Sink:
-    """Collects callbacks and lets the test wait for a number of them."""
+    """The next stage (daemon.batcher.Results): collects outcomes and lets the test wait for a number of them."""
 
     def __init__(self) -> None:
         self.results: list[Classified] = []
@@ -52,17 +53,17 @@ class Sink:
         self.errors: list[tuple[tuple[str, int], str]] = []
         self._cond = threading.Condition()
 
-    def on_result(self, c: Classified) -> None:
+    def classified(self, c: Classified) -> None:
         with self._cond:
             self.results.append(c)
             self._cond.notify_all()
 
-    def on_drop(self, u: Utterance, reason: str) -> None:
+    def dropped(self, u: Utterance, reason: str) -> None:
         with self._cond:
             self.drops.append(((u.stream_id, u.index), reason))
             self._cond.notify_all()
 
-    def on_error(self, u: Utterance, message: str) -> None:
+    def failed(self, u: Utterance, message: str) -> None:
         with self._cond:
             self.errors.append(((u.stream_id, u.index), message))
             self._cond.notify_all()
@@ -93,8 +94,11 @@ def sink() -> Sink:
     return Sink()
 
 
-def make(engine: FakeEngine, sink: Sink, **kwargs: object) -> MicroBatcher:
-    b = MicroBatcher(engine, sink.on_result, on_drop=sink.on_drop, on_error=sink.on_error, **kwargs)  # type: ignore[arg-type]
+def make(model: FakeModel, sink: Sink, keep_warm_s: float = 0.0, clock: FakeClock | None = None,
+         heartbeat_s: float = 0.5, **settings: object) -> MicroBatcher:
+    """A started batcher; `settings` are BatcherSettings fields (checked as a config file's would be)."""
+    b = MicroBatcher(model, sink, BatcherSettings(**settings), keep_warm_s=keep_warm_s,  # type: ignore[arg-type]
+                     clock=clock or time.monotonic, heartbeat_s=heartbeat_s)
     b.start()
     return b
 
@@ -108,41 +112,42 @@ def batchers() -> Iterator[list[MicroBatcher]]:
 
 
 def test_a_full_batch_runs_at_once(sink: Sink, batchers: list[MicroBatcher]) -> None:
-    engine = FakeEngine()
-    b = make(engine, sink, max_batch=4, max_wait_ms=FOREVER_MS)
+    model = FakeModel()
+    b = make(model, sink, max_batch=4, max_wait_ms=FOREVER_MS)
     batchers.append(b)
     for i in range(4):
         b.submit(utt("s1", i))
     sink.wait(results=4)
-    assert engine.batches == [[("s1", 0), ("s1", 1), ("s1", 2), ("s1", 3)]]
+    assert model.batches == [[("s1", 0), ("s1", 1), ("s1", 2), ("s1", 3)]]
     assert {c.batch_size for c in sink.results} == {4}
     assert {c.prediction.label for c in sink.results} == {f"A:s1:{i}" for i in range(4)}
-    assert b.stats().batches == 1 and b.stats().processed == 4
+    counts = b.counters.snapshot()
+    assert counts.batches == 1 and counts.submitted == 4 and counts.batch_size.total == 4
 
 
 def test_a_partial_batch_runs_when_the_oldest_has_waited_max_wait(
     sink: Sink, batchers: list[MicroBatcher]
 ) -> None:
     clock = FakeClock()
-    engine = FakeEngine()
-    b = make(engine, sink, max_batch=8, max_wait_ms=50.0, clock=clock)
+    model = FakeModel()
+    b = make(model, sink, max_batch=8, max_wait_ms=50.0, clock=clock)
     batchers.append(b)
     for i in range(3):
         b.submit(utt("s1", i, closed=clock.now))
     assert b.wait_iterations(3, WAIT_S)
-    assert engine.batches == []  # no time has passed on the batcher's clock
+    assert model.batches == []  # no time has passed on the batcher's clock
     clock.now += 0.049
     assert b.wait_iterations(2, WAIT_S)
-    assert engine.batches == []
+    assert model.batches == []
     clock.now += 0.002
     sink.wait(results=3)
-    assert engine.batches == [[("s1", 0), ("s1", 1), ("s1", 2)]]
+    assert model.batches == [[("s1", 0), ("s1", 1), ("s1", 2)]]
     assert sink.results[0].queue_wait_ms == pytest.approx(51.0)
     assert sink.results[0].inference_ms == 0.0  # the fake clock stood still during the call
 
 
 def test_max_wait_with_the_real_clock(sink: Sink, batchers: list[MicroBatcher]) -> None:
-    b = make(FakeEngine(), sink, max_batch=8, max_wait_ms=30.0)
+    b = make(FakeModel(), sink, max_batch=8, max_wait_ms=30.0)
     batchers.append(b)
     t0 = time.monotonic()
     b.submit(utt("s1", 0, closed=t0))
@@ -151,39 +156,39 @@ def test_max_wait_with_the_real_clock(sink: Sink, batchers: list[MicroBatcher]) 
     assert sink.results[0].batch_size == 1
 
 
-def fill_behind_a_blocked_batch(b: MicroBatcher, engine: FakeEngine) -> None:
-    """u0 enters the (blocked) engine; u1..u3 fill the queue of 3; u4 overflows it."""
+def fill_behind_a_blocked_batch(b: MicroBatcher, model: FakeModel) -> None:
+    """u0 enters the (blocked) model; u1..u3 fill the queue of 3; u4 overflows it."""
     b.submit(utt("s1", 0))
-    assert engine.entered.wait(WAIT_S)
+    assert model.entered.wait(WAIT_S)
     for i in range(1, 5):
         b.submit(utt("s1", i))
 
 
 def test_drop_oldest(sink: Sink, batchers: list[MicroBatcher]) -> None:
-    engine = FakeEngine(gated=True)
-    b = make(engine, sink, max_batch=1, max_wait_ms=0.0, queue_size=3, drop_policy="drop_oldest")
+    model = FakeModel(gated=True)
+    b = make(model, sink, max_batch=1, max_wait_ms=0.0, queue_size=3, drop_policy="drop_oldest")
     batchers.append(b)
-    fill_behind_a_blocked_batch(b, engine)
+    fill_behind_a_blocked_batch(b, model)
     assert sink.drops == [(("s1", 1), "queue_full")]
-    engine.gate.set()
+    model.gate.set()
     assert b.drain(WAIT_S)
     assert sink.ids() == [("s1", 0), ("s1", 2), ("s1", 3), ("s1", 4)]
-    assert (b.stats().dropped, b.stats().processed, b.stats().submitted) == (1, 4, 5)
+    assert (len(sink.drops), len(sink.results), b.counters.snapshot().submitted) == (1, 4, 5)
 
 
 def test_drop_newest(sink: Sink, batchers: list[MicroBatcher]) -> None:
-    engine = FakeEngine(gated=True)
-    b = make(engine, sink, max_batch=1, max_wait_ms=0.0, queue_size=3, drop_policy="drop_newest")
+    model = FakeModel(gated=True)
+    b = make(model, sink, max_batch=1, max_wait_ms=0.0, queue_size=3, drop_policy="drop_newest")
     batchers.append(b)
-    fill_behind_a_blocked_batch(b, engine)
+    fill_behind_a_blocked_batch(b, model)
     assert sink.drops == [(("s1", 4), "queue_full")]
-    engine.gate.set()
+    model.gate.set()
     assert b.drain(WAIT_S)
     assert sink.ids() == [("s1", 0), ("s1", 1), ("s1", 2), ("s1", 3)]
 
 
 def test_order_within_each_stream_is_kept(sink: Sink, batchers: list[MicroBatcher]) -> None:
-    b = make(FakeEngine(), sink, max_batch=4, max_wait_ms=1.0)
+    b = make(FakeModel(), sink, max_batch=4, max_wait_ms=1.0)
     batchers.append(b)
     for i in range(30):
         for stream in ("a", "b", "c"):
@@ -191,16 +196,16 @@ def test_order_within_each_stream_is_kept(sink: Sink, batchers: list[MicroBatche
     assert b.drain(WAIT_S)
     for stream in ("a", "b", "c"):
         assert [i for s, i in sink.ids() if s == stream] == list(range(30))
-    assert b.stats().processed == 90
+    assert len(sink.results) == 90
 
 
 def test_swap_takes_effect_between_batches(sink: Sink, batchers: list[MicroBatcher]) -> None:
-    old, new = FakeEngine("A", gated=True), FakeEngine("B")
+    old, new = FakeModel("A", gated=True), FakeModel("B")
     b = make(old, sink, max_batch=2, max_wait_ms=0.0)
     batchers.append(b)
     b.submit(utt("s1", 0))
     assert old.entered.wait(WAIT_S)
-    assert b.swap_engine(new) is old
+    assert b.swap_model(new) is old
     b.submit(utt("s1", 1))
     b.submit(utt("s1", 2))
     old.gate.set()
@@ -215,8 +220,8 @@ def test_swap_takes_effect_between_batches(sink: Sink, batchers: list[MicroBatch
 
 
 def test_drain_runs_what_is_queued_without_waiting_then_refuses(sink: Sink) -> None:
-    engine = FakeEngine()
-    b = make(engine, sink, max_batch=100, max_wait_ms=FOREVER_MS)
+    model = FakeModel()
+    b = make(model, sink, max_batch=100, max_wait_ms=FOREVER_MS)
     for i in range(5):
         b.submit(utt("s1", i))
     assert b.drain(WAIT_S)
@@ -227,13 +232,13 @@ def test_drain_runs_what_is_queued_without_waiting_then_refuses(sink: Sink) -> N
 
 
 def test_drain_reports_work_left_undone(sink: Sink) -> None:
-    engine = FakeEngine(gated=True)
-    b = make(engine, sink, max_batch=1, max_wait_ms=0.0)
+    model = FakeModel(gated=True)
+    b = make(model, sink, max_batch=1, max_wait_ms=0.0)
     b.submit(utt("s1", 0))
     b.submit(utt("s1", 1))
-    assert engine.entered.wait(WAIT_S)
+    assert model.entered.wait(WAIT_S)
     assert b.drain(0.05) is False
-    engine.gate.set()
+    model.gate.set()
     assert b.drain(WAIT_S) is True
     assert sink.ids() == [("s1", 0), ("s1", 1)]
 
@@ -241,29 +246,30 @@ def test_drain_reports_work_left_undone(sink: Sink) -> None:
 def test_a_failing_batch_is_reported_and_others_go_on(
     sink: Sink, batchers: list[MicroBatcher], caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = FakeEngine(gated=True)
-    b = make(engine, sink, max_batch=2, max_wait_ms=0.0)
+    model = FakeModel(gated=True)
+    b = make(model, sink, max_batch=2, max_wait_ms=0.0)
     batchers.append(b)
     b.submit(utt("warmup", 0))
-    assert engine.entered.wait(WAIT_S)
+    assert model.entered.wait(WAIT_S)
     b.submit(utt("poison", 0))
     b.submit(utt("kitchen", 0))
     b.submit(utt("kitchen", 1))
     with caplog.at_level(logging.ERROR, logger="daemon.batcher"):
-        engine.gate.set()
+        model.gate.set()
         sink.wait(results=2, errors=2)
-    assert engine.batches == [[("warmup", 0)], [("poison", 0), ("kitchen", 0)], [("kitchen", 1)]]
+    assert model.batches == [[("warmup", 0)], [("poison", 0), ("kitchen", 0)], [("kitchen", 1)]]
     assert [e[0] for e in sink.errors] == [("poison", 0), ("kitchen", 0)]
     assert "cannot decode this clip" in sink.errors[0][1]
     (line,) = [r.getMessage() for r in caplog.records if r.name == "daemon.batcher"]
     assert "kitchen,poison" in line and "\n" not in line
     assert sink.ids() == [("warmup", 0), ("kitchen", 1)]
     assert b.is_healthy(10.0)
-    assert b.stats().failed == 2
+    assert len(sink.errors) == 2
+    assert b.counters.snapshot().batches == 2  # the failed batch is not metered
 
 
-def test_an_engine_returning_the_wrong_count_is_an_error(sink: Sink, batchers: list[MicroBatcher]) -> None:
-    class Short(FakeEngine):
+def test_a_model_returning_the_wrong_count_is_an_error(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    class Short(FakeModel):
         def classify(self, utterances: list[Utterance]) -> list[Prediction]:
             return super().classify(utterances)[:-1]
 
@@ -277,8 +283,8 @@ def test_an_engine_returning_the_wrong_count_is_an_error(sink: Sink, batchers: l
 
 def test_health_follows_the_worker_loop(sink: Sink, batchers: list[MicroBatcher]) -> None:
     clock = FakeClock()
-    engine = FakeEngine(gated=True)
-    b = MicroBatcher(engine, sink.on_result, max_batch=1, max_wait_ms=0.0, clock=clock, heartbeat_s=0.01)
+    model = FakeModel(gated=True)
+    b = MicroBatcher(model, sink, BatcherSettings(max_batch=1, max_wait_ms=0.0), clock=clock, heartbeat_s=0.01)
     assert not b.is_healthy(10.0)  # not started
     b.start()
     batchers.append(b)
@@ -286,12 +292,12 @@ def test_health_follows_the_worker_loop(sink: Sink, batchers: list[MicroBatcher]
     assert b.wait_iterations(2, WAIT_S)  # idle, the bounded wait keeps the heartbeat fresh
     assert b.is_healthy(10.0)
     b.submit(utt("s1", 0))
-    assert engine.entered.wait(WAIT_S)
+    assert model.entered.wait(WAIT_S)
     assert b.is_healthy(10.0)
     clock.now += 10.5
-    assert not b.is_healthy(10.0)  # stuck inside one engine call
+    assert not b.is_healthy(10.0)  # stuck inside one model call
     assert b.heartbeat_monotonic == pytest.approx(160.0)
-    engine.gate.set()
+    model.gate.set()
     sink.wait(results=1)
     assert b.wait_iterations(1, WAIT_S)
     assert b.is_healthy(10.0)
@@ -306,12 +312,12 @@ def test_health_follows_the_worker_loop(sink: Sink, batchers: list[MicroBatcher]
         ({"drop_policy": "drop_random"}, "batcher.drop_policy"),
     ],
 )
-def test_bad_settings_raise_naming_the_key(kwargs: dict[str, object], key: str) -> None:
+def test_bad_settings_raise_naming_the_key(kwargs: dict[str, object], key: str, sink: Sink) -> None:
     with pytest.raises(ConfigError, match=key):
-        MicroBatcher(FakeEngine(), lambda c: None, **kwargs)  # type: ignore[arg-type]
+        make(FakeModel(), sink, **kwargs)
 
 
-class WarmEngine(FakeEngine):
+class WarmModel(FakeModel):
     """Counts keep-warm calls and can hold one open to show real work is not blocked behind the lock."""
 
     def __init__(self) -> None:
@@ -324,29 +330,29 @@ class WarmEngine(FakeEngine):
         self.warmed.set()
 
 
-def test_an_idle_worker_keeps_the_engine_warm_and_stops_while_busy_or_draining(sink: Sink) -> None:
-    engine = WarmEngine()
-    b = make(engine, sink, max_batch=1, max_wait_ms=0.0, keep_warm_s=0.05, heartbeat_s=0.02)
-    assert engine.warmed.wait(WAIT_S), "an idle batcher never called keep_warm"
+def test_an_idle_worker_keeps_the_model_warm_and_stops_while_busy_or_draining(sink: Sink) -> None:
+    model = WarmModel()
+    b = make(model, sink, max_batch=1, max_wait_ms=0.0, keep_warm_s=0.05, heartbeat_s=0.02)
+    assert model.warmed.wait(WAIT_S), "an idle batcher never called keep_warm"
     # Real work still flows between keep-warm calls, and counts as activity.
     b.submit(utt("s1", 0))
     sink.wait(results=1)
     assert b.drain(WAIT_S)
-    after_drain = engine.warm_calls
+    after_drain = model.warm_calls
     assert not b.wait_iterations(3, 0.2)  # the worker has stopped...
-    assert engine.warm_calls == after_drain  # ...and so have the keep-warm calls
+    assert model.warm_calls == after_drain  # ...and so have the keep-warm calls
 
 
 def test_keep_warm_off_by_zero_after_the_start_up_call(sink: Sink, batchers: list[MicroBatcher]) -> None:
-    engine = WarmEngine()
-    b = make(engine, sink, keep_warm_s=0.0, heartbeat_s=0.02)
+    model = WarmModel()
+    b = make(model, sink, keep_warm_s=0.0, heartbeat_s=0.02)
     batchers.append(b)
     assert b.wait_started(WAIT_S)
     assert b.wait_iterations(10, WAIT_S)
-    assert engine.warm_calls == 1  # the start-up call on the worker thread, and no idle ones
+    assert model.warm_calls == 1  # the start-up call on the worker thread, and no idle ones
 
 
-class ThreadRecordingEngine(WarmEngine):
+class ThreadRecordingModel(WarmModel):
     """Records which thread each call ran on, and holds the start-up keep-warm until released."""
 
     def __init__(self) -> None:
@@ -367,12 +373,12 @@ class ThreadRecordingEngine(WarmEngine):
 def test_the_worker_warms_its_own_thread_before_the_first_utterance(
     sink: Sink, batchers: list[MicroBatcher]
 ) -> None:
-    engine = ThreadRecordingEngine()
-    b = make(engine, sink, max_batch=1, max_wait_ms=0.0)
+    model = ThreadRecordingModel()
+    b = make(model, sink, max_batch=1, max_wait_ms=0.0)
     batchers.append(b)
     assert not b.wait_started(0.05)  # the start-up forward is still running
     b.submit(utt("s1", 0))  # arrives meanwhile: queued behind it, not lost
-    engine.release.set()
+    model.release.set()
     assert b.wait_started(WAIT_S)
     sink.wait(results=1)
-    assert engine.calls == [("warm", "intentd-batcher"), ("classify", "intentd-batcher")]
+    assert model.calls == [("warm", "intentd-batcher"), ("classify", "intentd-batcher")]

@@ -11,10 +11,10 @@ import pytest
 
 from daemon.audio import SAMPLE_RATE
 from daemon.classifier import UNKNOWN_LABEL, Classifier, batch_groups, extract_features, fixed_window
-from daemon.engine import Engine
 from daemon.errors import AudioError, ModelError
 from daemon.frames import Prediction, Utterance
 from daemon.resample import Resampler
+from daemon.utterance_classifier import UtteranceClassifier
 from tests.tiny_models import TINY_LABELS, build_tiny_whisper
 
 RATE = SAMPLE_RATE
@@ -235,7 +235,7 @@ def _utterance(samples: np.ndarray, rate: int, index: int) -> Utterance:
 def test_engine_resamples_then_classifies_in_one_batch(classifier: Classifier) -> None:
     clips = _clips()
     resampler = Resampler()
-    engine = Engine(classifier, resampler)
+    engine = UtteranceClassifier(classifier, resampler)
     assert engine.model_id == classifier.model_id
     at_8k = clips[1][::2].copy()
     utterances = [_utterance(clips[0], RATE, 0), _utterance(at_8k, 8000, 1), _utterance(clips[2], RATE, 2)]
@@ -249,4 +249,4 @@ def test_engine_resamples_then_classifies_in_one_batch(classifier: Classifier) -
 
 def test_engine_refuses_a_resampler_for_another_rate(classifier: Classifier) -> None:
     with pytest.raises(ModelError, match="8000 Hz"):
-        Engine(classifier, Resampler(target_rate=8000))
+        UtteranceClassifier(classifier, Resampler(target_rate=8000))

@@ -219,8 +219,8 @@ def test_sighup_swaps_models_mid_stream_without_losing_or_repeating_events(
 # --------------------------------------------------------------------------------------------- in-process
 
 
-class BlockingEngine:
-    """A fake engine whose classify waits on `release` while `block` is set."""
+class BlockingModel:
+    """A fake model whose classify waits on `release` while `block` is set."""
 
     model_id = "fake@0"
 
@@ -249,9 +249,9 @@ def test_watchdog_stops_while_a_batch_is_stuck_and_resumes_after(
         "publisher": {"uri": f"tcp://127.0.0.1:{events_port}", "status_interval_s": 0.2},
         "service": {"stall_s": 2.0},
     })
-    engine = BlockingEngine()
+    model = BlockingModel()
     notify = NotifySocket()
-    service = Service(settings, engine_loader=lambda s: engine, notifier=Notifier(notify.path))
+    service = Service(settings, model_loader=lambda s: model, notifier=Notifier(notify.path))
     interval_s = WATCHDOG_USEC / 2e6
 
     def drive() -> None:
@@ -259,20 +259,20 @@ def test_watchdog_stops_while_a_batch_is_stuck_and_resumes_after(
         with Subscriber(f"tcp://127.0.0.1:{events_port}", recv_timeout_s=EVENT_TIMEOUT_S) as sub:
             assert sub.wait_connected(10.0)
             notify.wait_for("WATCHDOG", "1", timeout_s=5.0)
-            engine.block.set()
+            model.block.set()
             t = Talker(service.bound_sources[0], "stuck")
             t.say(clips[0], silence(1.0))
-            assert engine.entered.wait(30.0)
+            assert model.entered.wait(30.0)
             deadline = time.monotonic() + 10.0
             while service.healthy():
                 assert time.monotonic() < deadline, "a stuck batch never made the service unhealthy"
-                engine.release.wait(interval_s / 4)
+                model.release.wait(interval_s / 4)
             stopped_at = notify.count("WATCHDOG", "1")
             # Watch five health intervals: at most one ping that was already on its way.
             threading.Event().wait(5 * interval_s)
             assert notify.count("WATCHDOG", "1") <= stopped_at + 1
-            engine.block.clear()
-            engine.release.set()
+            model.block.clear()
+            model.release.set()
             evs = intents(sub, "stuck", 1)
             assert evs[0].model_id == "fake@0"
             resumed = notify.count("WATCHDOG", "1")
@@ -280,11 +280,47 @@ def test_watchdog_stops_while_a_batch_is_stuck_and_resumes_after(
             deadline = time.monotonic() + 5.0
             while notify.count("WATCHDOG", "1") < resumed + 2:  # ...so require two fresh ones
                 assert time.monotonic() < deadline, "watchdog pings did not resume"
-                engine.release.wait(interval_s / 4)
+                model.release.wait(interval_s / 4)
             t.end()
             t.close()
 
     try:
         assert serve_while(service, drive) == 0  # signal handlers need the main thread
+    finally:
+        notify.close()
+
+
+def test_status_and_prometheus_report_the_same_counts_from_the_first_heartbeat(clips: list[np.ndarray]) -> None:
+    from daemon.service import Service
+
+    events_port, metrics_port = free_port(), free_port()
+    settings = settings_mod.from_dict({
+        "sources": {"listen": ["tcp://127.0.0.1:0"]},
+        "publisher": {"uri": f"tcp://127.0.0.1:{events_port}", "status_interval_s": 0.2},
+        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+    })
+    notify = NotifySocket()
+    service = Service(settings, model_loader=lambda s: BlockingModel(), notifier=Notifier(notify.path))
+
+    def drive() -> None:
+        notify.wait_for("READY", "1", timeout_s=30.0)
+        with Subscriber(f"tcp://127.0.0.1:{events_port}", recv_timeout_s=EVENT_TIMEOUT_S) as sub:
+            assert sub.wait_connected(10.0)
+            first = collect(sub, lambda k: len(k) >= 1, 10.0, lambda e: isinstance(e, events.StatusEvent))[0]
+            assert first.counters == {"utterances": 0, "events": 0, "dropped": 0, "errors": 0, "reloads": 0}
+            t = Talker(service.bound_sources[0], "counted")
+            t.say(silence(0.3), clips[0], silence(1.0))
+            intents(sub, "counted", 1)
+            status = collect(sub, lambda k: len(k) >= 1, 10.0,
+                             lambda e: isinstance(e, events.StatusEvent) and e.counters["events"] == 1)[0]
+            assert status.counters == {"utterances": 1, "events": 1, "dropped": 0, "errors": 0, "reloads": 0}
+            text = scrape(metrics_port)
+            assert metric(text, "intentd_utterances_total") == 1 and metric(text, "intentd_events_total") == 1
+            assert metric(text, "intentd_model_info", model_id="fake@0") == 1
+            t.end()
+            t.close()
+
+    try:
+        assert serve_while(service, drive) == 0
     finally:
         notify.close()

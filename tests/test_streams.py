@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from daemon import events
+from daemon.counters import Counters
 from daemon.errors import IntentdError
 from daemon.frames import AudioChunk, Utterance
-from daemon.segmenter import SegmenterSettings
+from daemon.settings import VadSettings
 from daemon.streams import StreamTable
 from tests.daemon_proc import SPEECH_RATE, silence, speech_clips
 
@@ -31,12 +32,14 @@ def test_every_vad_start_has_one_end_and_short_speech_is_flagged_discarded(tmp_p
     audio = np.concatenate([silence(0.5), blip, silence(1.0), clip, silence(1.0)])
     submitted: list[Utterance] = []
     published: list[events.Event] = []
+    counters = Counters()
     # A 700 ms voiced minimum makes the blip too short while the phrase (> 1 s) is kept.
-    settings = SegmenterSettings(min_utterance_ms=700)
-    table = StreamTable(settings, 2, submitted.append, published.append, vad_events=True)
+    settings = VadSettings(min_utterance_ms=700)
+    table = StreamTable(settings, submitted.append, published.append, vad_events=True, counters=counters)
     _feed(table, "s", audio)
 
     assert [u.index for u in submitted] == [0]
+    assert counters.status()["utterances"] == 1  # the discarded blip is not an utterance
     kinds = [(e.topic, e.utterance, getattr(e, "discarded", None)) for e in published]  # type: ignore[attr-defined]
     assert kinds == [("vad.start", 0, None), ("vad.end", 0, True), ("vad.start", 0, None), ("vad.end", 0, False)]
     # vad.start comes before the voiced end of the same utterance, on the stream's wall clock.
@@ -50,7 +53,7 @@ def test_every_vad_start_has_one_end_and_short_speech_is_flagged_discarded(tmp_p
 def test_stream_ids_are_unique_while_open_and_close_flushes_open_speech(tmp_path: Path) -> None:
     clip = speech_clips(1, tmp_path)[0]
     submitted: list[Utterance] = []
-    table = StreamTable(SegmenterSettings(), 2, submitted.append, lambda m: None)
+    table = StreamTable(VadSettings(), submitted.append, lambda e: None)
     table.open_stream("a", SPEECH_RATE, time.time())
     with pytest.raises(IntentdError, match="already open"):
         table.open_stream("a", SPEECH_RATE, time.time())

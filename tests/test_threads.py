@@ -95,7 +95,7 @@ def test_the_service_loads_its_model_on_a_thread_that_is_gone_before_ready() -> 
         return _RecordingEngine()
 
     notify = NotifySocket()
-    service = Service(settings, engine_loader=loader, notifier=Notifier(notify.path))
+    service = Service(settings, model_loader=loader, notifier=Notifier(notify.path))
 
     def drive() -> None:
         notify.wait_for("READY", "1", timeout_s=30.0)

@@ -1,14 +1,21 @@
-"""What the batcher calls: utterances at any rate -> 16 kHz clips -> one batched classifier forward."""
+"""What the batcher runs: utterances at any rate -> 16 kHz clips -> one batched classifier forward."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from daemon.errors import ModelError
 from daemon.frames import Prediction, Utterance
+
+if TYPE_CHECKING:
+    from daemon.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class Resampler(Protocol):
@@ -22,7 +29,7 @@ class Resampler(Protocol):
 
 
 class ClipClassifier(Protocol):
-    """The part of `daemon.classifier.Classifier` the engine uses, so tests can pass a fake."""
+    """The part of `daemon.classifier.Classifier` used here, so tests can pass a fake."""
 
     model_id: str
     sample_rate: int
@@ -35,8 +42,8 @@ class ClipClassifier(Protocol):
 KEEP_WARM_SAMPLES = 1600  # 0.1 s at 16 kHz; fixed-window models pad it to their window anyway
 
 
-class Engine:
-    """Glue between the batcher and the model: resample every utterance, then classify them together."""
+class UtteranceClassifier:
+    """The batcher's UtteranceModel: resample every utterance to the model's rate, then classify them together."""
 
     def __init__(self, classifier: ClipClassifier, resampler: Resampler) -> None:
         if resampler.target_rate != classifier.sample_rate:
@@ -46,6 +53,23 @@ class Engine:
             )
         self._classifier = classifier
         self._resampler = resampler
+
+    @classmethod
+    def load(cls, settings: Settings) -> UtteranceClassifier:
+        """Load and warm the model the settings name, with a resampler to its rate (ModelError when it cannot)."""
+        import torch
+
+        from daemon.classifier import Classifier
+        from daemon.resample import Resampler
+
+        if settings.model.threads:
+            torch.set_num_threads(settings.model.threads)
+        started = time.monotonic()
+        classifier = Classifier.load(settings.model_path(), device=settings.model.device,
+                                     top_k=settings.model.top_k, threshold=settings.model.threshold or None)
+        classifier.warmup()
+        log.info("model %s loaded and warm in %.1f s", classifier.model_id, time.monotonic() - started)
+        return cls(classifier, Resampler())
 
     @property
     def model_id(self) -> str:

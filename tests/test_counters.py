@@ -1,0 +1,125 @@
+"""One counter set: what the stages add, the status event and the Prometheus exposition both read; the Outbox
+publishes and counts each outcome."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from prometheus_client import generate_latest
+
+from clients.subscriber import Subscriber
+from daemon import events
+from daemon.counters import STATUS_KEYS, Counters, Histogram
+from daemon.frames import Classified, Prediction, Utterance
+from daemon.metrics import CountersCollector, MetricsServer
+from daemon.outbox import Outbox
+from daemon.publisher import Publisher
+from tests.test_publisher import probe
+
+RATE = 16_000
+SYNC_TIMEOUT_S = 10.0
+RECV_TIMEOUT_S = 5.0
+
+
+def _utterance(index: int = 0, truncated: bool = False) -> Utterance:
+    return Utterance("s", index, np.zeros(RATE, np.float32), RATE, 0, RATE, truncated, RATE // 10, 10.0, 0.0)
+
+
+def _exposition(counters: Counters) -> str:
+    server = MetricsServer(CountersCollector(counters, queue_depth=lambda: 3, active_streams=lambda: 2,
+                                             model_id=lambda: "m@1"))
+    return generate_latest(server.registry).decode()
+
+
+def test_status_holds_every_documented_key_from_the_start() -> None:
+    assert Counters().status() == dict.fromkeys(STATUS_KEYS, 0)
+    assert STATUS_KEYS == ("utterances", "events", "dropped", "errors", "reloads")  # docs/events.md, status
+
+
+def test_status_and_prometheus_read_the_same_counts() -> None:
+    c = Counters()
+    c.utterance(truncated=False)
+    c.utterance(truncated=True)
+    c.submitted()
+    c.batch(2, 0.02, [0.001, 0.004])
+    c.intent("balance", 0.023, 0.323)
+    c.intent("unknown", 0.03, 0.33)
+    c.drop("queue_full")
+    c.error("classify")
+    c.reload(ok=True)
+    c.reload(ok=False)
+    c.model_loaded(1.5)
+    assert c.status() == {"utterances": 2, "events": 2, "dropped": 1, "errors": 1, "reloads": 1}
+    text = _exposition(c)
+    for line in (
+        'intentd_utterances_total{truncated="false"} 1.0', 'intentd_utterances_total{truncated="true"} 1.0',
+        'intentd_events_total{label="balance"} 1.0', 'intentd_events_total{label="unknown"} 1.0',
+        'intentd_drops_total{reason="queue_full"} 1.0', 'intentd_errors_total{kind="classify"} 1.0',
+        'intentd_reloads_total{result="ok"} 1.0', 'intentd_reloads_total{result="failed"} 1.0',
+        "intentd_queue_depth 3.0", "intentd_active_streams 2.0", 'intentd_model_info{model_id="m@1"} 1.0',
+        "intentd_model_load_seconds 1.5",
+        'intentd_batch_size_bucket{le="2.0"} 1.0', "intentd_batch_size_sum 2.0", "intentd_batch_size_count 1.0",
+        'intentd_queue_wait_seconds_bucket{le="0.005"} 2.0', "intentd_queue_wait_seconds_count 2.0",
+        'intentd_inference_seconds_bucket{le="0.01"} 0.0', 'intentd_inference_seconds_bucket{le="0.02"} 1.0',
+        'intentd_processing_seconds_bucket{le="+Inf"} 2.0', "intentd_end_of_speech_to_publish_seconds_count 2.0",
+    ):  # fmt: skip
+        assert line in text.splitlines(), line
+
+
+def test_a_histogram_counts_a_value_on_its_bound_into_that_bucket() -> None:
+    h = Histogram((1.0, 2.0))
+    for value in (0.5, 1.0, 1.5, 2.0, 7.0):
+        h.observe(value)
+    assert h.counts == [2, 2, 1] and h.count == 5 and h.total == 12.0
+
+
+def test_counting_from_many_threads_loses_nothing() -> None:
+    c = Counters()
+
+    def work() -> None:
+        for _ in range(2000):
+            c.utterance(truncated=False)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert c.status()["utterances"] == 8000
+
+
+@pytest.fixture
+def publisher() -> Iterator[Publisher]:
+    pub = Publisher("tcp://127.0.0.1:*")
+    yield pub
+    pub.close(linger_ms=0)
+
+
+def test_the_outbox_publishes_and_counts_every_outcome(publisher: Publisher) -> None:
+    counters = Counters()
+    outbox = Outbox(publisher, counters, clock=lambda: 10.025)
+    prediction = Prediction("balance", 0.9, (("balance", 0.9),))
+    with Subscriber(publisher.endpoint, recv_timeout_s=RECV_TIMEOUT_S) as sub:
+        assert sub.wait_connected(SYNC_TIMEOUT_S, poke=lambda: probe(publisher))
+        outbox.classified(Classified(_utterance(0), prediction, "m@1", 1.0, 20.0, 1))
+        outbox.dropped(_utterance(1), "queue_full")
+        outbox.failed(_utterance(2), "ValueError: bad clip")
+        got = [sub.recv() for _ in range(3)]
+    intent, dropped, error = got
+    assert isinstance(intent, events.IntentEvent) and intent.topic == "intent.balance"
+    assert intent.latency_ms.processing == pytest.approx(25.0)
+    assert isinstance(dropped, events.DroppedEvent) and dropped.reason == "queue_full"
+    assert isinstance(error, events.ErrorEvent) and (error.utterance, error.error) == (2, "ClassifyError")
+    assert counters.status() == {"utterances": 0, "events": 1, "dropped": 1, "errors": 1, "reloads": 0}
+    assert counters.snapshot().processing_s.total == pytest.approx(0.025)
+    assert outbox.failure is None
+
+
+def test_a_failed_publish_is_kept_for_the_watchdog_not_raised(publisher: Publisher) -> None:
+    outbox = Outbox(publisher, Counters())
+    publisher.close()
+    outbox.publish(events.StatusEvent(state="ready", model_id="m", uptime_s=0.0))
+    assert outbox.failure is not None and "closed" in outbox.failure
