@@ -26,9 +26,7 @@ import numpy as np
 
 from bench import fsdd
 
-BATCH = 32
-SYNTH_SEED = 0
-SYNTH_PER_INTENT = 340
+FEATURE_BATCH = 32  # clips through the frozen encoder at once; the floor trains no network, so no fit setting
 
 
 def pooled_features(base: Path, paths: list[Path], pool: str = "all") -> np.ndarray:
@@ -44,8 +42,8 @@ def pooled_features(base: Path, paths: list[Path], pool: str = "all") -> np.ndar
     samples_per_frame = extractor.hop_length * 2  # conv2 has stride 2
     out = []
     with torch.inference_mode():
-        for start in range(0, len(paths), BATCH):
-            clips = [read_audio(p)[: extractor.n_samples] for p in paths[start : start + BATCH]]
+        for start in range(0, len(paths), FEATURE_BATCH):
+            clips = [read_audio(p)[: extractor.n_samples] for p in paths[start : start + FEATURE_BATCH]]
             feats = extract_features(extractor, clips)["input_features"]
             states = model.encoder(feats).last_hidden_state
             if pool == "all":
@@ -91,10 +89,8 @@ def synth_rows(synth_dir: Path) -> tuple[list[Path], np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fsdd.add_bench_args(parser, "backbone, features, synth", 4.0, "")
-    parser.add_argument("--synth", type=Path, help="an existing digits synth folder (default: render one)")
-    parser.add_argument("--seed", type=int, default=SYNTH_SEED, help="synth seed when rendering")
-    parser.add_argument("--per-intent", type=int, default=SYNTH_PER_INTENT, help="synth clips per digit")
+    fsdd.add_bench_args(parser, "backbone, features, synth")
+    fsdd.add_synth_args(parser)
     parser.add_argument("--pool", choices=("all", "speech"), default="all",
                         help="mean over every frame (the model's pooling, default) or the clip's own frames only")
     parser.add_argument("--no-synth", dest="synth_split", action="store_false", help="skip the synth-only split")
@@ -119,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nbackbone crop {crop}; work folder {workdir}\nreproduce: {fsdd.reproduce_line(argv)}")
         return 0
 
-    synth_dir = args.synth or workdir / f"digits-synth-seed{args.seed}-{args.per_intent}"
-    if args.synth is None:
-        fsdd.synth_digits(synth_dir, args.seed, args.per_intent, workdir / "steps.log")
+    synth_dir, _ = fsdd.synth_folder(args, workdir, bench.log_file)
     paths, y_synth = synth_rows(synth_dir)
     x_synth = cached_features(workdir / f"synth-{synth_dir.name}-{crop}.npy", base, paths, args.pool)
     acc, predicted, secs = logistic_accuracy(x_synth, y_synth, x_real, y_real)

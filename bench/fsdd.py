@@ -18,6 +18,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from train.backbones import DEFAULT_MAX_SECONDS
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
@@ -26,6 +29,15 @@ DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 SPEAKERS = ("george", "jackson", "lucas", "nicolas")
 # Exit status of a benchmark that could not run (data absent): distinct from a failure, like pytest's skip.
 SKIP_STATUS = 0
+# The backbone crop of the digit rows in bench/README.md: every FSDD clip is under 1.4 s, every synthetic digit
+# under 2 s (the product keeps import-backbone's default for banking requests).
+DIGITS_MAX_SECONDS = 2.0
+# The synth digits set the README's rows train on: 340 per digit (~3,400 clips, the size the frozen floor was
+# measured with), seed 0.
+DIGITS_SYNTH_SEED, DIGITS_PER_INTENT = 0, 340
+# Shown in each benchmark's summary: what the fit ran with, from its metrics.json, so defaults are never restated.
+FIT_SUMMARY_KEYS = ("train_mode", "unfreeze_top", "learning_rate", "batch_size", "grad_accumulation", "epochs",
+                    "warmup_ratio", "seed", "trim_perturb", "time_mask")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +74,55 @@ def require_fsdd(fsdd_dir: Path) -> list[Recording] | None:
     return found
 
 
-def add_bench_args(parser: argparse.ArgumentParser, workdir_help: str, max_seconds: float, crop_note: str) -> None:
+def add_bench_args(parser: argparse.ArgumentParser, workdir_help: str, max_seconds: float = DEFAULT_MAX_SECONDS,
+                   crop_note: str = ", the product's") -> None:
     """--fsdd, --workdir and --max-seconds, which every FSDD benchmark takes."""
     parser.add_argument("--fsdd", type=Path, default=DEFAULT_FSDD, help="FSDD recordings folder")
     parser.add_argument("--workdir", type=Path, help=f"{workdir_help} (default: a temp folder)")
     parser.add_argument("--max-seconds", type=float, default=max_seconds,
                         help=f"backbone crop (default {max_seconds:g}{crop_note})")
+
+
+def add_synth_args(parser: argparse.ArgumentParser) -> None:
+    """--synth, --seed and --per-intent: an existing digits synth folder, or how to render one."""
+    parser.add_argument("--synth", type=Path, help="an existing digits synth folder (default: render one)")
+    parser.add_argument("--seed", type=int, default=DIGITS_SYNTH_SEED, help="synth seed when rendering")
+    parser.add_argument("--per-intent", type=int, default=DIGITS_PER_INTENT, help="synth clips per digit")
+
+
+def synth_folder(args: argparse.Namespace, workdir: Path, log_file: Path) -> tuple[Path, float]:
+    """add_synth_args' folder: --synth as given, else rendered under workdir (once); returns (folder, seconds)."""
+    if args.synth is not None:
+        return args.synth, 0.0
+    out = workdir / f"digits-synth-seed{args.seed}-{args.per_intent}"
+    return out, synth_digits(out, args.seed, args.per_intent, log_file)
+
+
+def add_fit_flags(parser: argparse.ArgumentParser) -> None:
+    """Everything after `--` goes to `intentd-train fit` as it is; without it fit runs on its own defaults."""
+    parser.add_argument("fit_flags", nargs=argparse.REMAINDER, help="after --: extra `intentd-train fit` flags")
+
+
+def fit_flags(args: argparse.Namespace) -> list[str]:
+    """add_fit_flags' flags, without the `--`."""
+    return [f for f in args.fit_flags if f != "--"]
+
+
+def print_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A Markdown table, as bench/README.md quotes them."""
+    print(f"| {' | '.join(header)} |\n|{'---|' * len(header)}")
+    for row in rows:
+        print(f"| {' | '.join(str(cell) for cell in row)} |")
+
+
+def finish(metrics: dict[str, Any], flags: Sequence[str], argv: Sequence[str] | None) -> int:
+    """A fit benchmark's last lines: what the fit ran with (from its metrics.json, so fit's defaults are shown,
+    never restated), the flags that changed them, and the command that reproduces the run; returns 0."""
+    settings = metrics["settings"]
+    shown = ", ".join(f"{key} {settings[key]}" for key in FIT_SUMMARY_KEYS if settings.get(key) not in (None, []))
+    print(f"fit: {shown} ({'flags ' + ' '.join(flags) if flags else 'all fit defaults'})")
+    print(f"reproduce: {reproduce_line(argv)}")
+    return 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,12 +25,12 @@ TARGET = 0.98
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fsdd.add_bench_args(parser, "where symlinks and models go", 4.0, ", the product's")
+    fsdd.add_bench_args(parser, "where symlinks and models go")
     parser.add_argument("--synth", type=Path, help="also train on this digits synth folder (fit --add-dataset)")
     parser.add_argument("--speakers", nargs="+", default=list(fsdd.SPEAKERS), help="held-out speakers to run")
-    parser.add_argument("fit_flags", nargs=argparse.REMAINDER, help="after --: extra `intentd-train fit` flags")
+    fsdd.add_fit_flags(parser)
     args = parser.parse_args(argv)
-    fit_flags = [f for f in args.fit_flags if f != "--"]
+    fit_flags = fsdd.fit_flags(args)
 
     bench = fsdd.open_bench(args, "intentd-fsdd-speakers-")
     if bench is None:
@@ -51,15 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((speaker, accuracy, n, fit_seconds, metrics["accuracy"], eval_seconds))
         print(f"{speaker}: {accuracy:.4f} ({n} clips), fit {fit_seconds:.0f} s", file=sys.stderr, flush=True)
 
-    print("| unseen speaker | accuracy | clips | fit s | eval s | val acc (seen speakers) |")
-    print("|---|---|---|---|---|---|")
-    for speaker, accuracy, n, fit_s, val, eval_s in rows:
-        print(f"| {speaker} | {accuracy:.2%} | {n} | {fit_s:.0f} | {eval_s:.0f} | {val:.2%} |")
+    fsdd.print_table(("unseen speaker", "accuracy", "clips", "fit s", "eval s", "val acc (seen speakers)"),
+                     [(speaker, f"{accuracy:.2%}", n, f"{fit_s:.0f}", f"{eval_s:.0f}", f"{val:.2%}")
+                      for speaker, accuracy, n, fit_s, val, eval_s in rows])
     worst = min(r[1] for r in rows)
     print(f"\nworst speaker {worst:.2%} (target >= {TARGET:.0%}: {'met' if worst >= TARGET else 'MISSED'}); "
-          f"fit flags: {' '.join(fit_flags) or '(defaults)'}; work folder {workdir}")
-    print(f"reproduce: {fsdd.reproduce_line(argv)}")
-    return 0
+          f"work folder {workdir}")
+    return fsdd.finish(metrics, fit_flags, argv)
 
 
 if __name__ == "__main__":
