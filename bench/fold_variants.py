@@ -4,10 +4,11 @@ Usage: .venv/bin/python -m bench.fold_variants --speaker nicolas --synth DIR [--
                                                [--seeds 0 1 2] [--variants base time-mask=0.4 mixup=0.4 ...]
 
 `bench/fsdd_speakers.py` runs the real `intentd-train fit` per fold: 7-14 min each here, mostly Trainer. This
-script builds the same training data (the three other speakers + the synth set, `fit`'s held-out split, the same
-features, the same frozen-prefix cache of train.frozen) once per fold, saves the cache under the work folder, and
-trains the top layer itself with fit's optimiser settings (AdamW, lr 2e-4, batch 32, linear warm-up 10% and
-decay, 5 epochs) in about 5 min per variant. For each variant and seed it prints the unseen speaker's accuracy at
+script builds the same training data through fit's own functions (the three other speakers + the synth set,
+`fit`'s held-out split, the same features, the same frozen-prefix cache of train.frozen) once per fold, saves the
+cache under the work folder, and trains the top layer in its own loop with fit's settings (train.fit.FitSettings'
+defaults, at the 5 epochs of the fsdd_speakers rows it mirrors) and fit's optimiser and schedule
+(train.fit.loop_optimiser, which says why the loop is not Trainer) in about 5 min per variant. For each variant and seed it prints the unseen speaker's accuracy at
 the epoch `fit` would keep (best held-out accuracy), its mean over the epochs (less noisy), and, over the seeds,
 the accuracy of averaging their probabilities (an ensemble) and the clips every seed misses. Use it to choose
 what to run through `fsdd_speakers`; the README's rows come from that script, not this one.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -33,33 +35,45 @@ import torch
 from torch import nn
 
 from bench import fsdd
+from train.fit import FitSettings
 
-EPOCHS, LEARNING_RATE, BATCH, WARMUP = 5, 2e-4, 32, 0.1
+# The fsdd_speakers rows this loop mirrors ran `fit --unfreeze-top 1 --epochs 5`; every other setting is fit's.
+FOLD_EPOCHS = 5
+EVAL_CHUNK = 64  # clips scored at once
 DISTILL_T = 2.0  # softmax temperature of the distillation targets
 TEACHER_SEEDS = 1000  # teachers for distill=K use seeds 1000..1000+K-1, apart from the students'
 LOSS_KINDS = {"mixup": {"mixup"}, "a speech-frame loss": {"masked-ce", "pad-neutral"}, "distill": {"distill"}}
 
 
-def build_cache(fold: Path, synth: Path, base: Path, trims: tuple[float, ...], max_seconds: float) -> dict:
-    """The fold's top-1 cache: train (with trim copies), fit's held-out split, and the unseen speaker."""
-    from train import frozen
-    from train.data import load_combined, load_labelled, prepare_features
-    from train.fit import load_base_model
+def fold_settings(fold: Path, synth: Path, base: Path, trims: tuple[float, ...]) -> FitSettings:
+    """What `fsdd_speakers --synth SYNTH -- --unfreeze-top 1 --epochs 5 --trim-perturb TRIMS` gives fit for
+    this fold, resolved: fit's defaults but for the epochs and the trims."""
+    return FitSettings(dataset=str(fold / "train-data"), out=str(fold / "model"), add_datasets=(str(synth),),
+                       trim_perturb=trims, base_model=str(base), epochs=FOLD_EPOCHS).resolved()
 
-    data = load_combined([str(fold / "train-data"), str(synth)], None, None, 42, 0.2)
-    model, extractor = load_base_model(str(base), data.label_names)
-    frozen.apply_train_mode(model, "top", 1)
+
+def build_cache(fold: Path, s: FitSettings) -> dict:
+    """The fold's cache, built as fit builds it: train (with trim copies), fit's held-out split, and the unseen
+    speaker."""
+    from train import frozen
+    from train.data import load_labelled, prepare_features
+    from train.fit import load_base_model, load_data, training_features
+
+    data = load_data(s)
+    model, extractor = load_base_model(s.base_model, data.label_names, s.weighted_layer_sum)
+    frozen.apply_train_mode(model, s.train_mode, s.unfreeze_top)
+    features = training_features(s, data, extractor)
     out: dict = {"label_names": data.label_names}
-    for name, split, split_trims in (("train", "train", trims), ("val", "test", ())):
-        features = prepare_features(data.split(split), data.label_column, extractor, max_seconds, trims=split_trims)
-        cache, _ = frozen.build_cache(model, features, "top", 1)
-        out[name] = (cache.inputs.half(), cache.labels, speech_frames(features))
-    unseen = load_labelled(str(fold / "test-data"), None, None, 42, 0.2)
-    features = prepare_features(unseen.split("test"), unseen.label_column, extractor, max_seconds)
-    cache, _ = frozen.build_cache(model, features, "top", 1)
+    for name, split in (("train", "train"), ("val", "test")):
+        cache, _ = frozen.build_cache(model, features[split], s.train_mode, s.unfreeze_top)
+        out[name] = (cache.inputs.half(), cache.labels, speech_frames(features[split]))
+    unseen = load_labelled(str(fold / "test-data"), s.dataset_config, s.label_column, s.seed, s.test_fraction)
+    unseen_features = prepare_features(unseen.split("test"), unseen.label_column, extractor, s.max_seconds,
+                                       s.batch_size)
+    cache, _ = frozen.build_cache(model, unseen_features, s.train_mode, s.unfreeze_top)
     to_ours = [data.label_names.index(n) for n in unseen.label_names]
     out["unseen"] = (cache.inputs.half(), torch.tensor([to_ours[int(i)] for i in cache.labels]),
-                     speech_frames(features))
+                     speech_frames(unseen_features))
     return out
 
 
@@ -92,31 +106,29 @@ def parse_variant(text: str) -> dict[str, float]:
 
 
 def train_variant(
-    cache: dict, base: Path, variant: dict[str, float], seed: int, teacher: torch.Tensor | None = None,
+    cache: dict, s: FitSettings, variant: dict[str, float], seed: int, teacher: torch.Tensor | None = None,
     want_train_logits: bool = False,
 ) -> tuple[list[float], torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Train one variant; returns the unseen accuracy per epoch and, at fit's kept epoch, the unseen logits
-    pooled as the model pools (every frame) and pooled over speech frames only (what a masked mean would give),
-    and the training clips' logits if asked (to teach a student). With `teacher` (soft targets per training
-    clip, at DISTILL_T), half the loss is the distillation term."""
-    from train import augment, frozen
-    from train.fit import load_base_model
+    """Train one variant with settings `s` at `seed`; returns the unseen accuracy per epoch and, at fit's kept
+    epoch, the unseen logits pooled as the model pools (every frame) and pooled over speech frames only (what a
+    masked mean would give), and the training clips' logits if asked (to teach a student). With `teacher` (soft
+    targets per training clip, at DISTILL_T), half the loss is the distillation term."""
+    from train import frozen
+    from train.fit import install_time_mask, load_base_model, loop_optimiser
 
+    run = dataclasses.replace(s, seed=seed, time_mask=variant.get("time-mask", 0.0))
     torch.manual_seed(seed)
-    model, _ = load_base_model(str(base), cache["label_names"])
-    frozen.apply_train_mode(model, "top", 1)
-    top = frozen.small_module(model, "top", 1)
-    if variant.get("time-mask"):
-        augment.install_time_mask(frozen.encoder_layers(model)[-1], variant["time-mask"], seed)
+    model, _ = load_base_model(run.base_model, cache["label_names"], run.weighted_layer_sum)
+    frozen.apply_train_mode(model, run.train_mode, run.unfreeze_top)
+    top = frozen.small_module(model, run.train_mode, run.unfreeze_top)
+    if run.time_mask:
+        install_time_mask(model, run)
     (x_train, y_train, m_train), (x_val, y_val, _), (x_unseen, y_unseen, m_unseen) = (
         cache["train"], cache["val"], cache["unseen"])
     masked_ce, neutral = variant.get("masked-ce", 0.0), variant.get("pad-neutral", 0.0)
-    params = [p for p in top.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
-    steps = math.ceil(len(y_train) / BATCH)
-    total, warm = steps * EPOCHS, math.ceil(WARMUP * steps * EPOCHS)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: s / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    batch, epochs = run.batch_size, int(run.epochs)
+    steps = math.ceil(len(y_train) / batch)
+    optimiser, schedule = loop_optimiser(top, run, steps)
     generator = torch.Generator().manual_seed(seed)
     smoothing, alpha = variant.get("label-smoothing", 0.0), variant.get("mixup", 0.0)
     # swa=E: average the weights at every quarter epoch from epoch E (1-based) on, and report the average
@@ -129,9 +141,9 @@ def train_variant(
         module = averaged.module if averaged is not None and averaged.n_averaged > 0 else top
         module.eval()
         out = []
-        for i in range(0, len(x), 64):
-            frames = frame_states(module, x[i : i + 64].float())
-            pooled = frames.mean(1) if speech is None else speech_mean(frames, speech[i : i + 64])
+        for i in range(0, len(x), EVAL_CHUNK):
+            frames = frame_states(module, x[i : i + EVAL_CHUNK].float())
+            pooled = frames.mean(1) if speech is None else speech_mean(frames, speech[i : i + EVAL_CHUNK])
             out.append(module.classifier(pooled))
         top.train()
         return torch.cat(out)
@@ -139,10 +151,10 @@ def train_variant(
     per_epoch: list[float] = []
     best_val, best_state = -1.0, None
     top.train()
-    for epoch in range(EPOCHS):
+    for epoch in range(epochs):
         order = torch.randperm(len(y_train), generator=generator)
         for step in range(steps):
-            rows = order[step * BATCH : (step + 1) * BATCH]
+            rows = order[step * batch : (step + 1) * batch]
             x, y = x_train[rows].float(), y_train[rows]
             if alpha:
                 lam = float(torch.distributions.Beta(alpha, alpha).sample())
@@ -202,12 +214,12 @@ def pooled_loss(top: nn.Module, x: torch.Tensor, y: torch.Tensor, speech: torch.
     return loss
 
 
-def teach(cache: dict, base: Path, count: int) -> torch.Tensor:
+def teach(cache: dict, s: FitSettings, count: int) -> torch.Tensor:
     """Soft targets for a student: `count` base models' training-clip probabilities at DISTILL_T, averaged."""
     y_unseen = cache["unseen"][1]
     probs = []
     for seed in range(TEACHER_SEEDS, TEACHER_SEEDS + count):
-        _, kept, _, train_logits = train_variant(cache, base, {}, seed, want_train_logits=True)
+        _, kept, _, train_logits = train_variant(cache, s, {}, seed, want_train_logits=True)
         print(f"| teacher | {seed} | {float((kept.argmax(1) == y_unseen).float().mean()):.2%} | | | |", flush=True)
         probs.append(torch.softmax(train_logits / DISTILL_T, dim=1))
     return sum(probs) / count
@@ -215,10 +227,11 @@ def teach(cache: dict, base: Path, count: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fsdd.add_bench_args(parser, "where the fold and its cache go", 2.0, ", as the README's")
+    fsdd.add_bench_args(parser, "where the fold and its cache go", fsdd.DIGITS_MAX_SECONDS, ", as the README's")
     parser.add_argument("--speaker", default="nicolas", choices=fsdd.SPEAKERS, help="the unseen speaker")
     parser.add_argument("--synth", type=Path, required=True, help="digits synth folder joined to training")
-    parser.add_argument("--trim-perturb", type=float, nargs="*", default=[15.0], help="as fit's (default 15)")
+    parser.add_argument("--trim-perturb", type=float, nargs="*", default=[15.0],
+                        help="as fit's (default: %(default)s, as the rows this mirrors)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", default=["base"])
     args = parser.parse_args(argv)
@@ -231,13 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     trims = tuple(args.trim_perturb)
     fold = workdir / f"fold-{args.speaker}"
     cache_file = workdir / f"cache-v2-{args.speaker}-{args.synth.name}-trim{','.join(f'{t:g}' for t in trims)}.pt"
+    settings = fold_settings(fold, args.synth, base, trims)
     if cache_file.is_file():
         cache = torch.load(cache_file)
     else:
         if not fold.exists():
             fsdd.audiofolder(fold / "train-data", {"train": [r for r in recs if r.speaker != args.speaker]})
             fsdd.audiofolder(fold / "test-data", {"test": [r for r in recs if r.speaker == args.speaker]})
-        cache = build_cache(fold, args.synth, base, trims, args.max_seconds)
+        cache = build_cache(fold, settings)
         torch.save(cache, cache_file)
 
     y_unseen = cache["unseen"][1]
@@ -245,10 +259,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(unseen: {args.speaker}, {len(y_unseen)} clips)")
     print("|---|---|---|---|---|---|")
     for text, variant in variants.items():
-        teacher = teach(cache, base, int(variant["distill"])) if variant.get("distill") else None
+        teacher = teach(cache, settings, int(variant["distill"])) if variant.get("distill") else None
         kept_logits = []
         for seed in args.seeds:
-            per_epoch, kept, kept_speech, _ = train_variant(cache, base, variant, seed, teacher)
+            per_epoch, kept, kept_speech, _ = train_variant(cache, settings, variant, seed, teacher)
             kept_logits.append(kept)
             kept_acc = float((kept.argmax(1) == y_unseen).float().mean())
             speech_acc = float((kept_speech.argmax(1) == y_unseen).float().mean())

@@ -19,9 +19,11 @@ from train.fit import (
     CHECKPOINTS_DIR,
     FitResult,
     FitSettings,
+    _training_arguments,
     add_arguments,
     fit,
     from_arguments,
+    loop_optimiser,
 )
 
 SEED = 0
@@ -144,6 +146,25 @@ def test_fit_flags_set_every_kind_of_field() -> None:
         grad_accumulation=2, epochs=2.5, seed=7, cache=False, resume=True, hub_model_id="me/m")
     with pytest.raises(SystemExit):
         _fit_parser().parse_args(["--dataset", "d", "--out", "o", "--train-mode", "most"])
+
+
+def test_loop_optimiser_is_the_one_trainer_builds(tmp_path: Path) -> None:
+    from transformers import Trainer
+
+    s = FitSettings(dataset="d", out="o", epochs=3, weight_decay=0.01).resolved()
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    module[0].requires_grad_(False)
+    trainer = Trainer(model=module, args=_training_arguments(s, tmp_path), eval_dataset=[0])
+    trainer.create_optimizer_and_scheduler(30)
+    optimiser, schedule = loop_optimiser(module, s, steps_per_epoch=10)
+    assert type(optimiser) is type(trainer.optimizer)
+    for ours, theirs in zip(optimiser.param_groups, trainer.optimizer.param_groups, strict=True):
+        assert [id(p) for p in ours["params"]] == [id(p) for p in theirs["params"]]
+        assert all(ours[key] == theirs[key] for key in ("lr", "betas", "eps", "weight_decay"))
+    assert [g["weight_decay"] for g in optimiser.param_groups] == [0.01, 0.0]  # biases and norms undecayed
+    ours_lr, theirs_lr = schedule.lr_lambdas[0], trainer.lr_scheduler.lr_lambdas[0]
+    assert [ours_lr(t) for t in range(31)] == [theirs_lr(t) for t in range(31)]
+    assert ours_lr(0) == 0.0 and ours_lr(3) == 1.0 and ours_lr(30) == 0.0  # 10% warm-up, linear decay
 
 
 def test_head_fit_learns_and_writes_a_complete_model_folder(head_fit: FitResult, fit_data: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
@@ -295,7 +296,37 @@ def _training_arguments(s: FitSettings, checkpoints: Path) -> Any:
     )
 
 
-def _install_time_mask(model: Any, s: FitSettings) -> Any:
+def loop_optimiser(module: Any, s: FitSettings, steps_per_epoch: int) -> tuple[Any, Any]:
+    """The optimiser and learning-rate schedule fit's Trainer builds from settings `s` (resolved), for a loop that
+    trains a cached module outside Trainer: the same class, hyperparameters, weight-decay groups and linear
+    warm-up and decay over s.epochs, all read from _training_arguments.
+
+    bench/fold_variants.py needs such a loop: its variants change the loss (mixup, speech-frame pooling,
+    distillation) and what a step records (weight averages every quarter epoch, the unseen speaker every epoch),
+    and its recorded rows depend on its own batch order. The loop keeps two differences from Trainer, because
+    those rows were trained without them: torch's default AdamW kernel instead of the fused one (the same
+    arithmetic, rounded differently in the last bits) and no clipping of the gradient norm
+    (TrainingArguments.max_grad_norm).
+    """
+    import tempfile
+
+    from transformers import Trainer, get_scheduler
+
+    args = _training_arguments(s, Path(tempfile.gettempdir()) / "intentd-loop-optimiser")  # nothing is written
+    optimiser_class, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, module)
+    kwargs.pop("fused", None)
+    decay = set(Trainer.get_decay_parameter_names(None, module))  # type: ignore[arg-type]  # reads no Trainer state
+    trained = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for name, p in trained if name in decay], "weight_decay": args.weight_decay},
+              {"params": [p for name, p in trained if name not in decay], "weight_decay": 0.0}]
+    optimiser = optimiser_class(groups, **kwargs)
+    total = math.ceil(s.epochs * steps_per_epoch)
+    schedule = get_scheduler(args.lr_scheduler_type, optimizer=optimiser,
+                             num_warmup_steps=args.get_warmup_steps(total), num_training_steps=total)
+    return optimiser, schedule
+
+
+def install_time_mask(model: Any, s: FitSettings) -> Any:
     """Hook --time-mask onto the lowest trained encoder layer (cached or not, the same module runs)."""
     from train import augment, frozen
 
@@ -323,6 +354,26 @@ def _history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
     return [rows[k] for k in sorted(rows) if len(rows[k]) > 1]
 
 
+def load_data(s: FitSettings) -> LabelledSplits:
+    """DATA and every --add-dataset joined by label name, each with its held-out part; a train split required."""
+    specs = [s.dataset, *s.add_datasets]
+    data = load_combined(specs, s.dataset_config, s.label_column, s.seed, s.test_fraction)
+    if "train" not in data.splits:
+        raise TrainError(f"dataset {' + '.join(specs)} has no train split; splits found: {sorted(data.splits)}")
+    return data
+
+
+def training_features(s: FitSettings, data: LabelledSplits, extractor: Any) -> dict[str, Any]:
+    """The train and test splits as model inputs; speed- and trim-perturbed copies join the train split only."""
+    speeds = {"train": (1.0, *s.speed_perturb), "test": (1.0,)}
+    trims = {"train": s.trim_perturb, "test": ()}
+    return {
+        name: prepare_features(data.split(name), data.label_column, extractor, s.max_seconds, s.batch_size,
+                               speeds=speeds[name], trims=trims[name])
+        for name in ("train", "test")
+    }
+
+
 def _last_checkpoint(checkpoints: Path) -> str | None:
     """The newest checkpoint-N folder, or None."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -343,23 +394,14 @@ def fit(settings: FitSettings) -> FitResult:
     checkpoints = out / CHECKPOINTS_DIR
     set_seed(s.seed)
 
-    specs = [s.dataset, *s.add_datasets]
-    data: LabelledSplits = load_combined(specs, s.dataset_config, s.label_column, s.seed, s.test_fraction)
-    if "train" not in data.splits:
-        raise TrainError(f"dataset {' + '.join(specs)} has no train split; splits found: {sorted(data.splits)}")
+    data = load_data(s)
     model, extractor = load_base_model(s.base_model, data.label_names, s.weighted_layer_sum)
     counts = frozen.apply_train_mode(model, s.train_mode, s.unfreeze_top)
     log.info("train mode %s: %d of %d parameters trainable", s.train_mode, counts["trainable"], counts["total"])
     # Before the slow feature pass, so an unsupported model fails at once; the cache runs in eval mode, unmasked.
-    mask_hook = _install_time_mask(model, s) if s.time_mask else None
+    mask_hook = install_time_mask(model, s) if s.time_mask else None
 
-    speeds = {"train": (1.0, *s.speed_perturb), "test": (1.0,)}
-    trims = {"train": s.trim_perturb, "test": ()}
-    features = {
-        name: prepare_features(data.split(name), data.label_column, extractor, s.max_seconds, s.batch_size,
-                               speeds=speeds[name], trims=trims[name])
-        for name in ("train", "test")
-    }
+    features = training_features(s, data, extractor)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
 
