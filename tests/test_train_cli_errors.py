@@ -84,7 +84,8 @@ def test_predict_bad_files(tmp_path: Path, tiny_whisper_dir: Path, capsys: pytes
 
 
 def test_missing_model_folder(tmp_path: Path, tone_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(["predict", "--model", str(tmp_path / "m"), str(tmp_path / "x.wav")], capsys, "model folder")
+    clip = next(tone_folder.rglob("*.wav"))  # a real clip, so the model folder is the only fault
+    _fails(["predict", "--model", str(tmp_path / "m"), str(clip)], capsys, "model folder")
     _fails(["eval", "--model", str(tmp_path / "m"), "--dataset", str(tone_folder)], capsys, "model folder")
     (tmp_path / "empty").mkdir()
     _fails(_fit(tone_folder, tmp_path / "empty", tmp_path / "out"), capsys, "config.json")
