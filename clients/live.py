@@ -27,11 +27,10 @@ from clients.sub import clock
 from clients.subscriber import DEFAULT_CONNECT, Subscriber, SubscriberError
 from daemon import events
 from daemon.errors import IntentdError
-from daemon.protocol import StreamHeader
+from daemon.protocol import DEFAULT_AUDIO_URI, StreamHeader
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AUDIO_URI: Final = "tcp://127.0.0.1:5555"
 REDRAW_S: Final = 0.05  # 20 redraws a second: smooth meter, negligible CPU
 METER_WIDTH: Final = 30
 METER_FLOOR_DB: Final = -60.0  # the meter's left edge; quieter reads as empty

@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--realtime", action="store_true", help="pace audio at real time (default: as fast as possible)"
     )
     p.add_argument(
-        "--chunk-ms", type=int, default=DEFAULT_CHUNK_MS, help="audio per chunk in ms (default 20)"
+        "--chunk-ms", type=int, default=DEFAULT_CHUNK_MS, help=f"audio per chunk in ms (default {DEFAULT_CHUNK_MS})"
     )
     p.add_argument("--stream-id", help="stream id (one file or --mic only; default: the file's path)")
     p.add_argument("--sequential", action="store_true", help="send files one after another, not concurrently")

@@ -24,7 +24,7 @@ from daemon.events import Event
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONNECT: Final = "tcp://127.0.0.1:5556"
+DEFAULT_CONNECT: Final = events.DEFAULT_EVENTS_URI
 RECONNECT_IVL_MS: Final = 100  # first retry after the daemon goes away...
 RECONNECT_IVL_MAX_MS: Final = 5000  # ...backing off to this
 DEFAULT_RCVHWM: Final = 100_000

@@ -15,11 +15,11 @@ import torch
 
 from daemon.audio import SAMPLE_RATE, check_clip
 from daemon.errors import AudioError, ModelError
+from daemon.events import UNKNOWN_LABEL
 from daemon.frames import Prediction
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_LABEL = "unknown"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PICKLE_WEIGHTS_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")

@@ -41,6 +41,8 @@ SCHEMA_VERSION: Final = 1
 ENVELOPE_FRAMES: Final = 2  # [topic, json]
 
 TOPIC_INTENT_PREFIX: Final = "intent."
+# Where the daemon publishes unless config.toml says otherwise (publisher.uri), and where clients subscribe.
+DEFAULT_EVENTS_URI: Final = "tcp://127.0.0.1:5556"
 UNKNOWN_LABEL: Final = "unknown"
 TOPIC_UNKNOWN: Final = TOPIC_INTENT_PREFIX + UNKNOWN_LABEL
 TOPIC_STATUS: Final = "status"

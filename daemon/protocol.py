@@ -23,6 +23,8 @@ _HELLO = struct.Struct(">4sBH")
 HELLO_BYTES: Final = _HELLO.size
 MAX_HEADER_BYTES: Final = 4096
 MAX_STREAM_ID_BYTES: Final = 256
+# Where the daemon listens for audio unless config.toml says otherwise (sources.listen), and where clients send.
+DEFAULT_AUDIO_URI: Final = "tcp://127.0.0.1:5555"
 MIN_SAMPLE_RATE: Final = 8000
 MAX_SAMPLE_RATE: Final = 48000
 MIN_CHANNELS: Final = 1

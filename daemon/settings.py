@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Final, get_type_hints
 
 from daemon.errors import ConfigError, SourceError
+from daemon.events import DEFAULT_EVENTS_URI
+from daemon.protocol import DEFAULT_AUDIO_URI
 from daemon.segmenter import SegmenterSettings
 
 # Which utterance a full batcher queue drops: the oldest waiting, or the one arriving.
@@ -66,7 +68,7 @@ class SourceSettings(_Section):
 
     listen: tuple[str, ...] = setting(None, "audio source URIs: tcp://HOST:PORT, unix:///PATH, "
                                       "mic://NAME_OR_INDEX, file:///PATH.wav?realtime=1",
-                                      default_factory=lambda: ("tcp://127.0.0.1:5555",))
+                                      default_factory=lambda: (DEFAULT_AUDIO_URI,))
     idle_timeout_s: float = setting(10.0, "seconds a socket stream may send nothing before it is ended",
                                     lo=0.1, hi=86400.0)
     max_streams: int = setting(512, "concurrent streams; further connections are refused with a reason",
@@ -124,7 +126,7 @@ class BatcherSettings(_Section):
 class PublisherSettings(_Section):
     """Where events go."""
 
-    uri: str = setting("tcp://127.0.0.1:5556", "ZeroMQ PUB endpoint (tcp:// or ipc://)")
+    uri: str = setting(DEFAULT_EVENTS_URI, "ZeroMQ PUB endpoint (tcp:// or ipc://)")
     sndhwm: int = setting(10000, "messages queued per subscriber before a slow one starts losing them",
                           lo=1, hi=10_000_000)
     vad_events: bool = setting(False, "also publish vad.start / vad.end")

@@ -5,18 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from daemon.audio import SAMPLE_RATE
-from train.data import DEFAULT_TEST_FRACTION, iter_clips, load_labelled, map_labels_to_model
+from train.data import (
+    DEFAULT_SPLIT_SEED,
+    DEFAULT_TEST_FRACTION,
+    LABEL_COLUMN_CANDIDATES,
+    iter_clips,
+    load_labelled,
+    map_labels_to_model,
+)
+from train.fit import ACCURACY_METRIC_DIR
 from train.inference import VIA_CHOICES, PipelineClassifier, check_model_dir, load_classifier
 
 log = logging.getLogger(__name__)
 
-ACCURACY_METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
+DEFAULT_EVAL_BATCH = 16
 
 
 def per_class_report(truth: list[int], predicted: list[int], id2label: dict[int, str]) -> dict[str, dict[str, float]]:
@@ -41,10 +48,10 @@ def evaluate_model(
     split: str = "test",
     dataset_config: str | None = None,
     label_column: str | None = None,
-    seed: int = 42,
+    seed: int = DEFAULT_SPLIT_SEED,
     test_fraction: float = DEFAULT_TEST_FRACTION,
     via: str = "manual",
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_EVAL_BATCH,
 ) -> dict[str, Any]:
     """The eval report as a dict: accuracy, n, per_class, plus what was evaluated."""
     import evaluate
@@ -97,12 +104,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="model folder written by fit")
     p.add_argument("--dataset", required=True, metavar="DATA", help="hub id, audio folder or save_to_disk folder")
     p.add_argument("--dataset-config", help="hub dataset config, e.g. en-US")
-    p.add_argument("--label-column", help="label column (default: intent_class or label)")
-    p.add_argument("--split", default="test", help="split to evaluate (default test)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the train/test split when DATA has no test split")
-    p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION)
+    p.add_argument("--label-column", help=f"label column (default: {' or '.join(LABEL_COLUMN_CANDIDATES)})")
+    p.add_argument("--split", default="test", help="split to evaluate (default %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SPLIT_SEED,
+                   help="seed of the train/test split when DATA has no test split (as fit drew it; default %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                   help="held-out fraction when DATA has no test split (as fit drew it; default %(default)s)")
     p.add_argument("--via", choices=VIA_CHOICES, default="manual", help="manual (batched) or the HF pipeline")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_EVAL_BATCH,
+                   help="clips per forward (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from train.data import (
     DEFAULT_MAX_SECONDS,
+    DEFAULT_SPLIT_SEED,
     DEFAULT_TEST_FRACTION,
     LABEL_COLUMN_CANDIDATES,
     LabelledSplits,
@@ -103,7 +104,7 @@ class FitSettings:
     max_seconds: float = option(DEFAULT_MAX_SECONDS, "truncate longer clips; Whisper uses its own chunk length "
                                 "instead")
     test_fraction: float = option(DEFAULT_TEST_FRACTION, "held-out fraction when DATA has no test split")
-    seed: int = option(42, "seed of the held-out split, the head's initialisation and the batch order")
+    seed: int = option(DEFAULT_SPLIT_SEED, "seed of the held-out split, the head's initialisation and the batch order")
     cache: bool = option(True, "run the whole model every step even in frozen modes (slow; for checking)")
     resume: bool = option(False, "continue from the last checkpoint in DIR/checkpoints")
     push_to_hub: bool = option(False, "upload the final model (needs hub access)")
