@@ -38,9 +38,6 @@ STOP_TIMEOUT_S = 30.0
 NOTIFY_POLL_S = 0.1
 SUB_CONNECT_TIMEOUT_S = 20.0
 COLLECT_POLL_S = 0.1
-# The harness's clips are at the model's rate: the daemon and a direct classification hear the same samples.
-# Kept for the tests that import it under this name; it is daemon.audio's one constant.
-SPEECH_RATE = SAMPLE_RATE
 FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 # Environment a test daemon must not inherit from whoever runs pytest (e.g. pytest itself under systemd).
 _SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM")

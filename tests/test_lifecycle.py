@@ -17,11 +17,11 @@ import pytest
 from clients.subscriber import Subscriber
 from daemon import events
 from daemon import settings as settings_mod
+from daemon.audio import SAMPLE_RATE
 from daemon.frames import Prediction, Utterance
 from daemon.notify import Notifier
 from daemon.protocol import StreamHeader, encode_audio, encode_end, encode_header, encode_pcm
 from tests.daemon_proc import (
-    SPEECH_RATE,
     NotifySocket,
     collect,
     free_port,
@@ -56,7 +56,7 @@ class Talker:
 
     def __init__(self, uri: str, stream_id: str) -> None:
         self.sock = socket.create_connection(("127.0.0.1", int(uri.rsplit(":", 1)[1])), timeout=30)
-        self.sock.sendall(encode_header(StreamHeader(stream_id, SPEECH_RATE, "s16le", 1)))
+        self.sock.sendall(encode_header(StreamHeader(stream_id, SAMPLE_RATE, "s16le", 1)))
         # The accept reply: u32 length + JSON.
         head = self.sock.recv(4, socket.MSG_WAITALL)
         body = self.sock.recv(int.from_bytes(head, "big"), socket.MSG_WAITALL)

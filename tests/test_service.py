@@ -14,6 +14,7 @@ import pytest
 
 from clients.subscriber import Subscriber
 from daemon import events
+from daemon.audio import SAMPLE_RATE
 from daemon.protocol import (
     KIND_AUDIO,
     MAGIC,
@@ -27,7 +28,6 @@ from daemon.protocol import (
     encode_pcm,
 )
 from tests.daemon_proc import (
-    SPEECH_RATE,
     DaemonProc,
     collect,
     running_daemon,
@@ -116,7 +116,7 @@ def expect_error(client: RawClient, *words: str) -> str:
 
 def opened(daemon: DaemonProc, stream_id: str, fmt: str = "s16le") -> RawClient:
     client = RawClient(daemon.audio_uri)
-    client.send(encode_header(StreamHeader(stream_id, SPEECH_RATE, fmt, 1)))  # type: ignore[arg-type]
+    client.send(encode_header(StreamHeader(stream_id, SAMPLE_RATE, fmt, 1)))  # type: ignore[arg-type]
     reply = client.reply()
     assert reply is not None and reply.type == "accept", reply
     return client
@@ -162,7 +162,7 @@ def test_bad_clients_are_refused_while_a_good_stream_gets_every_event(
             expect_error(c, "chunk")
 
             c = opened(daemon, "nan", "f32le")
-            c.send(pcm(clips[2][:SPEECH_RATE], "f32le"))
+            c.send(pcm(clips[2][:SAMPLE_RATE], "f32le"))
             c.send(pcm(np.array([0.1, np.nan, 0.2], dtype=np.float32), "f32le"))
             expect_error(c, "NaN")
 
@@ -178,15 +178,15 @@ def test_bad_clients_are_refused_while_a_good_stream_gets_every_event(
             c.close()
 
             c = opened(daemon, "silence")
-            c.send(pcm(np.zeros(6 * SPEECH_RATE, dtype=np.float32)))
+            c.send(pcm(np.zeros(6 * SAMPLE_RATE, dtype=np.float32)))
             c.send(encode_end())
             final = c.reply()
-            assert final is not None and final.type == "final" and final.fields["samples"] == 6 * SPEECH_RATE
+            assert final is not None and final.type == "final" and final.fields["samples"] == 6 * SAMPLE_RATE
             c.close()
 
             # Endless "speech": loud noise longer than two maximum utterances.
             c = opened(daemon, "endless")
-            noise = (0.5 * rng.standard_normal(6 * SPEECH_RATE)).clip(-1, 1).astype(np.float32)
+            noise = (0.5 * rng.standard_normal(6 * SAMPLE_RATE)).clip(-1, 1).astype(np.float32)
             c.send(pcm(noise))
             c.send(encode_end())
             assert c.reply().type == "final"  # type: ignore[union-attr]
@@ -241,7 +241,7 @@ def test_daemon_still_serves_after_bad_clients(daemon: DaemonProc, clips: list[n
     with Subscriber(daemon.events_uri, stream_id="after", recv_timeout_s=EVENT_TIMEOUT_S) as sub:
         assert sub.wait_connected(30.0)
         c = opened(daemon, "after")
-        c.send(pcm(clips[0]) + pcm(np.zeros(SPEECH_RATE, dtype=np.float32)) + encode_end())
+        c.send(pcm(clips[0]) + pcm(np.zeros(SAMPLE_RATE, dtype=np.float32)) + encode_end())
         assert c.reply().type == "final"  # type: ignore[union-attr]
         c.close()
         evs = collect(sub, lambda k: len(k) >= 1, EVENT_TIMEOUT_S, lambda e: isinstance(e, events.IntentEvent))
