@@ -1,0 +1,49 @@
+"""The layering holds: the runtime never imports training code, clients never import torch, and the daemon
+modules clients and train may use are the ones docs/DEVELOPING.md names."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CLIENT_MAY_USE = {"daemon.protocol", "daemon.events", "daemon.audio", "daemon.errors"}
+TRAIN_MAY_USE = CLIENT_MAY_USE | {"daemon.resample", "daemon.classifier", "daemon.frames"}
+
+
+def imports(package: str) -> dict[str, set[str]]:
+    """Every module a package's files import (at any depth, functions included), by file."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+                names |= {f"{node.module}.{a.name}" for a in node.names}
+        found[str(path.relative_to(REPO))] = names
+    return found
+
+
+def test_the_daemon_never_imports_training_code() -> None:
+    for path, names in imports("daemon").items():
+        assert not {n for n in names if n == "train" or n.startswith("train.")}, path
+
+
+def test_clients_and_train_use_only_the_daemon_modules_they_may() -> None:
+    for package, allowed in (("clients", CLIENT_MAY_USE), ("train", TRAIN_MAY_USE)):
+        for path, names in imports(package).items():
+            used = {n for n in names if n.startswith("daemon.") and n.count(".") == 1}
+            used -= {n for n in used if any(n.startswith(f"{a}.") for a in allowed)}  # daemon.events.X
+            modules = {n for n in used if (REPO / (n.replace(".", "/") + ".py")).exists()}
+            assert modules <= allowed, f"{path} imports {sorted(modules - allowed)}"
+
+
+def test_importing_every_client_loads_no_torch() -> None:
+    code = ("import sys, clients.sub, clients.send, clients.live, clients.subscriber\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'train')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
