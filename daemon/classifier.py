@@ -25,6 +25,8 @@ WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PICKLE_WEIGHTS_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
+# Written by `intentd-train fit` (train/out_of_scope.py): the rejection threshold calibrated on held-out data.
+CALIBRATION_FILE = "intentd.json"
 MODEL_ID_HASH_CHARS = 8
 HASH_BLOCK_BYTES = 1 << 20
 WARMUP_BATCH = 2
@@ -124,6 +126,15 @@ def top_k_of(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[t
     return [tuple((labels[int(j)], float(row[j])) for j in idx) for row, idx in zip(probabilities, order, strict=True)]
 
 
+def decide(top_k: tuple[tuple[str, float], ...], threshold: float | None) -> Prediction:
+    """The answer for ranked scores: the best label, or `unknown` when its score is below the threshold (a model
+    fit gave an out-of-scope class names it `unknown` itself, so winning it answers `unknown` too)."""
+    label, score = top_k[0]
+    if threshold is not None and score < threshold:
+        label = UNKNOWN_LABEL
+    return Prediction(label=label, score=score, top_k=top_k)
+
+
 @dataclass
 class Classifier:
     """A loaded audio-classification model and its feature extractor: 16 kHz clips -> softmax scores -> labels.
@@ -152,8 +163,14 @@ class Classifier:
         top_k: int = 3,
         threshold: float | None = None,
     ) -> Classifier:
-        """Load a folder made by `intentd-train fit` (safetensors only); every failure is a ModelError."""
+        """Load a folder made by `intentd-train fit` (safetensors only); every failure is a ModelError.
+
+        threshold None: the model's own calibrated threshold (CALIBRATION_FILE), none if it has no such file;
+        a number overrides it (0 rejects nothing by score).
+        """
         folder = check_model_folder(model_dir)
+        if threshold is None:
+            threshold = calibrated_threshold(folder)
         if top_k < 1:
             raise ModelError(f"{folder}: top_k must be at least 1, got {top_k}")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -252,10 +269,21 @@ class Classifier:
         return out
 
     def _prediction(self, top_k: tuple[tuple[str, float], ...]) -> Prediction:
-        label, score = top_k[0]
-        if self.threshold is not None and score < self.threshold:
-            label = UNKNOWN_LABEL
-        return Prediction(label=label, score=score, top_k=top_k)
+        return decide(top_k, self.threshold)
+
+
+def calibrated_threshold(folder: Path) -> float | None:
+    """The threshold fit stored in the model folder, or None when it stored none."""
+    path = folder / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["threshold"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelError(f"{path}: unreadable calibration ({err}); delete it or refit") from err
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ModelError(f"{path}: threshold must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def check_model_folder(model_dir: str | Path) -> Path:

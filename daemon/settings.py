@@ -19,6 +19,9 @@ from typing import Any, Final, get_type_hints
 from daemon.errors import ConfigError, SourceError
 from daemon.events import DEFAULT_EVENTS_URI
 from daemon.protocol import DEFAULT_AUDIO_URI
+
+# model.threshold's value for "the model's own calibrated threshold".
+MODEL_THRESHOLD: Final = -1.0
 from daemon.segmenter import SegmenterSettings
 
 # Which utterance a full batcher queue drops: the oldest waiting, or the one arriving.
@@ -54,12 +57,18 @@ class ModelSettings(_Section):
     device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     threads: int = setting(0, "CPU threads for inference; 0 = one per core", lo=0, hi=256)
     top_k: int = setting(3, "how many (label, score) pairs each intent event carries", lo=1, hi=100)
-    threshold: float = setting(0.0, "a top score below this publishes `intent.unknown`; 0 disables",
-                               lo=0.0, hi=1.0)
+    threshold: float = setting(MODEL_THRESHOLD, "a top score below this publishes `intent.unknown`; -1 takes the "
+                               "threshold fit calibrated into the model folder (intentd.json), 0 disables",
+                               lo=MODEL_THRESHOLD, hi=1.0)
     # Measured on 2 CPU cores: an utterance after 3 s of silence took 30-50 ms instead of 19 ms (cold caches);
     # one throw-away forward per idle second (about 1% of the CPU) keeps it at 19 ms.
     keep_warm_s: float = setting(1.0, "after this many idle seconds run a throw-away forward so the next "
                                  "utterance finds the model hot; 0 disables", lo=0.0, hi=3600.0)
+
+    @property
+    def own_threshold(self) -> float | None:
+        """The threshold to load the model with: None takes the model folder's calibrated one."""
+        return None if self.threshold < 0 else self.threshold
 
 
 @dataclass(frozen=True, slots=True)

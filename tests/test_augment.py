@@ -84,7 +84,7 @@ def test_hook_reaches_the_uncached_full_model_path(tiny_whisper_dir: Path) -> No
 def _settings(data: Path, base: Path, out: Path, **overrides: object) -> FitSettings:
     values: dict[str, object] = {"dataset": str(data), "base_model": str(base), "out": str(out), "epochs": 8,
                                  "batch_size": 8, "seed": 0, "learning_rate": 3e-3, "train_mode": "top",
-                                 "unfreeze_top": 1}
+                                 "unfreeze_top": 1, "out_of_scope": False}
     values.update(overrides)
     return FitSettings(**values)  # type: ignore[arg-type]
 

@@ -38,7 +38,7 @@ def fit_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _settings(data: Path, base: Path, out: Path, **overrides: object) -> FitSettings:
     values: dict[str, object] = {
         "dataset": str(data), "base_model": str(base), "out": str(out), "epochs": 8, "batch_size": 8,
-        "seed": SEED, "learning_rate": 1e-2,
+        "seed": SEED, "learning_rate": 1e-2, "out_of_scope": False,  # tests/test_train_e2e.py fits with it
     }
     values.update(overrides)
     return FitSettings(**values)  # type: ignore[arg-type]
@@ -224,7 +224,7 @@ def test_add_dataset_trains_on_the_union_of_labels(fit_data: Path, tiny_whisper_
     out = tmp_path / "union"
     status = main(["fit", "--dataset", str(fit_data), "--add-dataset", str(extra), "--base-model",
                    str(tiny_whisper_dir), "--out", str(out), "--train-mode", "head", "--epochs", "8",
-                   "--batch-size", "8", "--learning-rate", "1e-2", "--seed", str(SEED)])
+                   "--batch-size", "8", "--learning-rate", "1e-2", "--seed", str(SEED), "--no-out-of-scope"])
     assert status == 0
     config = json.loads((out / "config.json").read_text())
     assert sorted(config["id2label"].values()) == ["high", "low", "mid", "top"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import io
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from train import accent, synth, tts
+from train import accent, nonspeech, synth, tts
 from train.errors import TrainError
 
 datasets = pytest.importorskip("datasets")
@@ -350,3 +351,28 @@ def test_tts_modules_do_not_import_each_other() -> None:
                 imported |= {f"{node.module}.{a.name}" for a in node.names}  # from train import tts
         tts_modules = imported & {f"train.{name}" for name in allowed}
         assert tts_modules <= may_import, (module, tts_modules)
+
+
+def test_sentence_filter_and_nonspeech_clips(intents_file: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the out-of-scope class is rendered with: only kept sentences are spoken, and generated non-speech
+    clips join the last intent with their kind as voice."""
+    monkeypatch.setitem(tts.ENGINES, ToneEngine.name, (ToneEngine, (), ()))
+    out = _synth(intents_file, tmp_path / "out", engines=[ToneEngine.name], nonspeech_clips=7,
+                 keep_sentence=lambda sentence: "please" not in sentence)
+    loaded = datasets.load_from_disk(str(out))
+    rows = [row for split in loaded.values() for row in split.cast_column("audio", datasets.Audio(decode=False))]
+    names = loaded["train"].features["intent_class"].names
+    spoken = [r for r in rows if not r["voice"].startswith(synth.NONSPEECH_ENGINE + "/")]
+    assert spoken and not any("please" in r["transcription"] for r in spoken)
+    noise = [r for r in rows if r["voice"].startswith(synth.NONSPEECH_ENGINE + "/")]
+    assert len(noise) == 7 and {names[r["intent_class"]] for r in noise} == {names[-1]}
+    assert {r["voice"].split("/")[1] for r in noise} <= set(nonspeech.KINDS) and all(r["transcription"] == ""
+                                                                                      for r in noise)
+    again = _synth(intents_file, tmp_path / "again", engines=[ToneEngine.name], nonspeech_clips=7,
+                   keep_sentence=lambda sentence: "please" not in sentence)
+    first = sf.read(io.BytesIO(noise[0]["audio"]["bytes"]))[0]
+    second = [r for split in datasets.load_from_disk(str(again)).values()
+              for r in split.cast_column("audio", datasets.Audio(decode=False)) if r["path"] == noise[0]["path"]
+              .replace(str(out), str(again))]
+    assert len(second) == 1 and np.array_equal(first, sf.read(io.BytesIO(second[0]["audio"]["bytes"]))[0])

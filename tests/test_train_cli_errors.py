@@ -26,7 +26,8 @@ def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -
 
 
 def _fit(data: Path, base: Path, out: Path, *extra: str) -> list[str]:
-    return ["fit", "--dataset", str(data), "--base-model", str(base), "--out", str(out), "--epochs", "1", *extra]
+    return ["fit", "--dataset", str(data), "--base-model", str(base), "--out", str(out), "--epochs", "1",
+            "--no-out-of-scope", *extra]
 
 
 def _folder_with(tmp_path: Path, bad_name: str, write_bad: object) -> Path:

@@ -1,10 +1,12 @@
-"""End to end through the CLI: synth a 2-intent set -> fit a tiny Whisper -> eval -> predict."""
+"""End to end through the CLI: synth a 2-intent set -> fit a tiny Whisper (with its out-of-scope class and
+calibrated threshold, fit's defaults) -> eval -> predict."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 
 from train import cli
@@ -28,24 +30,38 @@ def _tts_available() -> bool:
         return False
 
 
-def test_synth_fit_eval_predict(tmp_path: Path, tiny_whisper_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_synth_fit_eval_predict(tmp_path: Path, tiny_whisper_dir: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
     if not _tts_available():
         pytest.skip("no TTS engine on PATH")
+    monkeypatch.setenv("INTENTD_CACHE", str(tmp_path / "cache"))
     (tmp_path / "intents.toml").write_text(INTENTS)
     data, model = tmp_path / "data", tmp_path / "model"
     quiet = ["--log-level", "ERROR"]
     assert cli.main([*quiet, "synth", "--intents", str(tmp_path / "intents.toml"), "--out", str(data),
                      "--per-intent", "6", "--seed", "1", "--workers", "2", "--no-progress"]) == 0
     assert cli.main([*quiet, "fit", "--dataset", str(data), "--base-model", str(tiny_whisper_dir), "--out",
-                     str(model), "--train-mode", "head", "--epochs", "3", "--batch-size", "4"]) == 0
+                     str(model), "--train-mode", "head", "--epochs", "3", "--batch-size", "4",
+                     "--out-of-scope-clips", "6", "--out-of-scope-noise", "5"]) == 0
     capsys.readouterr()
     metrics = json.loads((model / "metrics.json").read_text())
-    assert metrics["dataset"]["labels"] == ["balance", "freeze"]
+    assert metrics["dataset"]["labels"] == ["balance", "freeze", "unknown"]
+    oos = metrics["dataset"]["sizes"]["test"] - len(datasets.load_from_disk(str(data))["test"])
+    assert oos > 0  # the out-of-scope clips' held-out part joined the test split
+    stored = json.loads((model / "intentd.json").read_text())
+    calibration = metrics["calibration"]
+    assert stored == calibration and 0.0 <= stored["threshold"] <= 1.0
+    assert (calibration["out_of_scope"], calibration["out_of_scope_label"]) == (oos, "unknown")
+    assert calibration["in_domain_acceptance"] >= 0.98 or calibration["threshold"] == 0.0
 
     assert cli.main([*quiet, "eval", "--model", str(model), "--dataset", str(data), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["n"] == metrics["dataset"]["sizes"]["test"] and 0.0 <= report["accuracy"] <= 1.0
-    assert report["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert report["n"] == len(datasets.load_from_disk(str(data))["test"]) and 0.0 <= report["accuracy"] <= 1.0
+    assert report["threshold"] == stored["threshold"]
+    assert report["in_domain_n"] == report["n"] and report["out_of_domain_false_acceptance"] is None
+    # A second fit of the same recipe reuses the rendered out-of-scope clips.
+    cached = list((tmp_path / "cache" / "out-of-scope").iterdir())
+    assert len(cached) == 1 and (cached[0] / "dataset_dict.json").is_file()
 
     wav = next((data / "wav").rglob("*.wav"))
     assert cli.main([*quiet, "predict", "--model", str(model), str(wav), "--top-k", "2"]) == 0

@@ -107,11 +107,16 @@ def load_combined(
     Each dataset keeps its own held-out split (or its own stratified split), so no test clip of one dataset
     can be a training clip of another. Only the audio and label columns survive the join.
     """
-    import datasets
-
     if len(specs) == 1:
         return load_labelled(specs[0], config, label_column, seed, test_fraction)
-    parts = [load_labelled(spec, config, label_column, seed, test_fraction) for spec in specs]
+    return join_labelled([load_labelled(spec, config, label_column, seed, test_fraction) for spec in specs],
+                         " + ".join(specs))
+
+
+def join_labelled(parts: Sequence[LabelledSplits], name: str) -> LabelledSplits:
+    """Loaded datasets as one, as load_combined describes: labels matched by name, splits joined by name."""
+    import datasets
+
     column = parts[0].label_column
     names = list(parts[0].label_names)
     for part in parts[1:]:
@@ -121,7 +126,7 @@ def load_combined(
         column: datasets.ClassLabel(names=names),
     })
     joined: dict[str, list[Any]] = {}
-    for spec, part in zip(specs, parts, strict=True):
+    for part in parts:
         mapping = [names.index(n) for n in part.label_names]
         for split, ds in part.splits.items():
             ds = ds.select_columns([AUDIO_COLUMN, part.label_column])
@@ -129,10 +134,10 @@ def load_combined(
                 ds = ds.rename_column(part.label_column, column)
             ds = ds.cast_column(AUDIO_COLUMN, datasets.Audio(sampling_rate=SAMPLE_RATE))
             ds = ds.map(lambda batch, m=mapping: {column: [m[i] for i in batch[column]]}, batched=True,
-                        features=features, desc=f"labels of {spec} ({split})")
+                        features=features, desc=f"labels of {part.source} ({split})")
             joined.setdefault(split, []).append(ds)
     splits = datasets.DatasetDict({k: datasets.concatenate_datasets(v) for k, v in joined.items()})
-    log.info("combined %s: %s, %d labels", specs, {k: len(v) for k, v in splits.items()}, len(names))
+    log.info("combined %s: %s, %d labels", name, {k: len(v) for k, v in splits.items()}, len(names))
     return LabelledSplits(splits=splits, label_column=column, label_names=names, source="combined")
 
 
@@ -267,6 +272,32 @@ def iter_clips(ds: Any, batch_size: int = 32) -> Any:
         rows = plain[start : start + batch_size]
         clips = [decode_clip(v, f"row {start + i}") for i, v in enumerate(rows[AUDIO_COLUMN])]
         yield clips, rows
+
+
+def iter_all_clips(spec: str, config: str | None = None, batch_size: int = 32) -> Any:
+    """Every clip of DATA, all splits, labels or none: lists of 16 kHz mono clips (for speech that is no command).
+
+    An audio folder is read file by file (audiofolder would want label folders); a saved or hub dataset split
+    by split.
+    """
+    import datasets
+
+    from train.audio_io import SOUNDFILE_SUFFIXES, read_audio
+
+    source = detect_source(spec)
+    if source == "audiofolder":
+        files = sorted(p for p in Path(spec).expanduser().rglob("*")
+                       if p.is_file() and p.suffix.lower() in SOUNDFILE_SUFFIXES | {".mp3", ".m4a", ".opus"})
+        if not files:
+            raise TrainError(f"dataset folder {spec} holds no audio files")
+        for start in range(0, len(files), batch_size):
+            yield [read_audio(f) for f in files[start : start + batch_size]]
+        return
+    raw = _load_raw(spec, source, config)
+    for split in raw.values() if isinstance(raw, datasets.DatasetDict) else [raw]:
+        _find_audio_column(split, spec)
+        for clips, _ in iter_clips(split, batch_size):
+            yield clips
 
 
 def max_samples_for(extractor: Any, max_seconds: float) -> int:

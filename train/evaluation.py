@@ -1,10 +1,12 @@
-"""`intentd-train eval`: accuracy and a per-class report of a model folder on one split of DATA."""
+"""`intentd-train eval`: accuracy, a per-class report and what rejection does, for a model on a split of DATA."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,12 +16,15 @@ from train.data import (
     DEFAULT_SPLIT_SEED,
     DEFAULT_TEST_FRACTION,
     LABEL_COLUMN_CANDIDATES,
+    detect_source,
+    iter_all_clips,
     iter_clips,
     load_labelled,
     map_labels_to_model,
 )
 from train.fit import ACCURACY_METRIC_DIR
 from train.inference import VIA_CHOICES, PipelineClassifier, check_model_dir, load_classifier
+from train.out_of_scope import OUT_OF_SCOPE_LABEL, accepted
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,31 @@ def per_class_report(truth: list[int], predicted: list[int], id2label: dict[int,
     }
 
 
+class _Scorer:
+    """Probability rows for clips through intentd's core or the HF pipeline; one label order for both."""
+
+    def __init__(self, model_dir: str, via: str, batch_size: int, threshold: float | None) -> None:
+        self.manual = load_classifier(model_dir, threshold=threshold) if via == "manual" else None
+        self.pipe = PipelineClassifier(model_dir) if via == "pipeline" else None
+        self.labels = self.manual.labels if self.manual is not None else self.pipe.labels  # type: ignore[union-attr]
+        if threshold is None:
+            from daemon.classifier import calibrated_threshold
+
+            threshold = self.manual.threshold if self.manual is not None else calibrated_threshold(Path(model_dir))
+        self.threshold = threshold or 0.0
+        self.batch_size = batch_size
+
+    def __call__(self, clips: list[np.ndarray]) -> np.ndarray:
+        if self.manual is not None:
+            return self.manual.probabilities(clips, self.batch_size)
+        rows = np.zeros((len(clips), len(self.labels)), dtype=np.float32)
+        index = {name: i for i, name in enumerate(self.labels)}
+        for r, clip in enumerate(clips):
+            for label, score in self.pipe.classify(clip, SAMPLE_RATE, len(self.labels)).top_k:  # type: ignore[union-attr]
+                rows[r, index[label]] = score
+        return rows
+
+
 def evaluate_model(
     model_dir: str,
     dataset: str,
@@ -52,33 +82,57 @@ def evaluate_model(
     test_fraction: float = DEFAULT_TEST_FRACTION,
     via: str = "manual",
     batch_size: int = DEFAULT_EVAL_BATCH,
+    ood_datasets: Sequence[str] = (),
+    threshold: float | None = None,
 ) -> dict[str, Any]:
-    """The eval report as a dict: accuracy, n, per_class, plus what was evaluated."""
+    """The eval report as a dict: accuracy, n, per_class, and what the model's rejection does.
+
+    Rejection is the daemon's rule at the model's calibrated threshold (or `threshold`): a clip is accepted
+    unless the out-of-scope class wins or the top score is below the threshold. Clips of DATA labelled with the
+    out-of-scope label, and every clip of each `ood_datasets` entry (all its splits, labels ignored), are out
+    of domain: `out_of_domain_false_acceptance` is the share of them accepted; `in_domain_acceptance` the share
+    of DATA's other clips accepted.
+    """
     import evaluate
 
     check_model_dir(model_dir)  # a wrong --model says so before the dataset is read
+    for spec in ood_datasets:
+        detect_source(spec)  # a wrong --ood-dataset too, before any scoring
     data = load_labelled(dataset, dataset_config, label_column, seed, test_fraction)
     rows = data.split(split)
-    manual = load_classifier(model_dir) if via == "manual" else None
-    pipe = PipelineClassifier(model_dir) if via == "pipeline" else None
-    labels = manual.labels if manual is not None else pipe.labels  # type: ignore[union-attr]
-    label2id = {name: i for i, name in enumerate(labels)}
-    id2label = dict(enumerate(labels))
+    score = _Scorer(model_dir, via, batch_size, threshold)
+    label2id = {name: i for i, name in enumerate(score.labels)}
+    id2label = dict(enumerate(score.labels))
     to_model = map_labels_to_model(data.label_names, label2id, dataset)
 
     truth: list[int] = []
-    predicted: list[int] = []
+    probabilities = []
     for clips, batch in iter_clips(rows, batch_size):
         truth.extend(to_model[i] for i in batch[data.label_column])
-        if manual is not None:
-            predicted.extend(int(i) for i in np.argmax(manual.probabilities(clips, batch_size), axis=1))
-        else:
-            predicted.extend(label2id[pipe.classify(c, SAMPLE_RATE, 1).label] for c in clips)  # type: ignore[union-attr]
+        probabilities.append(score(clips))
+    probs = np.concatenate(probabilities) if probabilities else np.zeros((0, len(score.labels)), np.float32)
+    predicted = [int(i) for i in probs.argmax(axis=1)]
     accuracy = evaluate.load(str(ACCURACY_METRIC_DIR)).compute(predictions=predicted, references=truth)["accuracy"]
+
+    taken = accepted(probs, score.labels, score.threshold)
+    inside = np.array([id2label[t] != OUT_OF_SCOPE_LABEL for t in truth], dtype=bool)
+    outside_taken = list(taken[~inside])
+    by_ood: dict[str, dict[str, float | int]] = {}
+    for spec in ood_datasets:
+        hits = [bool(a) for clips in iter_all_clips(spec, dataset_config, batch_size)
+                for a in accepted(score(clips), score.labels, score.threshold)]
+        by_ood[spec] = {"n": len(hits), "false_acceptance": float(np.mean(hits)) if hits else 0.0}
+        outside_taken += hits
     return {
         "accuracy": float(accuracy),
         "n": len(truth),
         "per_class": per_class_report(truth, predicted, id2label),
+        "threshold": score.threshold,
+        "in_domain_n": int(inside.sum()),
+        "in_domain_acceptance": float(taken[inside].mean()) if inside.any() else None,
+        "out_of_domain_n": len(outside_taken),
+        "out_of_domain_false_acceptance": float(np.mean(outside_taken)) if outside_taken else None,
+        "out_of_domain_datasets": by_ood,
         "model": str(model_dir),
         "dataset": dataset,
         "split": split,
@@ -95,6 +149,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}"
         )
     lines.append(f"accuracy {report['accuracy']:.4f} on {report['n']} clips ({report['dataset']}, split {report['split']})")
+    if report["in_domain_acceptance"] is not None:
+        lines.append(f"in-domain acceptance {report['in_domain_acceptance']:.4f} of {report['in_domain_n']} clips "
+                     f"at threshold {report['threshold']:.4f}")
+    if report["out_of_domain_false_acceptance"] is not None:
+        lines.append(f"out-of-domain false acceptance {report['out_of_domain_false_acceptance']:.4f} "
+                     f"of {report['out_of_domain_n']} clips")
     return "\n".join(lines)
 
 
@@ -113,6 +173,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--via", choices=VIA_CHOICES, default="manual", help="manual (batched) or the HF pipeline")
     p.add_argument("--batch-size", type=int, default=DEFAULT_EVAL_BATCH,
                    help="clips per forward (default %(default)s)")
+    p.add_argument("--ood-dataset", action="append", default=[], metavar="DATA",
+                   help="speech that is no command (repeatable; every clip, labels ignored): report how much of it "
+                        "the model accepts")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="reject top scores below this instead of the model's calibrated threshold (0: none)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -121,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     """CLI entry."""
     report = evaluate_model(
         args.model, args.dataset, args.split, args.dataset_config, args.label_column, args.seed,
-        args.test_fraction, args.via, args.batch_size,
+        args.test_fraction, args.via, args.batch_size, args.ood_dataset, args.threshold,
     )
     print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -19,17 +19,22 @@ from typing import Any, get_args, get_type_hints
 
 import numpy as np
 
+from train import out_of_scope
 from train.data import (
     DEFAULT_MAX_SECONDS,
     DEFAULT_SPLIT_SEED,
     DEFAULT_TEST_FRACTION,
     LABEL_COLUMN_CANDIDATES,
     LabelledSplits,
+    iter_clips,
+    join_labelled,
     load_combined,
+    load_labelled,
     prepare_features,
 )
 from train.errors import TrainError
 from train.frozen import DEFAULT_LEARNING_RATES, DEFAULT_UNFREEZE_TOP, TRAIN_MODES
+from train.out_of_scope import DEFAULT_KEEP_IN_DOMAIN
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,19 @@ class FitSettings:
     time_mask: float = option(
         0.0, "hide a random span of up to SECONDS of every training clip from the trained layers, e.g. 0.4: "
         "SpecAugment-style time masking where the trained layers begin; 0 is off", metavar="SECONDS")
+    out_of_scope: bool = option(
+        True, "add the class `unknown` (published as intent.unknown) trained on synthesized speech that is no "
+        "intent and on generated noise, music, breathing, clicks and silence (train/out_of_scope.py)")
+    out_of_scope_clips: int = option(600, "spoken out-of-scope sentences to synthesize (cached between fits)",
+                                     metavar="N")
+    out_of_scope_noise: int = option(200, "generated non-speech clips for the out-of-scope class", metavar="N")
+    out_of_scope_dir: str | None = option(None, "also train `unknown` on every audio file in DIR: your own "
+                                          "recordings of things that are no command", metavar="DIR")
+    out_of_scope_engines: str | None = option(None, "comma-separated TTS engines for the out-of-scope speech",
+                                              metavar="ENGINES", default_doc="every installed synth engine")
+    keep_in_domain: float = option(
+        DEFAULT_KEEP_IN_DOMAIN, "calibrate the rejection threshold on the held-out split to keep this share of "
+        "in-domain commands; stored in the model folder, used by the daemon, predict and eval", metavar="SHARE")
     weighted_layer_sum: bool = option(
         False, "classify a learned weighted sum of every encoder layer, not only the last "
         "(config.use_weighted_layer_sum)")
@@ -132,6 +150,11 @@ class FitSettings:
         if self.time_mask and self.train_mode == "head":
             raise TrainError(f"{flag_of('time_mask')} masks the input of the lowest trained encoder layer; "
                              f"{flag_of('train_mode')} head trains none (use top or full)")
+        if not 0 < self.keep_in_domain <= 1:
+            raise TrainError(f"{flag_of('keep_in_domain')} must be in (0, 1], got {self.keep_in_domain}")
+        for name in ("out_of_scope_clips", "out_of_scope_noise"):
+            if getattr(self, name) < 0:
+                raise TrainError(f"{flag_of(name)} must be 0 or more, got {getattr(self, name)}")
         if not 0 < self.test_fraction < 1:
             raise TrainError(f"{flag_of('test_fraction')} must be between 0 and 1, got {self.test_fraction}")
         out = FitSettings(**asdict(self))
@@ -356,12 +379,54 @@ def _history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 
 def load_data(s: FitSettings) -> LabelledSplits:
-    """DATA and every --add-dataset joined by label name, each with its held-out part; a train split required."""
+    """DATA and every --add-dataset joined by label name, each with its held-out part, plus the out-of-scope
+    class unless --no-out-of-scope; a train split required."""
     specs = [s.dataset, *s.add_datasets]
-    data = load_combined(specs, s.dataset_config, s.label_column, s.seed, s.test_fraction)
+    if not s.out_of_scope:
+        data = load_combined(specs, s.dataset_config, s.label_column, s.seed, s.test_fraction)
+    else:
+        parts = [load_labelled(spec, s.dataset_config, s.label_column, s.seed, s.test_fraction) for spec in specs]
+        parts += _out_of_scope_parts(s, parts)
+        data = join_labelled(parts, " + ".join([*specs, out_of_scope.OUT_OF_SCOPE_LABEL]))
     if "train" not in data.splits:
         raise TrainError(f"dataset {' + '.join(specs)} has no train split; splits found: {sorted(data.splits)}")
     return data
+
+
+def _out_of_scope_parts(s: FitSettings, parts: list[LabelledSplits]) -> list[LabelledSplits]:
+    """The out-of-scope speech and noise (synthesized, cached) and --out-of-scope-dir, labelled `unknown`."""
+    labels = sorted({n for part in parts for n in part.label_names})
+    said = [t for part in parts for split in part.splits.values() if "transcription" in split.column_names
+            for t in split["transcription"]]
+    engines = [e.strip() for e in s.out_of_scope_engines.split(",") if e.strip()] if s.out_of_scope_engines else None
+    found = []
+    if s.out_of_scope_clips or s.out_of_scope_noise:
+        folder = out_of_scope.synth_dataset(labels, said, s.out_of_scope_clips, s.out_of_scope_noise, s.seed, engines)
+        found.append(load_labelled(str(folder), seed=s.seed, test_fraction=s.test_fraction))
+    if s.out_of_scope_dir:
+        found.append(out_of_scope.folder_dataset(s.out_of_scope_dir, s.seed, s.test_fraction))
+    return found
+
+
+def calibrate_saved(s: FitSettings, data: LabelledSplits) -> out_of_scope.Calibration:
+    """Score the held-out split with the saved folder exactly as the daemon will, then store the threshold that
+    keeps --keep-in-domain of the in-domain clips."""
+    from daemon.classifier import Classifier
+
+    classifier = Classifier.load(s.out, device="cpu", threshold=0.0)
+    rows = data.split("test")
+    probabilities, truth = [], []
+    for clips, batch in iter_clips(rows, s.eval_batch_size or s.batch_size):
+        probabilities.append(classifier.probabilities(clips))
+        truth.extend(data.label_names[i] for i in batch[data.label_column])
+    probs = np.concatenate(probabilities) if probabilities else np.zeros((0, len(classifier.labels)), np.float32)
+    calibration = out_of_scope.calibrate(probs, truth, classifier.labels, s.keep_in_domain)
+    out_of_scope.write_calibration(s.out, calibration)
+    log.info("calibrated threshold %.4f: keeps %.2f%% of %d in-domain held-out clips; out of scope accepted: %s",
+             calibration.threshold, 100 * calibration.in_domain_acceptance, calibration.in_domain,
+             "n/a" if calibration.out_of_scope_false_acceptance is None
+             else f"{100 * calibration.out_of_scope_false_acceptance:.2f}% of {calibration.out_of_scope}")
+    return calibration
 
 
 def training_features(s: FitSettings, data: LabelledSplits, extractor: Any) -> dict[str, Any]:
@@ -466,6 +531,7 @@ def fit(settings: FitSettings) -> FitResult:
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "resumed_from": resume_from,
     }
+    metrics["calibration"] = asdict(calibrate_saved(s, data))
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     plots.training_curves(history, out / CURVES_FILE)
     plots.confusion_matrix(labels.tolist(), predicted.tolist(), data.label_names, out / CONFUSION_FILE)

@@ -30,12 +30,13 @@ def check_model_dir(model_dir: str | Path) -> Path:
         raise TrainError(str(err)) from err
 
 
-def load_classifier(model_dir: str | Path, top_k: int = 3) -> Classifier:
-    """The daemon's Classifier for a model folder (no threshold: predict and eval report raw scores)."""
+def load_classifier(model_dir: str | Path, top_k: int = 3, threshold: float | None = None) -> Classifier:
+    """The daemon's Classifier for a model folder, rejecting as the daemon does: at the model's calibrated
+    threshold unless `threshold` overrides it (0: never by score)."""
     from daemon.classifier import Classifier
 
     try:
-        return Classifier.load(model_dir, top_k=top_k)
+        return Classifier.load(model_dir, top_k=top_k, threshold=threshold)
     except IntentdError as err:
         raise TrainError(str(err)) from err
 
@@ -54,9 +55,11 @@ class PipelineClassifier:
         config = self.pipe.model.config
         self.labels = tuple(str(config.id2label[i]) for i in range(config.num_labels))
 
-    def classify(self, clip: np.ndarray, rate: int, k: int) -> Prediction:
-        """Best k labels for one mono clip at any rate (the pipeline resamples, as the daemon does)."""
+    def classify(self, clip: np.ndarray, rate: int, k: int, threshold: float | None = None) -> Prediction:
+        """Best k labels for one mono clip at any rate (the pipeline resamples, as the daemon does), and the
+        daemon's answer at `threshold`."""
+        from daemon.classifier import decide
+
         k = max(1, min(k, len(self.labels)))
         rows = self.pipe({"raw": np.asarray(clip, dtype=np.float32), "sampling_rate": rate}, top_k=k)
-        top_k = tuple((str(r["label"]), float(r["score"])) for r in rows)
-        return Prediction(label=top_k[0][0], score=top_k[0][1], top_k=top_k)
+        return decide(tuple((str(r["label"]), float(r["score"])) for r in rows), threshold)

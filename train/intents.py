@@ -15,7 +15,7 @@ import itertools
 import math
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,8 +252,10 @@ class IntentSet:
         found.discard("")
         return sorted(found)
 
-    def sample(self, name: str, n: int, rng: np.random.Generator) -> list[str]:
+    def sample(self, name: str, n: int, rng: np.random.Generator,
+               keep: Callable[[str], bool] | None = None) -> list[str]:
         """Up to n distinct sentences of an intent, spread evenly over its phrases; deterministic given rng.
+        `keep` rejects sentences (they count as tried), e.g. out-of-scope speech that a model's labels use.
 
         Spreading over phrases (rather than over all sentences) stops one slot-heavy phrase from crowding out
         the short ones, which are the most common way callers actually speak.
@@ -284,7 +286,7 @@ class IntentSet:
                 index = (index + 1) % counts[k]
             tried[k].add(index)
             sentence = _normalise(expander.nth(templates[k], index))
-            if sentence and sentence not in seen:
+            if sentence and sentence not in seen and (keep is None or keep(sentence)):
                 seen.add(sentence)
                 chosen.append(sentence)
         return chosen

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from daemon.frames import Prediction
@@ -16,8 +17,11 @@ log = logging.getLogger(__name__)
 DEFAULT_TOP_K = 3
 
 
-def predict_files(model_dir: str, files: list[str], top_k: int = DEFAULT_TOP_K, via: str = "manual") -> list[Prediction]:
-    """One Prediction (best top_k labels) per file, in file order; every file is read and checked first."""
+def predict_files(model_dir: str, files: list[str], top_k: int = DEFAULT_TOP_K, via: str = "manual",
+                  threshold: float | None = None) -> list[Prediction]:
+    """One Prediction per file, in file order: its best top_k labels, and the daemon's answer at the model's
+    calibrated threshold (or `threshold`); every file is read and checked first."""
+    from daemon.classifier import calibrated_threshold
     from daemon.resample import resample
 
     check_model_dir(model_dir)  # a wrong --model says so before any file is read
@@ -27,8 +31,10 @@ def predict_files(model_dir: str, files: list[str], top_k: int = DEFAULT_TOP_K, 
         clips.append((check_clip(samples, path), rate))
     if via == "pipeline":
         pipe = PipelineClassifier(model_dir)
-        return [pipe.classify(samples, rate, top_k) for samples, rate in clips]
-    return load_classifier(model_dir, top_k).classify([resample(s, r) for s, r in clips])
+        if threshold is None:
+            threshold = calibrated_threshold(Path(model_dir))
+        return [pipe.classify(samples, rate, top_k, threshold) for samples, rate in clips]
+    return load_classifier(model_dir, top_k, threshold).classify([resample(s, r) for s, r in clips])
 
 
 def register(subparsers: Any) -> None:
@@ -38,23 +44,26 @@ def register(subparsers: Any) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV/FLAC directly, others via ffmpeg)")
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"labels per file (default {DEFAULT_TOP_K})")
     p.add_argument("--via", choices=VIA_CHOICES, default="manual", help="manual (batched) or the HF pipeline")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="answer unknown below this top score instead of the model's calibrated threshold (0: never)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """CLI entry."""
-    results = predict_files(args.model, args.files, args.top_k, args.via)
+    results = predict_files(args.model, args.files, args.top_k, args.via, args.threshold)
     if args.json:
         doc = {
             "model": args.model,
             "predictions": [
-                {"file": f, "top": [{"label": label, "score": score} for label, score in p.top_k]}
+                {"file": f, "label": p.label, "score": p.score,
+                 "top": [{"label": label, "score": score} for label, score in p.top_k]}
                 for f, p in zip(args.files, results)
             ],
         }
         print(json.dumps(doc))
     else:
         for f, p in zip(args.files, results):
-            print(f + "\t" + "  ".join(f"{label} {score:.3f}" for label, score in p.top_k))
+            print(f"{f}\t{p.label}\t" + "  ".join(f"{label} {score:.3f}" for label, score in p.top_k))
     return 0

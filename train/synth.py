@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from train import accent, channel, tts
+from daemon.audio import SAMPLE_RATE
+from train import accent, channel, nonspeech, tts
 from train.errors import TrainError
 from train.intents import IntentSet, load_intents
 
@@ -53,6 +54,9 @@ ACCENT_STREAM = 1
 DEFAULT_ACCENT_FRACTION = 0.0
 DEFAULT_TRIM_FRACTION = 0.5
 MAP_CHUNKSIZE = 4
+# The `voice` of generated non-speech clips (nonspeech/<kind>), which no TTS engine renders.
+NONSPEECH_ENGINE = "nonspeech"
+NONSPEECH_SECONDS = (0.5, 3.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,7 @@ class Clip:
     channel_seed: int
     path: str
     accent: tuple[str, ...] = ()  # train/accent.py processes; only espeak-ng clips get one
+    seconds: float = 0.0  # length of a generated non-speech clip (voice nonspeech/<kind>); speech takes its own
 
 
 def split_voices(
@@ -111,8 +116,9 @@ def plan_clips(
     test_fraction: float,
     rng: np.random.Generator,
     wav_dir: Path,
+    keep: Callable[[str], bool] | None = None,
 ) -> list[Clip]:
-    """Every clip of the dataset, in intent order; a fixed sequence of draws from rng."""
+    """Every clip of the dataset, in intent order; a fixed sequence of draws from rng (`keep` filters sentences)."""
     # Within a split, an engine is picked first and then one of its voices. Engine weights grow only with the
     # log of their speaker count, so flite's few voices are heard about a third as often as espeak-ng's hundreds
     # (variety of engines helped more than sheer numbers) while festival's single voice is not a third of the data.
@@ -122,7 +128,9 @@ def plan_clips(
     n_test = round(per_intent * test_fraction) if pools["test"] else 0
     clips: list[Clip] = []
     for intent in intents.names:
-        sentences = intents.sample(intent, per_intent, rng)
+        sentences = intents.sample(intent, per_intent, rng, keep)
+        if not sentences:
+            raise TrainError(f"intent {intent!r}: no sentence left to speak (all were filtered out)")
         # Fewer distinct sentences than clips (digits: one each): repeat them, each time with other voices.
         texts = [sentences[i % len(sentences)] for i in range(per_intent)]
         is_test = np.zeros(per_intent, dtype=bool)
@@ -150,6 +158,22 @@ def plan_clips(
     return clips
 
 
+def plan_nonspeech(count: int, label: str, test_fraction: float, rng: np.random.Generator, wav_dir: Path,
+                   first_index: int) -> list[Clip]:
+    """`count` clips of generated non-speech (train/nonspeech.py kinds, in turn) labelled `label`."""
+    kinds = sorted(nonspeech.KINDS)
+    clips = []
+    for k in range(count):
+        index = first_index + k
+        kind = kinds[k % len(kinds)]
+        clips.append(Clip(
+            index=index, split="test" if rng.random() < test_fraction else "train", intent=label, text="",
+            voice=tts.Voice(NONSPEECH_ENGINE, kind), rate=1.0, pitch=1.0, channel_seed=int(rng.integers(2**SEED_BITS)),
+            path=str(wav_dir / f"{index:06d}-{label}-{kind}.wav"), seconds=round(float(rng.uniform(*NONSPEECH_SECONDS)), 3),
+        ))
+    return clips
+
+
 def assign_accents(clips: Sequence[Clip], fraction: float, rng: np.random.Generator) -> list[Clip]:
     """Give about `fraction` of the espeak-ng clips a drawn accent (the only engine that speaks phonemes).
 
@@ -172,8 +196,12 @@ def _engine_weights(voices: Mapping[str, Sequence[tts.Voice]]) -> tuple[list[str
 
 def render_clip(clip: Clip, config: channel.ChannelConfig) -> float:
     """Speak, pass through the telephone channel, write 8 kHz s16 wav; returns the clip's seconds."""
-    samples, rate = tts.render(clip.text, clip.voice, clip.rate, clip.pitch, clip.accent)
-    audio, _ = channel.telephone(samples, rate, np.random.default_rng(clip.channel_seed), config)
+    rng = np.random.default_rng(clip.channel_seed)
+    if clip.voice.engine == NONSPEECH_ENGINE:
+        samples, rate = nonspeech.KINDS[clip.voice.name](clip.seconds, SAMPLE_RATE, rng), SAMPLE_RATE
+    else:
+        samples, rate = tts.render(clip.text, clip.voice, clip.rate, clip.pitch, clip.accent)
+    audio, _ = channel.telephone(samples, rate, rng, config)
     sf.write(clip.path, audio, channel.TELEPHONE_RATE, subtype="PCM_16", format="WAV")
     return audio.size / channel.TELEPHONE_RATE
 
@@ -287,8 +315,15 @@ def synthesize(
     accent_fraction: float = DEFAULT_ACCENT_FRACTION,
     trim_fraction: float = DEFAULT_TRIM_FRACTION,
     progress: bool = True,
+    keep_sentence: Callable[[str], bool] | None = None,
+    nonspeech_clips: int = 0,
 ) -> Path:
-    """Render a dataset from an intents file into out_dir (wavs + DatasetDict); returns out_dir's absolute path."""
+    """Render a dataset from an intents file into out_dir (wavs + DatasetDict); returns out_dir's absolute path.
+
+    keep_sentence filters the sentences spoken; nonspeech_clips adds that many generated non-speech clips
+    (room noise, music, breathing, clicks, silence: train/nonspeech.py) labelled as the file's last intent, as
+    the out-of-scope class wants them (train/out_of_scope.py).
+    """
     if per_intent < 1:
         raise TrainError(f"--per-intent must be at least 1, not {per_intent}")
     if not 0 <= test_fraction < 1:
@@ -309,7 +344,9 @@ def synthesize(
 
     rng = np.random.default_rng(seed)
     sides = split_voices(voices, test_fraction, rng)
-    clips = plan_clips(intents, voices, sides, per_intent, test_fraction, rng, out / WAV_DIR)
+    clips = plan_clips(intents, voices, sides, per_intent, test_fraction, rng, out / WAV_DIR, keep_sentence)
+    if nonspeech_clips:
+        clips += plan_nonspeech(nonspeech_clips, intents.names[-1], test_fraction, rng, out / WAV_DIR, len(clips))
     clips = assign_accents(clips, accent_fraction, np.random.default_rng([seed, ACCENT_STREAM]))
     for engine, vs in voices.items():
         log.info(
