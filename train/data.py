@@ -45,7 +45,8 @@ class LabelledSplits:
     splits: Any  # datasets.DatasetDict; typed loosely so importing this module stays cheap
     label_column: str
     label_names: list[str]
-    source: str  # "saved", "audiofolder" or "hub"
+    source: str  # "saved", "audiofolder", "hub", "combined", or a folder an out-of-scope part came from
+    parts: tuple[str, ...] = ()  # what a "combined" set joined: each part's DATA (or folder)
 
     def split(self, name: str) -> Any:
         """One split by name, or a TrainError listing the splits that exist."""
@@ -91,7 +92,7 @@ def load_labelled(
     raw, names = _encode_labels(raw, column, spec)
     raw = _ensure_test_split(raw, column, seed, test_fraction)
     log.info("dataset %s (%s): %s, %d labels", spec, source, {k: len(v) for k, v in raw.items()}, len(names))
-    return LabelledSplits(splits=raw, label_column=column, label_names=names, source=source)
+    return LabelledSplits(splits=raw, label_column=column, label_names=names, source=source, parts=(spec,))
 
 
 def load_combined(
@@ -138,7 +139,8 @@ def join_labelled(parts: Sequence[LabelledSplits], name: str) -> LabelledSplits:
             joined.setdefault(split, []).append(ds)
     splits = datasets.DatasetDict({k: datasets.concatenate_datasets(v) for k, v in joined.items()})
     log.info("combined %s: %s, %d labels", name, {k: len(v) for k, v in splits.items()}, len(names))
-    return LabelledSplits(splits=splits, label_column=column, label_names=names, source="combined")
+    return LabelledSplits(splits=splits, label_column=column, label_names=names, source="combined",
+                          parts=tuple(p for part in parts for p in (part.parts or (part.source,))))
 
 
 def _load_raw(spec: str, source: str, config: str | None) -> Any:

@@ -87,7 +87,7 @@ class FitSettings:
         "SpecAugment-style time masking where the trained layers begin; 0 is off", metavar="SECONDS")
     out_of_scope: bool = option(
         True, "add the class `unknown` (published as intent.unknown) trained on synthesized speech that is no "
-        "intent and on generated noise, music, breathing, clicks and silence (train/out_of_scope.py)")
+        "intent and on generated room noise, music, breathing and clicks (train/out_of_scope.py)")
     out_of_scope_clips: int = option(600, "spoken out-of-scope sentences to synthesize (cached between fits)",
                                      metavar="N")
     out_of_scope_noise: int = option(200, "generated non-speech clips for the out-of-scope class", metavar="N")
@@ -526,6 +526,7 @@ def fit(settings: FitSettings) -> FitResult:
             "label_column": data.label_column,
             "labels": data.label_names,
             "sizes": {name: len(split) for name, split in data.splits.items()},
+            "parts": list(data.parts),
         },
         "parameters": counts,
         "best_checkpoint": trainer.state.best_model_checkpoint,

@@ -100,3 +100,6 @@ Generator = Callable[[float, int, np.random.Generator], np.ndarray]
 KINDS: dict[str, Generator] = {
     "silence": silence, "room": room, "music": music, "breathing": breathing, "clicks": clicks,
 }
+# What a model can be trained on: digital silence is no clip to learn from (training refuses it, and a VAD never
+# hands it over as an utterance); a quiet room is the silence a microphone hears.
+TRAINABLE_KINDS = tuple(kind for kind in KINDS if kind != "silence")

@@ -5,7 +5,7 @@ fit therefore adds a class `unknown` (the label the daemon publishes as `intent.
   * speech that is no intent: sentences from train/intents/out_of_scope.toml spoken by synth's TTS engines through
     the same telephone channel, minus every sentence that uses a word of the model's own labels or repeats one of
     its training transcriptions (a user's "stop" intent is never taught as out of scope);
-  * generated non-speech: room noise, music-like tones, breathing, clicks, silence (train/nonspeech.py);
+  * generated non-speech: room noise, music-like tones, breathing, clicks (train/nonspeech.py);
   * optionally the user's own recordings of non-commands (a folder of audio files, all out of scope).
 The synthesized part is rendered once per distinct recipe and cached (INTENTD_CACHE, default ~/.cache/intentd).
 

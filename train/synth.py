@@ -161,7 +161,7 @@ def plan_clips(
 def plan_nonspeech(count: int, label: str, test_fraction: float, rng: np.random.Generator, wav_dir: Path,
                    first_index: int) -> list[Clip]:
     """`count` clips of generated non-speech (train/nonspeech.py kinds, in turn) labelled `label`."""
-    kinds = sorted(nonspeech.KINDS)
+    kinds = sorted(nonspeech.TRAINABLE_KINDS)
     clips = []
     for k in range(count):
         index = first_index + k
@@ -321,7 +321,7 @@ def synthesize(
     """Render a dataset from an intents file into out_dir (wavs + DatasetDict); returns out_dir's absolute path.
 
     keep_sentence filters the sentences spoken; nonspeech_clips adds that many generated non-speech clips
-    (room noise, music, breathing, clicks, silence: train/nonspeech.py) labelled as the file's last intent, as
+    (room noise, music, breathing, clicks: train/nonspeech.py) labelled as the file's last intent, as
     the out-of-scope class wants them (train/out_of_scope.py).
     """
     if per_intent < 1:
