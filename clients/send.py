@@ -1,6 +1,14 @@
 """`intentd-send`: stream WAV/FLAC files (or the local microphone) to intentd's audio socket.
 
-Imports only numpy, soundfile, sounddevice (lazily) and `daemon.protocol`/`daemon.errors`: never torch.
+Files go as recorded streams (header `live: false`): the daemon reads them no faster than it classifies, so a flood
+of files loses nothing. `--realtime` paces them at real time and marks them live, as a microphone is: the daemon
+then drops utterances by its policy when it falls behind.
+
+With `--events URI` it also subscribes to the daemon's events and says per file what the daemon heard, from the
+file's `stream.end` (a daemon that never sends one is waited for `--wait-s`, then reported, not an error).
+
+Imports only numpy, soundfile, sounddevice and pyzmq (lazily) and `daemon.protocol`/`daemon.events`/
+`daemon.errors`: never torch.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import logging
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +29,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from daemon import events
 from daemon.errors import IntentdError
 from daemon.protocol import (
     MAX_CHANNELS,
@@ -43,10 +53,18 @@ log = logging.getLogger("intentd-send")
 
 DEFAULT_CHUNK_MS: Final = 20
 REPLY_TIMEOUT_S: Final = 30.0
+# A recorded stream's final reply comes once the daemon has read all of it, which it does only as fast as its
+# model classifies everything queued before: under a flood that can take minutes.
+RECORDED_FINAL_TIMEOUT_S: Final = 600.0
 # After a failed write, how long to wait for the server's error reply that explains it.
 ERROR_REPLY_GRACE_S: Final = 2.0
 MIC_QUEUE_BLOCKS: Final = 500  # 10 s of 20 ms blocks; beyond that the network is not keeping up
 MAX_MIC_CHANNELS: Final = 2
+# --events: how long to wait for the daemon's first message (its status heartbeat comes every
+# publisher.status_interval_s, 5 s by default) before sending, and by default for the stream.end of every file.
+EVENTS_CONNECT_TIMEOUT_S: Final = 10.0
+DEFAULT_WAIT_S: Final = 30.0
+HEARD_POLL_S: Final = 0.1
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
@@ -145,7 +163,7 @@ async def send_stream(uri: str, header: StreamHeader, blocks: AsyncIterator[byte
                 if late is not None and late.type == REPLY_ERROR:
                     raise _refusal(header.stream_id, late, "final") from err
             raise SendError(f"{header.stream_id}: connection lost while sending: {err}") from err
-        reply = await replies.next(REPLY_TIMEOUT_S)
+        reply = await replies.next(REPLY_TIMEOUT_S if header.live else RECORDED_FINAL_TIMEOUT_S)
         if reply is None or reply.type != REPLY_FINAL:
             raise _refusal(header.stream_id, reply, "final")
         return SendResult(header.stream_id, int(reply.fields.get("samples", 0)))
@@ -182,8 +200,12 @@ async def send_file(
     stream_id: str | None = None,
     chunk_ms: int = DEFAULT_CHUNK_MS,
     realtime: bool = False,
+    live: bool | None = None,
 ) -> SendResult:
-    """Stream one WAV/FLAC file at its native rate and channels (s16le, or f32le for float files)."""
+    """Stream one WAV/FLAC file at its native rate and channels (s16le, or f32le for float files).
+
+    `live` (default: `realtime`) marks the stream live: its utterances may then be dropped under load.
+    """
     sf = _soundfile()
     try:
         snd = sf.SoundFile(str(path))
@@ -193,7 +215,7 @@ async def send_file(
         rate, channels = int(snd.samplerate), int(snd.channels)
         _check_layout(str(path), rate, channels)
         fmt: SampleFormat = "f32le" if snd.subtype in _FLOAT_SUBTYPES else "s16le"
-        header = StreamHeader(stream_id or str(path), rate, fmt, channels)
+        header = StreamHeader(stream_id or str(path), rate, fmt, channels, realtime if live is None else live)
         block = max(1, rate * chunk_ms // 1000)
 
         async def blocks() -> AsyncIterator[bytes]:
@@ -308,17 +330,90 @@ async def send_microphone(
                 log.warning("dropped %d microphone blocks: the connection did not keep up", dropped)
 
 
+class Hearing:
+    """What the daemon publishes about our streams, collected on a thread from its event socket (--events)."""
+
+    def __init__(self, uri: str, stream_ids: Sequence[str]) -> None:
+        from clients.subscriber import Subscriber  # pyzmq: only for --events
+
+        self._sub = Subscriber(uri, recv_timeout_s=HEARD_POLL_S)
+        self._ids = set(stream_ids)
+        self.heard: dict[str, list[events.Event]] = {sid: [] for sid in stream_ids}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="intentd-send-events", daemon=True)
+
+    def start(self, timeout_s: float = EVENTS_CONNECT_TIMEOUT_S) -> bool:
+        """Wait until subscribed (the daemon's next message), then collect; False if nothing arrived in time."""
+        connected = self._sub.wait_connected(timeout_s)
+        self._thread.start()
+        return connected
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            event = self._sub.recv()
+            sid = event.raw.get("stream_id") if event is not None else None
+            if event is not None and sid in self._ids:
+                with self._cond:
+                    self.heard[str(sid)].append(event)
+                    self._cond.notify_all()
+
+    def end_of(self, stream_id: str) -> events.StreamEndEvent | None:
+        """The stream's stream.end, once it has arrived."""
+        with self._cond:
+            return next((e for e in self.heard[stream_id] if isinstance(e, events.StreamEndEvent)), None)
+
+    def wait_ends(self, stream_ids: Sequence[str], timeout_s: float) -> None:
+        """Block until every stream's stream.end has arrived, or `timeout_s` has passed."""
+        with self._cond:
+            self._cond.wait_for(lambda: all(self.end_of(sid) is not None for sid in stream_ids), timeout_s)
+
+    def report(self, stream_id: str, wait_s: float) -> str:
+        """One line: what the daemon heard on this stream, from its intents and stream.end."""
+        end = self.end_of(stream_id)
+        if end is None:
+            return f"{stream_id}: no stream.end within {wait_s:g} s (a daemon before stream.end never sends one)"
+        with self._cond:
+            said = [e for e in self.heard[stream_id] if isinstance(e, events.IntentEvent | events.DroppedEvent)]
+        parts = [f"{e.label} {e.score:.2f}" if isinstance(e, events.IntentEvent) else f"dropped ({e.reason})"
+                 for e in sorted(said, key=lambda e: e.utterance)]
+        heard = f"heard {end.utterances}: {', '.join(parts)}" if end.utterances else "no speech"
+        blips = f"; {end.discarded} blip(s) too short to classify" if end.discarded else ""
+        why = f" (ended: {end.reason})" if end.reason else ""
+        return f"{stream_id}: {heard}{blips}{why}"
+
+    def close(self) -> None:
+        """Stop collecting and close the socket."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._sub.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of intentd-send."""
     p = argparse.ArgumentParser(
-        prog="intentd-send", description="Stream WAV/FLAC files or a microphone to intentd."
+        prog="intentd-send",
+        description="Stream WAV/FLAC files or a microphone to intentd. Files are recorded streams: the daemon "
+        "reads them no faster than it classifies, so none of their utterances is dropped; a microphone "
+        "(--mic) and --realtime files are live streams, whose utterances the daemon drops by its policy when it "
+        "falls behind.",
     )
     p.add_argument(
         "--to", required=True, metavar="URI", help="the daemon's socket: tcp://HOST:PORT or unix:///PATH"
     )
     p.add_argument("files", nargs="*", metavar="FILE", help="WAV/FLAC files, each its own stream")
     p.add_argument(
-        "--realtime", action="store_true", help="pace audio at real time (default: as fast as possible)"
+        "--realtime",
+        action="store_true",
+        help="pace files at real time and mark them live, as a microphone (default: recorded, sent as fast as "
+        "the daemon classifies them, never dropped)",
+    )
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="mark files live without pacing them: the daemon's drop policy applies when it falls behind "
+        "(the behaviour before recorded streams; for load tests)",
     )
     p.add_argument(
         "--chunk-ms", type=int, default=DEFAULT_CHUNK_MS, help=f"audio per chunk in ms (default {DEFAULT_CHUNK_MS})"
@@ -331,6 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
         const="",
         metavar="DEVICE",
         help="stream a microphone (name substring or index; default device) until Ctrl-C",
+    )
+    p.add_argument(
+        "--events",
+        metavar="URI",
+        help="the daemon's event socket (e.g. tcp://127.0.0.1:5556): subscribe first, then print per file what "
+        "the daemon heard once its stream.end arrives",
+    )
+    p.add_argument(
+        "--wait-s",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        help=f"with --events: how long after sending to wait for the stream.end of every file (default {DEFAULT_WAIT_S:g})",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
@@ -352,10 +459,26 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"{result.stream_id}: {result.samples} samples accepted")
         return EXIT_OK
 
+    hearing = None
+    if args.events is not None:
+        try:
+            hearing = Hearing(args.events, [args.stream_id or path for path in args.files])
+        except IntentdError as err:
+            print(f"error: --events: {err}", file=sys.stderr)
+            return EXIT_FAILED
+        if not await asyncio.to_thread(hearing.start):
+            log.warning("no message from %s within %g s: what the daemon heard may be missed",
+                        args.events, EVENTS_CONNECT_TIMEOUT_S)
+
     async def one(path: str) -> bool:
         try:
             result = await send_file(
-                args.to, path, stream_id=args.stream_id, chunk_ms=args.chunk_ms, realtime=args.realtime
+                args.to,
+                path,
+                stream_id=args.stream_id,
+                chunk_ms=args.chunk_ms,
+                realtime=args.realtime,
+                live=args.realtime or args.live,
             )
         except IntentdError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -363,10 +486,19 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"{result.stream_id}: {result.samples} samples accepted")
         return True
 
-    if args.sequential:
-        ok = [await one(path) for path in args.files]
-    else:
-        ok = list(await asyncio.gather(*(one(path) for path in args.files)))
+    try:
+        if args.sequential:
+            ok = [await one(path) for path in args.files]
+        else:
+            ok = list(await asyncio.gather(*(one(path) for path in args.files)))
+        if hearing is not None:
+            sent = [args.stream_id or path for path, good in zip(args.files, ok, strict=True) if good]
+            await asyncio.to_thread(hearing.wait_ends, sent, args.wait_s)
+            for sid in sent:
+                print(hearing.report(sid, args.wait_s))
+    finally:
+        if hearing is not None:
+            hearing.close()
     return EXIT_OK if all(ok) else EXIT_FAILED
 
 
@@ -385,6 +517,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--chunk-ms must be 1..1000")
     if not (args.to.startswith("tcp://") or args.to.startswith("unix://")):
         parser.error(f"--to {args.to!r}: expected tcp://HOST:PORT or unix:///PATH")
+    if args.events is not None and args.mic is not None:
+        parser.error("--events reports on files; watch a microphone with intentd-sub or intentd-live")
+    if args.wait_s < 0:
+        parser.error("--wait-s must be >= 0")
     return asyncio.run(_run(args))
 
 

@@ -1,10 +1,18 @@
-"""Utterances from all streams -> batches for one model, on one worker thread, through one bounded queue.
+"""Utterances from all streams -> batches for one model, on one worker thread, through two queues (live, recorded).
 
-A batch runs when `max_batch` utterances wait or the oldest has waited `max_wait_ms`. A full queue drops one
-utterance by the configured policy; a model failure fails each utterance of its batch and the worker goes on.
-Every outcome is handed forward to the next stage (`Results`: classified, dropped, failed), never back to the
-caller. The model (resampling included) is swapped only between batches. Submissions, batch sizes and timings are
-counted here, into the service's Counters.
+A batch runs when `max_batch` utterances wait or the oldest has waited `max_wait_ms`. Utterances of live streams
+(microphones, calls: they cannot wait) and of recorded ones (files: they can) wait apart:
+
+- live: at most `queue_size`; a full queue drops one by the configured policy, as it always has. A batch takes
+  live utterances first, so recorded work never delays or starves live audio.
+- recorded: never dropped. Their sources stop reading while `recorded_high_water` of them wait (`has_room`),
+  and are woken through `add_room_listener` when the worker takes some (TCP backpressure in the socket server).
+
+A model failure fails each utterance of its batch and the worker goes on. Every outcome is handed forward to the
+next stage (`Results`: classified, dropped, failed), never back to the caller; so is the end of a stream
+(`stream_ended`), once every utterance of it has had its outcome handed on: a subscriber sees a stream's
+`stream.end` after all its other events. The model (resampling included) is swapped only between batches.
+Submissions, batch sizes and timings are counted here, into the service's Counters.
 """
 
 from __future__ import annotations
@@ -12,10 +20,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
 from daemon.counters import Counters
 from daemon.errors import ConfigError
@@ -56,11 +64,59 @@ class Results(Protocol):
         """Called on the worker thread for each utterance of a batch the model failed on."""
         ...
 
+    def stream_ended(self, summary: StreamSummary) -> None:
+        """Called once per ended stream, on whichever thread handed on its last utterance's outcome (or on the
+        closing thread when none was left), after that outcome."""
+        ...
+
+
+OUTCOMES: Final = ("classified", "dropped", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSummary:
+    """What became of one ended stream's audio: handed to Results.stream_ended after its last outcome."""
+
+    stream_id: str
+    reason: str | None  # None: a normal end; else why the source ended it
+    live: bool
+    duration_s: float  # audio received, in seconds of stream time
+    discarded: int  # voiced blips too short to be utterances (never submitted)
+    classified: int
+    dropped: int
+    failed: int
+
+    @property
+    def utterances(self) -> int:
+        """Utterances submitted: each was classified, dropped or failed."""
+        return self.classified + self.dropped + self.failed
+
+
+@dataclass(eq=False, slots=True)
+class StreamAccount:
+    """One open stream as the batcher sees it (from `open_stream`): whether it is live, and the outcomes of its
+    utterances so far. Only the batcher changes it, under its lock."""
+
+    stream_id: str
+    live: bool
+    pending: int = 0  # submitted, outcome not yet handed on
+    outcomes: Counter[str] = field(default_factory=Counter)
+    ending: tuple[str | None, float, int] | None = None  # (reason, duration_s, discarded) once closed
+    reported: bool = False
+
+    def summary(self) -> StreamSummary:
+        """The stream's summary (once it has ended)."""
+        assert self.ending is not None
+        reason, duration_s, discarded = self.ending
+        return StreamSummary(self.stream_id, reason, self.live, duration_s, discarded,
+                             *(self.outcomes[o] for o in OUTCOMES))
+
 
 @dataclass(slots=True)
 class _Waiting:
     utterance: Utterance
     enqueued: float  # batcher clock at submit; the max_wait deadline counts from here
+    account: StreamAccount | None  # None: a live utterance nobody tracks (tests, tools)
 
 
 class MicroBatcher:
@@ -89,9 +145,12 @@ class MicroBatcher:
         self.max_wait_s = settings.max_wait_ms / MS_PER_S
         self.queue_size = settings.queue_size
         self.drop_policy = settings.drop_policy
+        self.recorded_high_water = settings.recorded_high_water
         self._clock = clock
         self._heartbeat_s = heartbeat_s
-        self._queue: deque[_Waiting] = deque()
+        self._live: deque[_Waiting] = deque()
+        self._recorded: deque[_Waiting] = deque()
+        self._room_listeners: list[Callable[[], None]] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._draining = False
@@ -120,34 +179,61 @@ class MicroBatcher:
         """Block until the worker has made its start-up keep-warm call (or found none to make); False on timeout."""
         return self._started.wait(timeout_s)
 
-    def submit(self, utterance: Utterance) -> bool:
-        """Queue an utterance; False if it (or, by policy, an older one) was dropped instead. Never blocks."""
-        dropped: Utterance | None = None
+    def open_stream(self, stream_id: str, live: bool) -> StreamAccount:
+        """Start accounting for a stream; submit its utterances with the account, then end_stream it."""
+        return StreamAccount(stream_id, live)
+
+    def submit(self, utterance: Utterance, account: StreamAccount | None = None) -> bool:
+        """Queue an utterance; False if it (or, by policy, an older one) was dropped instead. Never blocks.
+
+        Without an account the utterance counts as live and untracked. A recorded stream's utterance is always
+        queued (its source waits for `has_room` before it sends more audio); only a draining batcher drops it.
+        """
+        new = _Waiting(utterance, self._clock(), account)
+        dropped: _Waiting | None = None
         reason = REASON_QUEUE_FULL
         self.counters.submitted()
         with self._cond:
+            if account is not None:
+                account.pending += 1
+            live = account is None or account.live
             if self._draining:
-                dropped, reason = utterance, REASON_DRAINING
-            elif len(self._queue) >= self.queue_size:
-                if self.drop_policy == "drop_newest":
-                    dropped = utterance
-                else:
-                    dropped = self._queue.popleft().utterance
-            if dropped is not utterance:
-                self._queue.append(_Waiting(utterance, self._clock()))
+                dropped, reason = new, REASON_DRAINING
+            elif live and len(self._live) >= self.queue_size:
+                dropped = new if self.drop_policy == "drop_newest" else self._live.popleft()
+            if dropped is not new:
+                (self._live if live else self._recorded).append(new)
                 self._cond.notify_all()
         if dropped is None:
             return True
         log.warning(
             "dropped utterance %d of stream %s (%s, policy %s, %d queued)",
-            dropped.index,
-            dropped.stream_id,
+            dropped.utterance.index,
+            dropped.utterance.stream_id,
             reason,
             self.drop_policy,
             self.queue_size,
         )
-        self._hand_on(self._results.dropped, dropped, reason)
-        return dropped is not utterance
+        self._hand_on(self._results.dropped, dropped.utterance, reason)
+        self._settle([dropped], "dropped")
+        return dropped is not new
+
+    def end_stream(self, account: StreamAccount, reason: str | None, *, duration_s: float, discarded: int) -> None:
+        """No more utterances will come from this stream: Results.stream_ended follows its last outcome."""
+        with self._cond:
+            account.ending = (reason, duration_s, discarded)
+            ended = self._take_ended([account])
+        self._report(ended)
+
+    def has_room(self) -> bool:
+        """True while fewer than `recorded_high_water` recorded utterances wait: recorded sources may send more."""
+        with self._cond:
+            return len(self._recorded) < self.recorded_high_water
+
+    def add_room_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` (on the worker thread; it must not block) whenever the worker takes recorded
+        utterances off the queue while recorded sources may be waiting for room."""
+        self._room_listeners.append(listener)
 
     def swap_model(self, model: UtteranceModel) -> UtteranceModel:
         """Use `model` from the next batch on (a running batch finishes on the old one); return the old one."""
@@ -163,9 +249,9 @@ class MicroBatcher:
 
     @property
     def queue_depth(self) -> int:
-        """Utterances waiting now."""
+        """Utterances waiting now, live and recorded."""
         with self._cond:
-            return len(self._queue)
+            return len(self._live) + len(self._recorded)
 
     def drain(self, timeout_s: float) -> bool:
         """Stop taking work, classify everything queued, stop the worker; True if nothing was left undone."""
@@ -177,9 +263,10 @@ class MicroBatcher:
         if thread is not None:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
-            done = not self._queue and not self._busy
+            queued = len(self._live) + len(self._recorded)
+            done = not queued and not self._busy
             if not done:
-                log.warning("drain timed out with %d utterances queued", len(self._queue))
+                log.warning("drain timed out with %d utterances queued", queued)
             return done
 
     # -- health --------------------------------------------------------------------------------------------
@@ -219,7 +306,7 @@ class MicroBatcher:
                 batch = self._take()
                 warm = None
                 if batch is None:
-                    if self._draining and not self._queue:
+                    if self._draining and not (self._live or self._recorded):
                         return
                     warm = self._due_for_keep_warm()
                     if warm is None:
@@ -230,6 +317,8 @@ class MicroBatcher:
                 assert warm is not None
                 self._keep_warm(warm)  # outside the lock: submit() never waits for it
                 continue
+            if any(w.account is not None and not w.account.live for w in batch):
+                self._room_freed()
             try:
                 self._run_batch(model, batch)
             finally:
@@ -256,7 +345,7 @@ class MicroBatcher:
 
     def _due_for_keep_warm(self) -> Callable[[], object] | None:
         """With the lock held: the model's keep_warm when the worker has idled for keep_warm_s."""
-        if self.keep_warm_s <= 0 or self._draining or self._queue:
+        if self.keep_warm_s <= 0 or self._draining or self._live or self._recorded:
             return None
         if self._clock() - self._last_work < self.keep_warm_s:
             return None
@@ -274,21 +363,37 @@ class MicroBatcher:
                 self._last_work = self._clock()
                 self._cond.notify_all()
 
-    def _take(self) -> list[Utterance] | None:
-        """With the lock held: pop a due batch, or wait (bounded) and return None."""
-        if not self._queue:
+    def _take(self) -> list[_Waiting] | None:
+        """With the lock held: pop a due batch (live utterances first), or wait (bounded) and return None."""
+        queues = [q for q in (self._live, self._recorded) if q]
+        if not queues:
             if not self._draining:
                 self._cond.wait(self._heartbeat_s)
             return None
-        if len(self._queue) < self.max_batch and not self._draining:
-            left = self._queue[0].enqueued + self.max_wait_s - self._clock()
+        if sum(map(len, queues)) < self.max_batch and not self._draining:
+            left = min(q[0].enqueued for q in queues) + self.max_wait_s - self._clock()
             if left > 0:
                 self._cond.wait(min(left, self._heartbeat_s))
                 return None
-        n = min(self.max_batch, len(self._queue))
-        return [self._queue.popleft().utterance for _ in range(n)]
+        batch: list[_Waiting] = []
+        for q in queues:
+            while q and len(batch) < self.max_batch:
+                batch.append(q.popleft())
+        return batch
 
-    def _run_batch(self, model: UtteranceModel, batch: list[Utterance]) -> None:
+    def _room_freed(self) -> None:
+        for listener in self._room_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("a room listener failed")
+
+    def _run_batch(self, model: UtteranceModel, waiting: list[_Waiting]) -> None:
+        """Classify one batch, hand on every utterance's outcome, then settle their streams' accounts."""
+        self._settle(waiting, self._classify(model, [w.utterance for w in waiting]))
+
+    def _classify(self, model: UtteranceModel, batch: list[Utterance]) -> str:
+        """Run one batch and hand on each utterance's outcome; returns which outcome they all had."""
         started = self._clock()
         queue_waits_s = [started - u.closed_monotonic for u in batch]
         try:
@@ -301,7 +406,7 @@ class MicroBatcher:
             message = f"{type(err).__name__}: {err}"
             for utterance in batch:
                 self._hand_on(self._results.failed, utterance, message)
-            return
+            return "failed"
         inference_s = self._clock() - started
         self.counters.batch(len(batch), inference_s, queue_waits_s)
         for utterance, prediction, wait_s in zip(batch, predictions, queue_waits_s, strict=True):
@@ -314,6 +419,39 @@ class MicroBatcher:
                 batch_size=len(batch),
             )
             self._hand_on(self._results.classified, result)
+        return "classified"
+
+    # -- stream accounts -----------------------------------------------------------------------------------
+
+    def _settle(self, waiting: Iterable[_Waiting], outcome: str) -> None:
+        """After their outcomes were handed on: count them, then report each stream that has ended with none left.
+
+        Counting only after the hand-on is what orders a stream's end after all its events, whichever thread
+        (the worker, or a submitter whose utterance was dropped) hands on its last outcome.
+        """
+        accounts = [w.account for w in waiting if w.account is not None]
+        if not accounts:
+            return
+        with self._cond:
+            for account in accounts:
+                account.pending -= 1
+                account.outcomes[outcome] += 1
+            ended = self._take_ended(accounts)
+        self._report(ended)
+
+    @staticmethod
+    def _take_ended(accounts: Iterable[StreamAccount]) -> list[StreamSummary]:
+        """With the lock held: the summaries of streams that have ended with no outcome pending, each once."""
+        ended = []
+        for account in accounts:
+            if account.ending is not None and account.pending == 0 and not account.reported:
+                account.reported = True
+                ended.append(account.summary())
+        return ended
+
+    def _report(self, ended: list[StreamSummary]) -> None:
+        for summary in ended:
+            self._hand_on(self._results.stream_ended, summary)
 
     def _hand_on(self, stage: Callable[..., None], *args: object) -> None:
         """Give an outcome to the next stage; its failure is logged and never reaches the worker or the producer."""

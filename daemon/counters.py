@@ -1,6 +1,6 @@
 """The daemon's one set of counts: the stages add to it, the `status` event and Prometheus both read it.
 
-StreamTable counts utterances, MicroBatcher counts submissions, batches and their timings, the Outbox counts
+StreamTable counts utterances and discarded blips, MicroBatcher counts submissions, batches and their timings, the Outbox counts
 what it publishes (intents, drops, errors) and the service counts reloads. Any thread may add; every read is a
 consistent snapshot taken under the same lock.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 # What a `status` event's `counters` always holds, zeros included (docs/events.md).
-STATUS_KEYS: Final = ("utterances", "events", "dropped", "errors", "reloads")
+STATUS_KEYS: Final = ("utterances", "events", "dropped", "errors", "reloads", "discarded")
 # Latency buckets in seconds: our target is tens of milliseconds, the hangover adds a few hundred.
 LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 2.5, 5.0)
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -56,6 +56,7 @@ class CountsSnapshot:
     """Every count at one instant, as the exporters read them."""
 
     utterances: Mapping[bool, int]  # by truncated
+    discarded: int  # voiced blips shorter than vad.min_utterance_ms, never classified
     events: Mapping[str, int]  # intent events by label
     drops: Mapping[str, int]  # by reason
     errors: Mapping[str, int]  # by kind
@@ -77,6 +78,7 @@ class CountsSnapshot:
             "dropped": sum(self.drops.values()),
             "errors": sum(self.errors.values()),
             "reloads": self.reloads.get(RELOAD_OK, 0),
+            "discarded": self.discarded,
         }
 
 
@@ -86,6 +88,7 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._utterances: Counter[bool] = Counter()
+        self._discarded = 0
         self._events: Counter[str] = Counter()
         self._drops: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
@@ -105,6 +108,11 @@ class Counters:
         """The VAD closed an utterance."""
         with self._lock:
             self._utterances[truncated] += 1
+
+    def discarded(self) -> None:
+        """The VAD discarded a voiced blip too short to be an utterance."""
+        with self._lock:
+            self._discarded += 1
 
     def submitted(self) -> None:
         """An utterance was handed to the batcher (queued or dropped)."""
@@ -153,7 +161,7 @@ class Counters:
         """Every count at one instant."""
         with self._lock:
             return CountsSnapshot(
-                utterances=dict(self._utterances), events=dict(self._events), drops=dict(self._drops),
+                utterances=dict(self._utterances), discarded=self._discarded, events=dict(self._events), drops=dict(self._drops),
                 errors=dict(self._errors), reloads=dict(self._reloads), submitted=self._submitted,
                 batches=self._batches, model_load_s=self._model_load_s, batch_size=self._batch_size.copy(),
                 queue_wait_s=self._queue_wait_s.copy(), inference_s=self._inference_s.copy(),

@@ -35,7 +35,9 @@ from typing import (
 from daemon.errors import IntentdError
 
 if TYPE_CHECKING:
+    from daemon.batcher import StreamSummary
     from daemon.frames import Classified, Utterance
+    from daemon.vad import UtteranceDiscarded
 
 SCHEMA_VERSION: Final = 1
 ENVELOPE_FRAMES: Final = 2  # [topic, json]
@@ -189,8 +191,8 @@ class Latency:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class UtteranceEvent(Event):
-    """The stream and wall-clock times of one utterance, shared by intent and dropped events (no type)."""
+class SpanEvent(Event):
+    """A stretch of one stream's audio and its times: an utterance, or a blip too short to be one (no type)."""
 
     stream_id: str
     utterance: int
@@ -199,11 +201,10 @@ class UtteranceEvent(Event):
     start_wall: float
     end_wall: float
     duration_s: float
-    truncated: bool
 
     @staticmethod
-    def times_of(u: Utterance) -> dict[str, Any]:
-        """The time fields for an utterance, rounded as they go on the wire."""
+    def span_of(u: Utterance | UtteranceDiscarded) -> dict[str, Any]:
+        """Stream id, index and times of a span of one stream, rounded as they go on the wire."""
         start_s = u.start_sample / u.sample_rate
         end_s = u.end_sample / u.sample_rate
         return {
@@ -213,9 +214,24 @@ class UtteranceEvent(Event):
             "end_s": round(end_s, TIME_DECIMALS),
             "start_wall": round(u.stream_origin_wall + start_s, TIME_DECIMALS),
             "end_wall": round(u.stream_origin_wall + end_s, TIME_DECIMALS),
-            "duration_s": round(u.duration_s, TIME_DECIMALS),
-            "truncated": u.truncated,
+            "duration_s": round(end_s - start_s, TIME_DECIMALS),
         }
+
+    def said(self, what: str) -> str:
+        """`stream=a.wav #3 <what> (1.21-2.80 s)`: the start of every span's summary."""
+        return f"stream={self.stream_id} #{self.utterance} {what} ({self.start_s:.2f}-{self.end_s:.2f} s)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UtteranceEvent(SpanEvent):
+    """The stream and wall-clock times of one utterance, shared by intent and dropped events (no type)."""
+
+    truncated: bool
+
+    @classmethod
+    def times_of(cls, u: Utterance) -> dict[str, Any]:
+        """The time fields for an utterance, rounded as they go on the wire."""
+        return {**cls.span_of(u), "truncated": u.truncated}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -261,11 +277,8 @@ class IntentEvent(UtteranceEvent):
 
     def summary(self) -> str:
         """`stream=a.wav #3 balance 0.97 (1.21-2.80 s) 23 ms`: the last number is the processing latency."""
-        return (
-            f"stream={self.stream_id} #{self.utterance} {self.label} {self.score:.2f} "
-            f"({self.start_s:.2f}-{self.end_s:.2f} s) {self.latency_ms.processing:.0f} ms"
-            + (" truncated" if self.truncated else "")
-        )
+        return (self.said(f"{self.label} {self.score:.2f}") + f" {self.latency_ms.processing:.0f} ms"
+                + (" truncated" if self.truncated else ""))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,10 +296,59 @@ class DroppedEvent(UtteranceEvent):
 
     def summary(self) -> str:
         """`stream=a.wav #4 dropped: queue_full (3.02-4.40 s)`."""
-        return (
-            f"stream={self.stream_id} #{self.utterance} dropped: {self.reason} "
-            f"({self.start_s:.2f}-{self.end_s:.2f} s)"
-        )
+        return self.said(f"dropped: {self.reason}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscardedEvent(SpanEvent):
+    """Voiced audio too short to be an utterance (under `vad.min_utterance_ms`): not classified, only counted
+    (published with `publisher.blip_events`). `utterance` is the index the next utterance takes."""
+
+    TYPE: ClassVar[str] = "utterance.discarded"
+
+    @classmethod
+    def from_blip(cls, blip: UtteranceDiscarded) -> DiscardedEvent:
+        """The event for a blip the segmenter discarded."""
+        return cls(**cls.span_of(blip))
+
+    def summary(self) -> str:
+        """`stream=a.wav #2 discarded a 0.12 s blip (3.02-3.14 s)`."""
+        return self.said(f"discarded a {self.duration_s:.2f} s blip")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEndEvent(Event):
+    """A stream ended, published after every event of its utterances: what became of everything it said.
+
+    `reason` is None for a normal end (end marker, clean close, end of file), else why it ended (idle timeout,
+    error, shutdown). `utterances` = `classified` (intent events, `unknown` included) + `dropped` + `failed`;
+    `discarded` counts the voiced blips too short to be utterances."""
+
+    TYPE: ClassVar[str] = "stream.end"
+
+    stream_id: str
+    reason: str | None = None
+    live: bool
+    duration_s: float
+    utterances: int
+    classified: int
+    dropped: int
+    failed: int
+    discarded: int
+
+    @classmethod
+    def of(cls, s: StreamSummary) -> StreamEndEvent:
+        """The event for a stream whose every utterance has had its outcome."""
+        return cls(stream_id=s.stream_id, reason=s.reason, live=s.live, duration_s=round(s.duration_s, TIME_DECIMALS),
+                   utterances=s.utterances, classified=s.classified, dropped=s.dropped, failed=s.failed,
+                   discarded=s.discarded)
+
+    def summary(self) -> str:
+        """`stream=a.wav ended: 3 utterances (3 classified, 0 dropped, 0 failed), 1 blip discarded, 4.20 s`."""
+        why = f" ({self.reason})" if self.reason else ""
+        heard = (f"{self.utterances} utterances ({self.classified} classified, {self.dropped} dropped, "
+                 f"{self.failed} failed)" if self.utterances else "no speech")
+        return f"stream={self.stream_id} ended{why}: {heard}, {self.discarded} blips discarded, {self.duration_s:.2f} s"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -59,6 +59,8 @@ class CountersCollector(Collector):
         """Called by prometheus_client at every scrape."""
         c = self._counters.snapshot()
         yield _labelled("intentd_utterances", "Utterances segmented", "truncated", c.utterances)
+        yield CounterMetricFamily("intentd_discarded", "Voiced blips shorter than vad.min_utterance_ms, discarded "
+                                  "unclassified", value=c.discarded)
         yield _labelled("intentd_events", "Intent events published", "label", c.events)
         yield _labelled("intentd_drops", "Utterances dropped", "reason", c.drops)
         yield _labelled("intentd_errors", "Errors by kind", "kind", c.errors)

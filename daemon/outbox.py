@@ -1,7 +1,8 @@
 """The last stage before the socket: outcomes -> events, counted, then published.
 
-The batcher hands every utterance's outcome here (classified, dropped, failed) and the StreamTable hands its VAD
-edges; the service publishes its `status` heartbeats through here too. Any thread may call it.
+The batcher hands every utterance's outcome here (classified, dropped, failed), and each stream's end once its
+last outcome is out; the StreamTable hands its VAD edges and discarded blips; the service publishes its `status`
+heartbeats through here too. Any thread may call it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import logging
 import time
 from collections.abc import Callable
 
+from daemon.batcher import StreamSummary
 from daemon.counters import Counters
 from daemon.errors import IntentdError
-from daemon.events import DroppedEvent, ErrorEvent, Event, IntentEvent
+from daemon.events import DroppedEvent, ErrorEvent, Event, IntentEvent, StreamEndEvent
 from daemon.frames import Classified, Utterance
 from daemon.publisher import Publisher
 
@@ -45,9 +47,11 @@ class Outbox:
     def classified(self, result: Classified) -> None:
         """An intent event, made right before publishing (it measures the processing latency)."""
         event = IntentEvent.from_classified(result, self._clock())
-        self.publish(event)
         latency = event.latency_ms
+        # Counted before it goes out, as drops and errors are: a subscriber that has seen the event and then reads
+        # `status` or /metrics finds it counted.
         self._counters.intent(event.label, latency.processing / MS_PER_S, latency.end_of_speech / MS_PER_S)
+        self.publish(event)
 
     def dropped(self, utterance: Utterance, reason: str) -> None:
         """An utterance that will not be classified."""
@@ -60,3 +64,9 @@ class Outbox:
         self._counters.error(KIND_CLASSIFY)
         self.publish(ErrorEvent(stream_id=utterance.stream_id, utterance=utterance.index, error=ERROR_CLASSIFY,
                                 message=message))
+
+    def stream_ended(self, summary: StreamSummary) -> None:
+        """A stream's end, after every event of its utterances (the batcher calls this last)."""
+        log.info("stream %s answered: %d classified, %d dropped, %d failed, %d blips discarded",
+                 summary.stream_id, summary.classified, summary.dropped, summary.failed, summary.discarded)
+        self.publish(StreamEndEvent.of(summary))

@@ -48,16 +48,26 @@ REPLY_ACCEPT: Final = "accept"
 REPLY_ERROR: Final = "error"
 REPLY_FINAL: Final = "final"
 REPLY_TYPES: Final = (REPLY_ACCEPT, REPLY_ERROR, REPLY_FINAL)
+# The header's keys: every client sends the required ones; `live` was added later and defaults to true, so a
+# client that never heard of it streams live, as every stream did before.
+HEADER_KEYS: Final = ("stream_id", "sample_rate", "format", "channels")
+HEADER_OPTIONAL_KEYS: Final = ("live",)
 
 
 @dataclass(frozen=True, slots=True)
 class StreamHeader:
-    """What a client declares before its audio: who it is and how its PCM is laid out."""
+    """What a client declares before its audio: who it is, how its PCM is laid out, and whether it is live.
+
+    Live audio (a microphone, a call, anything paced by a clock) cannot wait: when the model falls behind, its
+    utterances are dropped by the daemon's drop policy. Recorded audio (a file) can: the daemon reads it no
+    faster than it classifies, and drops none of it.
+    """
 
     stream_id: str
     sample_rate: int
     sample_format: SampleFormat
     channels: int
+    live: bool = True
 
     @property
     def frame_bytes(self) -> int:
@@ -93,7 +103,8 @@ class Reply:
 ClientFrame = StreamHeader | AudioFrame | EndFrame
 
 
-def validate_header(stream_id: Any, sample_rate: Any, sample_format: Any, channels: Any) -> StreamHeader:
+def validate_header(stream_id: Any, sample_rate: Any, sample_format: Any, channels: Any,
+                    live: Any = True) -> StreamHeader:
     """Check header fields against the protocol's bounds; ProtocolError names the field at fault."""
     if not isinstance(stream_id, str) or not stream_id:
         raise ProtocolError("header: stream_id must be a non-empty string")
@@ -114,19 +125,28 @@ def validate_header(stream_id: Any, sample_rate: Any, sample_format: Any, channe
         )
     if not isinstance(channels, int) or isinstance(channels, bool) or not MIN_CHANNELS <= channels <= MAX_CHANNELS:
         raise ProtocolError(f"header: unsupported channels {channels!r} (accepted {MIN_CHANNELS}..{MAX_CHANNELS})")
-    return StreamHeader(stream_id, sample_rate, sample_format, channels)
+    if not isinstance(live, bool):
+        raise ProtocolError(f"header: live must be true or false, got {live!r}")
+    return StreamHeader(stream_id, sample_rate, sample_format, channels, live)
 
 
 def encode_header(header: StreamHeader) -> bytes:
-    """Encode the hello and JSON header that open a stream."""
-    validate_header(header.stream_id, header.sample_rate, header.sample_format, header.channels)
+    """Encode the hello and JSON header that open a stream (`live` is written only when false).
+
+    A live header is byte for byte what clients sent before `live` existed, so live clients keep working with
+    daemons that do not know the key.
+    """
+    validate_header(header.stream_id, header.sample_rate, header.sample_format, header.channels, header.live)
+    fields: dict[str, Any] = {
+        "stream_id": header.stream_id,
+        "sample_rate": header.sample_rate,
+        "format": header.sample_format,
+        "channels": header.channels,
+    }
+    if not header.live:
+        fields["live"] = False
     body = json.dumps(
-        {
-            "stream_id": header.stream_id,
-            "sample_rate": header.sample_rate,
-            "format": header.sample_format,
-            "channels": header.channels,
-        },
+        fields,
         ensure_ascii=False,
         separators=(",", ":"),
     ).encode("utf-8")
@@ -154,13 +174,14 @@ def _parse_header_json(body: bytes) -> StreamHeader:
         raise ProtocolError(f"malformed header: not UTF-8 JSON ({err})") from err
     if not isinstance(obj, dict):
         raise ProtocolError("malformed header: JSON is not an object")
-    unknown = set(obj) - {"stream_id", "sample_rate", "format", "channels"}
+    unknown = set(obj) - set(HEADER_KEYS) - set(HEADER_OPTIONAL_KEYS)
     if unknown:
         raise ProtocolError(f"malformed header: unknown keys {sorted(unknown)}")
-    for key in ("stream_id", "sample_rate", "format", "channels"):
+    for key in HEADER_KEYS:
         if key not in obj:
             raise ProtocolError(f"malformed header: missing key {key!r}")
-    return validate_header(obj["stream_id"], obj["sample_rate"], obj["format"], obj["channels"])
+    return validate_header(obj["stream_id"], obj["sample_rate"], obj["format"], obj["channels"],
+                           obj.get("live", True))
 
 
 class StreamDecoder:

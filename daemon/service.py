@@ -2,15 +2,18 @@
 
     1. a source (daemon/sources/: socket, microphone, file)   audio chunks of one stream, on the event loop
     2. StreamTable.push (daemon/streams.py)                    webrtcvad cuts the stream into Utterances
-    3. MicroBatcher.submit (daemon/batcher.py)                 one bounded queue for every stream; drops by policy
+    3. MicroBatcher.submit (daemon/batcher.py)                 one queue for every stream: live ones bounded, drop
+                                                               by policy; recorded ones never dropped, their
+                                                               sources wait for room (StreamTable.wait_room)
     4. the batcher's worker thread runs UtteranceClassifier    resample to 16 kHz + one batched forward
        (daemon/utterance_classifier.py -> daemon/classifier.py)
     5. Outbox.classified (daemon/outbox.py)                    Classified -> IntentEvent, counted
     6. Publisher.publish (daemon/publisher.py)                 [topic, json] with the next seq, never blocking
 
 Each stage hands its output to the next one it was given: nothing comes back here. A dropped utterance goes from
-3 and a failed batch from 4 to the Outbox as utterance.dropped / utterance.error; VAD edges go from 2 to the
-Outbox. Every stage counts into one Counters (daemon/counters.py), which the `status` heartbeat and the
+3 and a failed batch from 4 to the Outbox as utterance.dropped / utterance.error; VAD edges and discarded blips go
+from 2 to the Outbox. A stream's end goes from 2 through 3, which hands it to the Outbox as stream.end once the
+stream's last utterance has had its outcome: after every other event of that stream. Every stage counts into one Counters (daemon/counters.py), which the `status` heartbeat and the
 Prometheus endpoint (daemon/metrics.py) both read. `_start` builds the route from its end, so each stage exists
 before the one that feeds it.
 
@@ -131,8 +134,8 @@ class Service:
         batcher.start()
         if not await asyncio.to_thread(batcher.wait_started, WORKER_WARM_TIMEOUT_S):
             log.warning("the batcher's start-up forward took over %.0f s; serving anyway", WORKER_WARM_TIMEOUT_S)
-        streams = self._streams = StreamTable(s.vad, batcher.submit, outbox.publish,
-                                              vad_events=s.publisher.vad_events, counters=self.counters)  # 2
+        streams = self._streams = StreamTable(s.vad, batcher, outbox.publish, vad_events=s.publisher.vad_events,
+                                              blip_events=s.publisher.blip_events, counters=self.counters)  # 2
         for uri in s.sources.listen:  # 1
             source = create_source(uri, streams, s.sources)
             self._sources.append(source)
@@ -228,7 +231,7 @@ class Service:
         else:
             old = self._batcher.swap_model(model)
             self.settings = new
-            self._streams.configure(new.vad, new.publisher.vad_events)
+            self._streams.configure(new.vad, new.publisher.vad_events, new.publisher.blip_events)
             log.info("reloaded: model %s replaces %s", model.model_id, old.model_id)
             ok = True
         self.counters.reload(ok)

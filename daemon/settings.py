@@ -125,10 +125,15 @@ class BatcherSettings(_Section):
     max_wait_ms: float = setting(0.0, "...or when the oldest waiting utterance has waited this long, in ms "
                                  "(0: as soon as the model is free)",
                                  lo=0.0, hi=10000.0)
-    queue_size: int = setting(256, "utterances waiting at most; beyond it the drop policy applies",
+    queue_size: int = setting(256, "live streams' utterances waiting at most; beyond it the drop policy applies",
                               lo=1, hi=100000)
-    drop_policy: str = setting("drop_oldest", "which utterance a full queue drops (an event says so)",
+    drop_policy: str = setting("drop_oldest", "which live utterance a full queue drops (an event says so)",
                                choices=DROP_POLICIES)
+    # Four batches of the default max_batch keep the model busy between wake-ups of the paused senders; more only
+    # holds more audio in memory. Live utterances are taken first, so this backlog never delays them.
+    recorded_high_water: int = setting(64, "recorded (not live) streams' utterances waiting at most before "
+                                       "those streams stop being read (TCP backpressure); they are never dropped",
+                                       lo=1, hi=100000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +144,8 @@ class PublisherSettings(_Section):
     sndhwm: int = setting(10000, "messages queued per subscriber before a slow one starts losing them",
                           lo=1, hi=10_000_000)
     vad_events: bool = setting(False, "also publish vad.start / vad.end")
+    blip_events: bool = setting(False, "also publish utterance.discarded for each voiced blip shorter than "
+                                "vad.min_utterance_ms (they are always counted, and in stream.end)")
     status_interval_s: float = setting(5.0, "seconds between `status` heartbeats", lo=0.1, hi=3600.0)
 
 

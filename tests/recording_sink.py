@@ -23,6 +23,7 @@ class RecordedStream:
     stream_id: str
     sample_rate: int
     origin_wall: float
+    live: bool = True
     chunks: list[AudioChunk] = field(default_factory=list)
     closed: bool = False
     reason: str | None = None
@@ -42,6 +43,9 @@ class RecordingSink:
         self.streams: list[RecordedStream] = []
         self._open: dict[str, RecordedStream] = {}
         self._waiters: list[asyncio.Future[None]] = []
+        # While False, recorded streams wait in wait_room (a model that has fallen behind); set it with has_room.
+        self._room = True
+        self.room_waits = 0  # wait_room calls that had to wait
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once predicate() holds; it is rechecked after every sink call (all on the loop thread)."""
@@ -61,11 +65,11 @@ class RecordingSink:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def open_stream(self, stream_id: str, sample_rate: int, origin_wall: float) -> None:
+    def open_stream(self, stream_id: str, sample_rate: int, origin_wall: float, *, live: bool = True) -> None:
         """Record a new stream; IntentdError if the id is already open."""
         if stream_id in self._open:
             raise IntentdError(f"stream {stream_id!r} is already open")
-        rec = RecordedStream(stream_id, sample_rate, origin_wall)
+        rec = RecordedStream(stream_id, sample_rate, origin_wall, live)
         self.streams.append(rec)
         self._open[stream_id] = rec
         self._notify()
@@ -85,6 +89,22 @@ class RecordingSink:
             raise AudioError(f"stream {chunk.stream_id!r}: samples must be 1-D float32")
         rec.chunks.append(chunk)
         self._notify()
+
+    def has_room(self, room: bool) -> None:
+        """Let recorded streams push (True) or hold them in wait_room (False)."""
+        self._room = room
+        self._notify()
+
+    async def wait_room(self, stream_id: str) -> None:
+        """Return at once for a live stream or while there is room; else wait until has_room(True)."""
+        rec = self._open.get(stream_id)
+        if rec is None:
+            raise AudioError(f"stream {stream_id!r}: waits for room but is not open")
+        if rec.live or self._room:
+            return
+        self.room_waits += 1
+        self._notify()
+        await self.wait_until(lambda: self._room)
 
     def close_stream(self, stream_id: str, reason: str | None) -> None:
         """Record the end of a stream; AudioError if it was not open (a source bug)."""

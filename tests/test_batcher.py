@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from daemon.batcher import MicroBatcher
+from daemon.batcher import MicroBatcher, StreamSummary
 from daemon.errors import ConfigError
 from daemon.frames import Classified, Prediction, Utterance
 from daemon.settings import BatcherSettings
@@ -51,22 +51,37 @@ class Sink:
         self.results: list[Classified] = []
         self.drops: list[tuple[tuple[str, int], str]] = []
         self.errors: list[tuple[tuple[str, int], str]] = []
+        self.ends: list[StreamSummary] = []
+        self.log: list[tuple[str, str]] = []  # (what, stream) in the order the batcher handed them on
         self._cond = threading.Condition()
 
     def classified(self, c: Classified) -> None:
         with self._cond:
             self.results.append(c)
+            self.log.append(("classified", c.utterance.stream_id))
             self._cond.notify_all()
 
     def dropped(self, u: Utterance, reason: str) -> None:
         with self._cond:
             self.drops.append(((u.stream_id, u.index), reason))
+            self.log.append(("dropped", u.stream_id))
             self._cond.notify_all()
 
     def failed(self, u: Utterance, message: str) -> None:
         with self._cond:
             self.errors.append(((u.stream_id, u.index), message))
+            self.log.append(("failed", u.stream_id))
             self._cond.notify_all()
+
+    def stream_ended(self, summary: StreamSummary) -> None:
+        with self._cond:
+            self.ends.append(summary)
+            self.log.append(("end", summary.stream_id))
+            self._cond.notify_all()
+
+    def wait_ends(self, n: int) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.ends) >= n, WAIT_S), f"{len(self.ends)} stream ends"
 
     def wait(self, results: int = 0, errors: int = 0) -> None:
         with self._cond:
@@ -382,3 +397,100 @@ def test_the_worker_warms_its_own_thread_before_the_first_utterance(
     assert b.wait_started(WAIT_S)
     sink.wait(results=1)
     assert model.calls == [("warm", "intentd-batcher"), ("classify", "intentd-batcher")]
+
+
+# --------------------------------------------------------------------------------------------- live and recorded
+
+
+def test_recorded_utterances_are_never_dropped_and_hold_their_senders_at_the_high_water_mark(
+    sink: Sink, batchers: list[MicroBatcher]
+) -> None:
+    model = FakeModel(gated=True)
+    b = make(model, sink, max_batch=2, max_wait_ms=0.0, queue_size=1, recorded_high_water=3)
+    batchers.append(b)
+    freed: list[str] = []
+    b.add_room_listener(lambda: freed.append(threading.current_thread().name))
+    rec = b.open_stream("file", live=False)
+    b.submit(utt("file", 0), rec)
+    assert model.entered.wait(WAIT_S)
+    assert b.has_room()
+    for i in range(1, 6):  # far past queue_size: a recorded sender that ignored has_room loses nothing either
+        assert b.submit(utt("file", i), rec) is True
+        assert b.has_room() is (i < 3)
+    live = b.open_stream("mic", live=True)
+    b.submit(utt("mic", 0), live)
+    b.submit(utt("mic", 1), live)  # live keeps its own queue_size and policy: drops mic 0
+    assert sink.drops == [(("mic", 0), "queue_full")]
+    assert b.queue_depth == 6
+    model.gate.set()
+    assert b.drain(WAIT_S)
+    assert sink.drops == [(("mic", 0), "queue_full")]
+    assert [i for s, i in sink.ids() if s == "file"] == list(range(6))
+    # Live first: the batch after the one in the model takes mic 1 before any waiting file utterance.
+    assert model.batches[:2] == [[("file", 0)], [("mic", 1), ("file", 1)]]
+    assert b.has_room() and freed and set(freed) == {"intentd-batcher"}
+
+
+def test_a_streams_end_follows_the_outcome_of_its_last_utterance(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    model = FakeModel(gated=True)
+    b = make(model, sink, max_batch=1, max_wait_ms=0.0, queue_size=1, drop_policy="drop_oldest")
+    batchers.append(b)
+    silent = b.open_stream("silent", live=True)
+    b.end_stream(silent, None, duration_s=2.0, discarded=1)  # nothing pending: it ends at once
+    assert sink.ends == [StreamSummary("silent", None, True, 2.0, 1, 0, 0, 0)]
+    talk, rec = b.open_stream("talk", live=True), b.open_stream("file", live=False)
+    b.submit(utt("file", 0), rec)
+    assert model.entered.wait(WAIT_S)
+    b.submit(utt("talk", 0), talk)
+    b.end_stream(talk, "client vanished", duration_s=1.5, discarded=0)
+    b.end_stream(rec, None, duration_s=3.0, discarded=2)
+    assert len(sink.ends) == 1  # both still have an utterance in the batcher
+    b.submit(utt("other", 0))  # a live utterance nobody tracks overflows the live queue: talk 0 is dropped
+    assert sink.log[-2:] == [("dropped", "talk"), ("end", "talk")]
+    model.gate.set()
+    sink.wait_ends(3)
+    assert [entry for entry in sink.log if entry[1] == "file"] == [("classified", "file"), ("end", "file")]
+    assert sink.ends[1:] == [StreamSummary("talk", "client vanished", True, 1.5, 0, 0, 1, 0),
+                             StreamSummary("file", None, False, 3.0, 2, 1, 0, 0)]
+    assert sink.ends[2].utterances == 1
+
+
+def test_failed_and_reused_ids_are_accounted_per_stream(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    model = FakeModel(gated=True)
+    b = make(model, sink, max_batch=4, max_wait_ms=0.0)
+    batchers.append(b)
+    first, again = b.open_stream("poison", live=False), b.open_stream("poison", live=False)
+    b.submit(utt("poison", 0), first)
+    assert model.entered.wait(WAIT_S)
+    b.end_stream(first, None, duration_s=1.0, discarded=0)
+    b.submit(utt("poison", 0), again)  # the id reopened while the first stream's utterance is still running
+    b.submit(utt("poison", 1), again)
+    b.end_stream(again, None, duration_s=2.0, discarded=0)
+    model.gate.set()
+    sink.wait_ends(2)
+    assert [(e.duration_s, e.failed, e.utterances) for e in sink.ends] == [(1.0, 1, 1), (2.0, 2, 2)]
+    assert sink.log == [("failed", "poison"), ("end", "poison"), ("failed", "poison"), ("failed", "poison"),
+                        ("end", "poison")]
+
+
+def test_under_load_every_stream_ends_after_all_its_outcomes(sink: Sink, batchers: list[MicroBatcher]) -> None:
+    """Drops on the submitting thread and results on the worker race; each end still comes after its stream's."""
+    model = FakeModel(gated=True)
+    b = make(model, sink, max_batch=3, max_wait_ms=0.0, queue_size=4)
+    batchers.append(b)
+    accounts = {f"s{n}": b.open_stream(f"s{n}", live=n % 2 == 0) for n in range(40)}
+    for i in range(5):
+        if i == 2:  # two rounds pile up behind the held model; the rest race the worker
+            model.gate.set()
+        for sid, account in accounts.items():
+            b.submit(utt(sid, i), account)
+    for sid, account in accounts.items():
+        b.end_stream(account, None, duration_s=1.0, discarded=0)
+    sink.wait_ends(len(accounts))
+    assert sink.drops, "the live half should have overflowed a queue of 4"
+    for sid in accounts:
+        mine = [what for what, s in sink.log if s == sid]
+        assert mine[-1] == "end" and mine.count("end") == 1 and len(mine) == 6, (sid, mine)
+    for end in sink.ends:
+        assert end.utterances == 5 and end.classified + end.dropped == 5
+        assert end.dropped == 0 or end.live, end  # recorded streams lose nothing

@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 
 from clients.subscriber import Subscriber
 from daemon import events
+from daemon.batcher import StreamSummary
 from daemon.counters import STATUS_KEYS, Counters, Histogram
 from daemon.frames import Classified, Prediction, Utterance
 from daemon.metrics import CountersCollector, MetricsServer
@@ -36,7 +37,8 @@ def _exposition(counters: Counters) -> str:
 
 def test_status_holds_every_documented_key_from_the_start() -> None:
     assert Counters().status() == dict.fromkeys(STATUS_KEYS, 0)
-    assert STATUS_KEYS == ("utterances", "events", "dropped", "errors", "reloads")  # docs/events.md, status
+    # docs/events.md, status
+    assert STATUS_KEYS == ("utterances", "events", "dropped", "errors", "reloads", "discarded")
 
 
 def test_status_and_prometheus_read_the_same_counts() -> None:
@@ -52,7 +54,9 @@ def test_status_and_prometheus_read_the_same_counts() -> None:
     c.reload(ok=True)
     c.reload(ok=False)
     c.model_loaded(1.5)
-    assert c.status() == {"utterances": 2, "events": 2, "dropped": 1, "errors": 1, "reloads": 1}
+    c.discarded()
+    c.discarded()
+    assert c.status() == {"utterances": 2, "events": 2, "dropped": 1, "errors": 1, "reloads": 1, "discarded": 2}
     text = _exposition(c)
     for line in (
         'intentd_utterances_total{truncated="false"} 1.0', 'intentd_utterances_total{truncated="true"} 1.0',
@@ -60,7 +64,7 @@ def test_status_and_prometheus_read_the_same_counts() -> None:
         'intentd_drops_total{reason="queue_full"} 1.0', 'intentd_errors_total{kind="classify"} 1.0',
         'intentd_reloads_total{result="ok"} 1.0', 'intentd_reloads_total{result="failed"} 1.0',
         "intentd_queue_depth 3.0", "intentd_active_streams 2.0", 'intentd_model_info{model_id="m@1"} 1.0',
-        "intentd_model_load_seconds 1.5",
+        "intentd_model_load_seconds 1.5", "intentd_discarded_total 2.0",
         'intentd_batch_size_bucket{le="2.0"} 1.0', "intentd_batch_size_sum 2.0", "intentd_batch_size_count 1.0",
         'intentd_queue_wait_seconds_bucket{le="0.005"} 2.0', "intentd_queue_wait_seconds_count 2.0",
         'intentd_inference_seconds_bucket{le="0.01"} 0.0', 'intentd_inference_seconds_bucket{le="0.02"} 1.0',
@@ -107,13 +111,19 @@ def test_the_outbox_publishes_and_counts_every_outcome(publisher: Publisher) -> 
         outbox.classified(Classified(_utterance(0), prediction, "m@1", 1.0, 20.0, 1))
         outbox.dropped(_utterance(1), "queue_full")
         outbox.failed(_utterance(2), "ValueError: bad clip")
-        got = [sub.recv() for _ in range(3)]
-    intent, dropped, error = got
+        outbox.stream_ended(StreamSummary("s", "idle timeout", False, 4.2, discarded=1, classified=1, dropped=1,
+                                          failed=1))
+        got = [sub.recv() for _ in range(4)]
+    intent, dropped, error, end = got
     assert isinstance(intent, events.IntentEvent) and intent.topic == "intent.balance"
     assert intent.latency_ms.processing == pytest.approx(25.0)
     assert isinstance(dropped, events.DroppedEvent) and dropped.reason == "queue_full"
     assert isinstance(error, events.ErrorEvent) and (error.utterance, error.error) == (2, "ClassifyError")
-    assert counters.status() == {"utterances": 0, "events": 1, "dropped": 1, "errors": 1, "reloads": 0}
+    assert isinstance(end, events.StreamEndEvent) and end.topic == "stream.end"
+    assert (end.stream_id, end.reason, end.live, end.duration_s) == ("s", "idle timeout", False, 4.2)
+    assert (end.utterances, end.classified, end.dropped, end.failed, end.discarded) == (3, 1, 1, 1, 1)
+    assert counters.status() == {"utterances": 0, "events": 1, "dropped": 1, "errors": 1, "reloads": 0,
+                                 "discarded": 0}
     assert counters.snapshot().processing_s.total == pytest.approx(0.025)
     assert outbox.failure is None
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from daemon import events
+from daemon.batcher import StreamSummary
 from daemon.events import (
     DroppedEvent,
     ErrorEvent,
@@ -20,11 +21,13 @@ from daemon.events import (
     EventError,
     IntentEvent,
     StatusEvent,
+    StreamEndEvent,
     UnknownEvent,
     VadEndEvent,
     VadStartEvent,
 )
 from daemon.frames import Classified, Prediction, Utterance
+from daemon.vad import UtteranceDiscarded
 
 RATE = 16_000
 ORIGIN_WALL = 1_700_000_000.0
@@ -124,6 +127,34 @@ def test_vad_end_says_when_speech_was_discarded_and_vad_start_never_does() -> No
     end = _round_trip(VadEndEvent.at("mic0", 0, RATE, RATE, ORIGIN_WALL, discarded=True))
     assert isinstance(end, VadEndEvent) and end.discarded
     assert "discarded" not in VadStartEvent.at("mic0", 0, RATE, RATE, ORIGIN_WALL).data()
+
+
+def test_stream_end_round_trip_in_wire_order() -> None:
+    summary = StreamSummary("a.wav", None, False, 4.2000004, discarded=1, classified=2, dropped=1, failed=0)
+    event = _round_trip(StreamEndEvent.of(summary))
+    assert isinstance(event, StreamEndEvent)
+    assert (event.topic, event.type, event.stream_id, event.reason, event.live) == (
+        "stream.end", "stream.end", "a.wav", None, False)
+    assert (event.utterances, event.classified, event.dropped, event.failed, event.discarded) == (3, 2, 1, 0, 1)
+    assert list(event.raw)[3:] == ["stream_id", "reason", "live", "duration_s", "utterances", "classified",
+                                   "dropped", "failed", "discarded", "published_wall"]
+    assert event.duration_s == 4.2
+    assert event.summary() == ("stream=a.wav ended: 3 utterances (2 classified, 1 dropped, 0 failed), "
+                               "1 blips discarded, 4.20 s")
+    silent = _round_trip(StreamEndEvent.of(StreamSummary("mic0", "idle timeout: no bytes for 10 s", True, 10.0,
+                                                         0, 0, 0, 0)))
+    assert isinstance(silent, StreamEndEvent) and silent.reason == "idle timeout: no bytes for 10 s"
+    assert silent.summary().startswith("stream=mic0 ended (idle timeout: no bytes for 10 s): no speech")
+
+
+def test_discarded_blip_round_trip() -> None:
+    blip = UtteranceDiscarded("a.wav", int(3.0 * RATE), int(3.12 * RATE), RATE, 2, ORIGIN_WALL)
+    event = _round_trip(events.DiscardedEvent.from_blip(blip))
+    assert isinstance(event, events.DiscardedEvent)
+    assert (event.topic, event.stream_id, event.utterance) == ("utterance.discarded", "a.wav", 2)
+    assert (event.start_s, event.end_s, event.duration_s) == pytest.approx((3.0, 3.12, 0.12))
+    assert event.end_wall == pytest.approx(ORIGIN_WALL + 3.12)
+    assert event.summary() == "stream=a.wav #2 discarded a 0.12 s blip (3.00-3.12 s)"
 
 
 def test_status_round_trip() -> None:

@@ -92,3 +92,28 @@ def test_unreadable_file_is_a_source_error_naming_it(tmp_path: Path) -> None:
         with pytest.raises(SourceError, match=str(path.name)):
             asyncio.run(FileReplaySource(path, sink).replay())
     assert sink.streams == []
+
+
+def test_a_fast_replay_is_recorded_and_paced_by_the_sinks_room_a_realtime_one_is_live(tmp_path: Path) -> None:
+    path = tmp_path / "paced.wav"
+    frames = _write(path, SAMPLE_RATE, 1, 0.5, "PCM_16")
+    sink = RecordingSink()
+    sink.has_room(False)  # the model has fallen behind
+
+    async def run() -> None:
+        src = FileReplaySource(path, sink, chunk_ms=20, stream_id="paced")
+        await src.start()
+        await sink.wait_until(lambda: sink.room_waits >= 1)
+        rec = sink.by_id("paced")
+        assert rec.live is False and rec.chunks == []  # waits before its first chunk: nothing dropped, nothing sent
+        sink.has_room(True)
+        await src.wait()
+
+    asyncio.run(run())
+    rec = sink.by_id("paced")
+    assert rec.closed and rec.reason is None
+    np.testing.assert_array_equal(rec.samples, frames[:, 0])
+    sink.has_room(False)
+    live = FileReplaySource(path, sink, chunk_ms=20, realtime=True, stream_id="live")
+    asyncio.run(live.replay())  # live never waits for room, even with none
+    assert sink.by_id("live").live is True and sink.room_waits == 1

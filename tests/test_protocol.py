@@ -87,6 +87,8 @@ def test_header_split_across_many_feeds_yields_nothing_until_complete() -> None:
         (_raw_header(_good_fields(format="u8")), "unsupported format 'u8'"),
         (_raw_header(_good_fields(channels=0)), "unsupported channels 0"),
         (_raw_header(_good_fields(channels=9)), "unsupported channels 9"),
+        (_raw_header(_good_fields(live=1)), "live must be true or false"),
+        (_raw_header(_good_fields(live="no")), "live must be true or false"),
         (encode_header(HEADER) + struct.pack(">BI", 1, MAX_CHUNK_BYTES + 1), "oversized chunk"),
         (encode_header(HEADER) + struct.pack(">BI", 7, 0), "unknown frame kind 0x07"),
         (encode_header(HEADER) + struct.pack(">BI", 2, 4), "malformed end marker"),
@@ -130,6 +132,24 @@ def test_truncation_detected_on_finish() -> None:
 def test_encode_header_validates() -> None:
     with pytest.raises(ProtocolError, match="sample_rate"):
         encode_header(StreamHeader("s", 96000, "s16le", 1))
+
+
+def test_live_is_optional_and_a_header_without_it_is_live() -> None:
+    """Clients from before `live` (no key) stream live, as they always did; a live header is still byte for byte
+    the old one, so live clients keep working with daemons that do not know the key."""
+    old_client = _raw_header(_good_fields())
+    (header,) = StreamDecoder().feed(old_client)
+    assert header == StreamHeader("s", 16000, "s16le", 1) and header.live is True
+    compact = json.dumps(_good_fields(), separators=(",", ":")).encode()
+    assert encode_header(header) == MAGIC + struct.pack(">BH", VERSION, len(compact)) + compact
+    recorded = StreamHeader("s", 16000, "s16le", 1, live=False)
+    wire = encode_header(recorded)
+    assert b'"live":false' in wire
+    assert StreamDecoder().feed(wire) == [recorded]
+    (explicit,) = StreamDecoder().feed(_raw_header(_good_fields(live=True)))
+    assert explicit.live is True
+    with pytest.raises(ProtocolError, match="live"):
+        encode_header(StreamHeader("s", 16000, "s16le", 1, live=None))  # type: ignore[arg-type]
 
 
 def test_s16_stereo_to_mono_float32_with_leftover_across_chunks() -> None:

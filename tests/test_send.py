@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def test_files_stream_concurrently_bit_exact_without_torch(tmp_path: Path) -> No
     for path, expected in files.items():
         rec = sink.by_id(str(path))
         assert rec.closed and rec.reason is None
+        assert rec.live is False  # files are recorded streams unless --realtime or --live
         np.testing.assert_array_equal(rec.samples, expected)
         assert f"{path}: {expected.size} samples accepted" in out
 
@@ -90,7 +92,75 @@ def test_realtime_sequential_over_unix_with_stream_id(tmp_path: Path) -> None:
     rc, _, err, elapsed = asyncio.run(run())
     assert rc == 0, err
     np.testing.assert_array_equal(sink.by_id("kitchen").samples, expected)
+    assert sink.by_id("kitchen").live is True
     assert elapsed >= 0.55, elapsed  # paced: cannot finish before the audio's duration
+
+
+def test_a_recorded_file_waits_for_room_and_live_marks_files_live(tmp_path: Path) -> None:
+    wav = tmp_path / "slow.wav"
+    expected = _write(wav, SAMPLE_RATE, 1, 0.5, "PCM_16", 8)
+    sink = RecordingSink()
+
+    async def run(*args: str) -> tuple[int, str, str, float]:
+        server = SocketServer(TcpSpec("127.0.0.1", 0), sink)
+        uri = await server.start()
+        try:
+            sending = asyncio.create_task(_send("--to", uri, *args, str(wav)))
+            if "--live" not in args:
+                sink.has_room(False)  # the daemon's model is behind: the recorded file waits, loses nothing
+                await asyncio.wait_for(sink.wait_until(lambda: sink.room_waits >= 1), TIMEOUT_S)
+                assert not sending.done() and sink.by_id(str(wav)).chunks == []
+                sink.has_room(True)
+            return await sending
+        finally:
+            await server.close()
+
+    rc, _, err, _ = asyncio.run(run())
+    assert rc == 0, err
+    assert sink.by_id(str(wav)).live is False
+    np.testing.assert_array_equal(sink.by_id(str(wav)).samples, expected)
+    sink.has_room(False)
+    rc, _, err, _ = asyncio.run(run("--live"))  # never waits: no room is needed
+    assert rc == 0, err
+    assert sink.by_id(str(wav)).live is True and sink.room_waits == 1
+
+
+def test_events_report_survives_a_daemon_that_never_sends_stream_end(tmp_path: Path) -> None:
+    """--events against a publisher that only heartbeats (a daemon from before stream.end): the file is still
+    sent, the report says what is missing, and the exit status is 0."""
+    from daemon.events import StatusEvent
+    from daemon.publisher import Publisher
+
+    wav = tmp_path / "old.wav"
+    _write(wav, SAMPLE_RATE, 1, 0.2, "PCM_16", 9)
+    sink = RecordingSink()
+    publisher = Publisher("tcp://127.0.0.1:*")
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(0.05):
+            publisher.publish(StatusEvent(state="ready", model_id="old@0", uptime_s=1.0))
+
+    beating = threading.Thread(target=heartbeat)
+    beating.start()
+
+    async def run() -> tuple[int, str, str, float]:
+        server = SocketServer(TcpSpec("127.0.0.1", 0), sink)
+        uri = await server.start()
+        try:
+            return await _send("--to", uri, "--events", publisher.endpoint, "--wait-s", "0.5", str(wav))
+        finally:
+            await server.close()
+
+    try:
+        rc, out, err, _ = asyncio.run(run())
+    finally:
+        stop.set()
+        beating.join()
+        publisher.close(linger_ms=0)
+    assert rc == 0, err
+    assert f"{wav}: no stream.end within 0.5 s" in out and "NO-TORCH" in out
+    assert sink.by_id(str(wav)).closed
 
 
 def test_refusal_exits_nonzero_with_the_servers_reason(tmp_path: Path) -> None:

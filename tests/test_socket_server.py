@@ -405,3 +405,73 @@ async def test_tcp_bind_failure_is_a_source_error() -> None:
             await SocketServer(TcpSpec("127.0.0.1", port), sink).start()
     finally:
         await first.close()
+
+
+# --------------------------------------------------------------------------------------------- recorded streams
+
+RECORDED_BYTES = 16 * MAX_CHUNK_BYTES  # far more than the kernel's socket buffers can hold for a stalled reader
+
+
+@KINDS
+@async_test
+async def test_a_recorded_stream_is_read_only_while_the_sink_has_room(kind: str, tmp_path: Path) -> None:
+    """TCP backpressure: while the sink has no room the recorded stream's socket is not read (its sender blocks,
+    nothing is pushed), a live stream beside it goes on as ever, and with room again everything arrives."""
+    async with serving(kind, tmp_path) as (server, sink):
+        sink.has_room(False)
+        rate = 48000
+        pcm = encode_pcm(_audio(RECORDED_BYTES / 4 / rate, rate, 1, seed=5), "f32le")
+        header = StreamHeader("file", rate, "f32le", 1, live=False)
+        reader, writer = await _connect(server.bound_uri)
+        drained = 0
+
+        async def send() -> None:
+            nonlocal drained
+            writer.write(encode_header(header))
+            for i in range(0, len(pcm), MAX_CHUNK_BYTES):
+                writer.write(encode_audio(pcm[i : i + MAX_CHUNK_BYTES]))
+                await writer.drain()
+                drained = i + MAX_CHUNK_BYTES
+            writer.write(encode_end())
+            await writer.drain()
+
+        sender = asyncio.create_task(send())
+        dec = ReplyDecoder()
+        accept = await _read_reply(reader, dec)
+        assert accept.type == "accept" and accept.fields["live"] is False
+        await asyncio.wait_for(sink.wait_until(lambda: sink.room_waits >= 1), TIMEOUT_S)
+        rec = sink.by_id("file")
+        assert rec.live is False and rec.chunks == []
+
+        live_pcm = encode_pcm(_audio(0.5, SAMPLE_RATE, 1, seed=6), "s16le")
+        replies = await _send_stream(server.bound_uri, StreamHeader("mic", SAMPLE_RATE, "s16le", 1), live_pcm, 3001)
+        assert [r.type for r in replies] == ["accept", "final"] and replies[0].fields["live"] is True
+        assert sink.by_id("mic").live is True and sink.by_id("mic").closed
+        assert not sender.done() and drained < len(pcm) and sink.by_id("file").chunks == []
+
+        sink.has_room(True)
+        await asyncio.wait_for(sender, TIMEOUT_S)
+        final = await _read_reply(reader, dec)
+        expected = _expected(pcm, "f32le", 1)
+        assert final.type == "final" and final.fields["samples"] == expected.size
+        rec = await asyncio.wait_for(sink.wait_closed("file"), TIMEOUT_S)
+        assert rec.reason is None
+        np.testing.assert_array_equal(rec.samples, expected)
+        writer.close()
+
+
+@async_test
+async def test_shutdown_ends_a_recorded_stream_that_waits_for_room(tmp_path: Path) -> None:
+    async with serving("tcp", tmp_path) as (server, sink):
+        sink.has_room(False)
+        reader, writer = await _connect(server.bound_uri)
+        writer.write(encode_header(StreamHeader("file", SAMPLE_RATE, "s16le", 1, live=False)) + encode_audio(CHUNK))
+        await writer.drain()
+        dec = ReplyDecoder()
+        assert (await _read_reply(reader, dec)).type == "accept"
+        await asyncio.wait_for(sink.wait_until(lambda: sink.room_waits >= 1), TIMEOUT_S)
+        await server.close()
+        rec = sink.by_id("file")
+        assert rec.closed and rec.reason == "server shutting down" and rec.chunks == []
+        assert (await _read_reply(reader, dec)).reason == "server shutting down"
+        writer.close()

@@ -1,4 +1,5 @@
-"""File replay: a WAV/FLAC file fed to the sink as one stream, at real-time pace or as fast as possible."""
+"""File replay: a WAV/FLAC file fed to the sink as one stream, at real-time pace (a live stream) or as fast as the
+model takes it (a recorded stream: the replay awaits the sink's room before each chunk, so nothing is dropped)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class FileReplaySource:
             info.samplerate,
             info.channels,
             info.duration,
-            " at real-time pace" if self._realtime else "",
+            " at real-time pace (live)" if self._realtime else " as fast as the model takes it (recorded)",
         )
         self._task = asyncio.create_task(self.replay())
         return f"file://{self.path}"
@@ -94,7 +95,7 @@ class FileReplaySource:
         pushed = 0
         loop = asyncio.get_running_loop()
         read: asyncio.Future[np.ndarray] | None = None
-        self._sink.open_stream(self.stream_id, rate, time.time())
+        self._sink.open_stream(self.stream_id, rate, time.time(), live=self._realtime)
         reason: str | None = None
         t0 = time.monotonic()
         try:
@@ -117,6 +118,7 @@ class FileReplaySource:
                             await asyncio.sleep(delay)
                     else:
                         await asyncio.sleep(0)  # let other streams and the server run between chunks
+                        await self._sink.wait_room(self.stream_id)
                     self._sink.push(AudioChunk(self.stream_id, piece, rate, pushed, time.monotonic()))
                     pushed += len(piece)
         except asyncio.CancelledError:

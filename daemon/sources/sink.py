@@ -11,8 +11,14 @@ from daemon.frames import AudioChunk
 class StreamSink(Protocol):
     """Receives streams from sources. Every call happens on the asyncio event loop thread."""
 
-    def open_stream(self, stream_id: str, sample_rate: int, origin_wall: float) -> None:
-        """Start a stream; raise IntentdError to refuse it (e.g. the id is already open)."""
+    def open_stream(self, stream_id: str, sample_rate: int, origin_wall: float, *, live: bool = True) -> None:
+        """Start a stream; raise IntentdError to refuse it (e.g. the id is already open). `live`: audio paced by
+        a clock (its utterances may be dropped under load); False: recorded audio, read no faster than the
+        model takes it (the source awaits `wait_room` before each chunk)."""
+        ...
+
+    async def wait_room(self, stream_id: str) -> None:
+        """Return when a recorded stream may push its next chunk (at once for a live one): backpressure."""
         ...
 
     def push(self, chunk: AudioChunk) -> None:

@@ -1,4 +1,9 @@
-"""Socket ingest: an asyncio TCP or Unix server, one audio stream per connection, fed to a StreamSink."""
+"""Socket ingest: an asyncio TCP or Unix server, one audio stream per connection, fed to a StreamSink.
+
+A recorded stream (header `live: false`) is read no faster than the sink takes it: before each audio frame the
+connection awaits `sink.wait_room`, and while it waits nothing is read from its socket, so the kernel's buffers
+fill and the client's sends block (TCP backpressure). The idle timeout counts only time spent waiting for bytes.
+"""
 
 from __future__ import annotations
 
@@ -260,6 +265,10 @@ class _Connection:
                 if isinstance(frame, StreamHeader):
                     await self._open(frame)
                 elif isinstance(frame, AudioFrame):
+                    assert self._header is not None  # the decoder yields the header first
+                    if not self._header.live:
+                        # Nothing more is read from this socket meanwhile: the sender is slowed, not dropped.
+                        await self._server._sink.wait_room(self._header.stream_id)
                     self._push(frame.pcm)
                 elif isinstance(frame, EndFrame):
                     assert self._pcm is not None
@@ -268,16 +277,17 @@ class _Connection:
 
     async def _open(self, header: StreamHeader) -> None:
         # May raise IntentdError (e.g. duplicate id): the client is told why and nothing was opened.
-        self._server._sink.open_stream(header.stream_id, header.sample_rate, time.time())
+        self._server._sink.open_stream(header.stream_id, header.sample_rate, time.time(), live=header.live)
         self._header = header
         self.open_stream_id = header.stream_id
         self._pcm = PcmDecoder(header.sample_format, header.channels)
         log.info(
-            "%s: opened at %d Hz, %s, %d channel(s)",
+            "%s: opened at %d Hz, %s, %d channel(s), %s",
             self._describe(),
             header.sample_rate,
             header.sample_format,
             header.channels,
+            "live" if header.live else "recorded",
         )
         await self._send(
             encode_reply(
@@ -286,6 +296,7 @@ class _Connection:
                 sample_rate=header.sample_rate,
                 format=header.sample_format,
                 channels=header.channels,
+                live=header.live,
             )
         )
 
