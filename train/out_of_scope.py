@@ -32,6 +32,7 @@ import numpy as np
 from daemon.classifier import CALIBRATION_FILE
 from daemon.events import UNKNOWN_LABEL
 from train.errors import TrainError
+from train.nonspeech import TRAINABLE_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ PHRASES = Path(__file__).parent / "intents" / "out_of_scope.toml"
 CACHE_ENV = "INTENTD_CACHE"
 DEFAULT_CACHE = Path("~/.cache/intentd")
 # Bumped whenever what a recipe renders changes, so an old cache entry is never reused for a new recipe.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 DEFAULT_KEEP_IN_DOMAIN = 0.98
 _WORD = re.compile(r"[a-z0-9']+")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -77,7 +78,7 @@ def synth_dataset(label_names: Sequence[str], transcriptions: Iterable[str], spe
     said = sorted({t.strip() for t in transcriptions if t and t.strip()})
     recipe = {"version": RECIPE_VERSION, "phrases": PHRASES.read_text(encoding="utf-8"),
               "labels": sorted(label_names), "transcriptions": said, "speech": speech_clips, "noise": noise_clips,
-              "seed": seed, "engines": sorted(engines) if engines else None}
+              "seed": seed, "engines": sorted(engines) if engines else None, "noise_kinds": TRAINABLE_KINDS}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     folder = (root or cache_root()) / key
     if (folder / synth.DATASET_MARKER).is_file():
