@@ -17,6 +17,7 @@ from daemon.audio import SAMPLE_RATE, check_clip
 from daemon.errors import AudioError, ModelError
 from daemon.events import UNKNOWN_LABEL
 from daemon.frames import Prediction
+from daemon.windows import parse_windows, whisper_logits, window_for, window_step
 
 log = logging.getLogger(__name__)
 
@@ -87,35 +88,35 @@ def fixed_window(extractor: Any) -> int | None:
     return int(chunk * SAMPLE_RATE) if chunk else None
 
 
-def extract_features(extractor: Any, clips: Sequence[np.ndarray], return_tensors: str | None = "pt") -> dict[str, Any]:
-    """16 kHz clips -> the model's inputs: fixed-window extractors pad every clip to the window themselves;
-    others get the clips as they are, so with tensors every clip must have one length (see `batch_groups`)."""
+def extract_features(extractor: Any, clips: Sequence[np.ndarray], return_tensors: str | None = "pt",
+                     window: int | None = None) -> dict[str, Any]:
+    """16 kHz clips -> the model's inputs: fixed-window extractors pad (or cut) every clip to the window themselves,
+    their own or `window` samples (daemon/windows.py); others get the clips as they are, so with tensors every clip
+    must have one length (see `batch_groups`)."""
     if fixed_window(extractor) is not None:
         # Whisper's classifier takes no attention mask: the whole window, padding included, is its input.
+        extra = {"max_length": window} if window else {}
         return dict(extractor(list(clips), sampling_rate=SAMPLE_RATE, return_attention_mask=False,
-                              return_tensors=return_tensors))
+                              return_tensors=return_tensors, **extra))
     if return_tensors is not None and len({len(clip) for clip in clips}) > 1:
         raise AudioError("clips of a variable-length model must be batched by equal length (batch_groups)")
     return dict(extractor(list(clips), sampling_rate=SAMPLE_RATE, return_tensors=return_tensors))
 
 
-def batch_groups(lengths: Sequence[int], fixed: bool, max_batch: int | None = None) -> list[list[int]]:
-    """Clip indices grouped into forwards whose result for a clip does not depend on its neighbours.
+def batch_groups(keys: Sequence[int], max_batch: int | None = None) -> list[list[int]]:
+    """Clip indices grouped into forwards whose result for a clip does not depend on its neighbours: clips with
+    one key (`Classifier.input_length`) share a forward, in order of first appearance.
 
-    A fixed-window model pads every clip to the same window, so any clips may share a forward. A variable-length
-    model would pad to the longest clip, and padding (with or without a mask: wav2vec2-base has no usable one)
-    changes every shorter clip's score; so only clips of equal length share a forward.
+    A fixed-window model pads every clip to its window, so all clips of one window may share a forward. A
+    variable-length model would pad to the longest clip, and padding (with or without a mask: wav2vec2-base has
+    no usable one) changes every shorter clip's score; so only clips of equal length share a forward.
     """
-    if fixed:
-        order = list(range(len(lengths)))
-        groups = [order]
-    else:
-        by_length: dict[int, list[int]] = {}
-        for i, length in enumerate(lengths):
-            by_length.setdefault(length, []).append(i)
-        groups = list(by_length.values())
+    by_key: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_key.setdefault(key, []).append(i)
+    groups = list(by_key.values())
     if max_batch is None:
-        return [g for g in groups if g]
+        return groups
     return [g[i : i + max_batch] for g in groups for i in range(0, len(g), max_batch)]
 
 
@@ -153,6 +154,7 @@ class Classifier:
     threshold: float | None = None
     sample_rate: int = SAMPLE_RATE
     max_samples: int | None = None  # the fixed window (longer clips are cut); None: the clip's own length
+    windows: tuple[int, ...] = ()  # shorter windows the model was trained at, then max_samples (daemon/windows.py)
 
     @classmethod
     def load(
@@ -169,8 +171,9 @@ class Classifier:
         a number overrides it (0 rejects nothing by score).
         """
         folder = check_model_folder(model_dir)
+        meta = serving_meta(folder)
         if threshold is None:
-            threshold = calibrated_threshold(folder)
+            threshold = calibrated_threshold(folder, meta)
         if top_k < 1:
             raise ModelError(f"{folder}: top_k must be at least 1, got {top_k}")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -227,6 +230,7 @@ class Classifier:
             top_k=min(top_k, len(labels)),
             threshold=threshold,
             max_samples=fixed_window(extractor),
+            windows=_windows(folder, meta, model, extractor),
         )
 
     @property
@@ -241,12 +245,28 @@ class Classifier:
         """
         batch = [check_clip(clip, f"clip {i}", allow_silence=True) for i, clip in enumerate(clips)]
         out = np.zeros((len(batch), len(self.labels)), dtype=np.float32)
-        groups = batch_groups([len(c) for c in batch], self.max_samples is not None, max_batch)
+        keys = [self.input_length(len(c)) for c in batch]
         with torch.inference_mode():
-            for idx in groups:
-                logits = self.model(**self._features([batch[i] for i in idx])).logits
+            for idx in batch_groups(keys, max_batch):
+                features = self._features([batch[i] for i in idx], keys[idx[0]] if self.windows else None)
+                if self.windows:
+                    logits = whisper_logits(self.model, features["input_features"], self._full_frames)
+                else:
+                    logits = self.model(**features).logits
                 out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return out
+
+    def input_length(self, samples: int) -> int:
+        """Samples the model's input has for a clip of `samples`: its window (the shortest stated window that
+        holds it, or the one fixed window), or the clip's own length for a variable-length model."""
+        if self.windows:
+            return window_for(samples, self.windows)
+        return self.max_samples if self.max_samples is not None else samples
+
+    @property
+    def _full_frames(self) -> int:
+        assert self.max_samples is not None
+        return self.max_samples // int(self.extractor.hop_length)
 
     def classify(self, clips: Sequence[np.ndarray]) -> list[Prediction]:
         """One Prediction per clip, in order: top-k labels, and `unknown` below the threshold."""
@@ -257,13 +277,13 @@ class Classifier:
 
     def warmup(self) -> None:
         """Run a dummy batch so the first real request does not pay for lazy initialisation."""
-        length = self.max_samples or int(WARMUP_SECONDS * SAMPLE_RATE)
-        self.classify([np.zeros(length, dtype=np.float32) for _ in range(WARMUP_BATCH)])
+        lengths = self.windows or (self.max_samples or int(WARMUP_SECONDS * SAMPLE_RATE),)
+        self.classify([np.zeros(n, dtype=np.float32) for n in lengths for _ in range(WARMUP_BATCH)])
 
-    def _features(self, batch: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    def _features(self, batch: list[np.ndarray], window: int | None) -> dict[str, torch.Tensor]:
         """The extractor's tensors for one forward, on the model's device and dtype."""
         out: dict[str, torch.Tensor] = {}
-        for key, value in extract_features(self.extractor, batch).items():
+        for key, value in extract_features(self.extractor, batch, window=window).items():
             value = value.to(self.device)
             out[key] = value.to(self.dtype) if value.is_floating_point() else value
         return out
@@ -272,18 +292,44 @@ class Classifier:
         return decide(top_k, self.threshold)
 
 
-def calibrated_threshold(folder: Path) -> float | None:
-    """The threshold fit stored in the model folder, or None when it stored none."""
+def serving_meta(folder: Path) -> dict[str, Any]:
+    """What fit stored for serving in the model folder (CALIBRATION_FILE): threshold, windows; {} without it."""
     path = folder / CALIBRATION_FILE
     if not path.is_file():
-        return None
+        return {}
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))["threshold"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
         raise ModelError(f"{path}: unreadable calibration ({err}); delete it or refit") from err
-    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ModelError(f"{path}: threshold must be a number in [0, 1], got {value!r}")
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: unreadable calibration (not a JSON object); delete it or refit")
+    return meta
+
+
+def calibrated_threshold(folder: Path, meta: dict[str, Any] | None = None) -> float | None:
+    """The threshold fit stored in the model folder, or None when it stored none."""
+    value = (serving_meta(folder) if meta is None else meta).get("threshold")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ModelError(f"{folder / CALIBRATION_FILE}: threshold must be a number in [0, 1], got {value!r}")
     return float(value)
+
+
+def _windows(folder: Path, meta: dict[str, Any], model: Any, extractor: Any) -> tuple[int, ...]:
+    """The windows the folder states (samples, with the full one last), checked against the model; () if none."""
+    stated = meta.get("windows_s")
+    if not stated:
+        return ()
+    where = str(folder / CALIBRATION_FILE)
+    full = fixed_window(extractor)
+    if full is None or type(model).__name__ != "WhisperForAudioClassification":
+        raise ModelError(f"{where}: windows_s needs a Whisper classifier (a fixed-window model)")
+    if model.config.use_weighted_layer_sum:
+        raise ModelError(f"{where}: windows_s cannot serve a weighted layer sum")
+    if not isinstance(stated, list):
+        raise ModelError(f"{where}: windows_s must be a list of seconds, got {stated!r}")
+    return parse_windows(stated, full, window_step(extractor), where)
 
 
 def check_model_folder(model_dir: str | Path) -> Path:

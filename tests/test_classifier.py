@@ -103,11 +103,11 @@ def test_a_clip_scores_the_same_alone_or_among_15_of_other_lengths(
 
 
 def test_batch_groups_policy() -> None:
-    assert batch_groups([5, 7, 5, 9], fixed=True) == [[0, 1, 2, 3]]
-    assert batch_groups([5, 7, 5, 9], fixed=True, max_batch=3) == [[0, 1, 2], [3]]
-    assert batch_groups([5, 7, 5, 9, 5], fixed=False) == [[0, 2, 4], [1], [3]]
-    assert batch_groups([5, 7, 5, 9, 5], fixed=False, max_batch=2) == [[0, 2], [4], [1], [3]]
-    assert batch_groups([], fixed=True) == []
+    assert batch_groups([9, 9, 9, 9]) == [[0, 1, 2, 3]]  # one fixed window: one forward
+    assert batch_groups([9, 9, 9, 9], max_batch=3) == [[0, 1, 2], [3]]
+    assert batch_groups([5, 7, 5, 9, 5]) == [[0, 2, 4], [1], [3]]
+    assert batch_groups([5, 7, 5, 9, 5], max_batch=2) == [[0, 2], [4], [1], [3]]
+    assert batch_groups([]) == []
 
 
 def test_fixed_window_is_decided_once(tiny_whisper_dir: Path, tiny_wav2vec2_dir: Path) -> None:
