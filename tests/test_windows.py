@@ -3,6 +3,7 @@ each clip, equal to transformers at the full window, and one score per clip what
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -76,3 +77,53 @@ def test_windows_need_a_whisper_model(tiny_wav2vec2_dir: Path, tmp_path: Path) -
 def test_window_choice() -> None:
     assert parse_windows([0.5, 0.2, 0.5], 16_000, 320, "x") == (3200, 8000, 16_000)
     assert window_for(1, (3200, 16_000)) == 3200 and window_for(99_999, (3200, 16_000)) == 16_000
+
+
+def test_the_top_layer_trained_on_padded_windows_equals_serving_each_alone(tiny_whisper_dir: Path) -> None:
+    from train.frozen import WhisperTop, _whisper_prefix
+
+    model = Classifier.load(tiny_whisper_dir, device="cpu")
+    top = WhisperTop(model.model, unfreeze_top=1).eval()
+    clips, windows = [_clip(0.15, 1), _clip(0.45, 2), _clip(0.9, 3)], [3200, 8000, 16_000]
+    hidden = []
+    with torch.inference_mode():
+        for clip, window in zip(clips, windows, strict=True):
+            features = extract_features(model.extractor, [clip], window=window)["input_features"]
+            hidden.append(_whisper_prefix(model.model, features, len(model.model.encoder.layers) - 1)[0][0])
+        frames = torch.tensor([h.shape[0] for h in hidden])
+        padded = torch.stack([torch.nn.functional.pad(h, (0, 0, 0, 50 - h.shape[0])) for h in hidden])
+        together = top(padded, frames=frames)["logits"]
+        for i, h in enumerate(hidden):
+            alone = top(h[None])["logits"][0]
+            torch.testing.assert_close(together[i], alone, atol=1e-5, rtol=1e-5)
+            served = model.probabilities([clips[i]])  # the plain model serves the full window...
+            if windows[i] == 16_000:
+                np.testing.assert_allclose(torch.softmax(alone, -1).numpy(), served[0], atol=1e-5)
+
+
+def test_fit_with_windows_trains_what_the_daemon_serves(tiny_whisper_dir: Path, tmp_path: Path,
+                                                        tiny_wav2vec2_dir: Path) -> None:
+    from conftest import write_tone_folder
+
+    from train.data import iter_clips, load_labelled
+    from train.errors import TrainError
+    from train.fit import FitSettings, fit
+
+    data = write_tone_folder(tmp_path / "tones", per_label=8, seed=4)  # 0.4-0.9 s clips: 0.5 s and 1 s windows
+    settings = FitSettings(dataset=str(data), base_model=str(tiny_whisper_dir), out=str(tmp_path / "model"),
+                           train_mode="top", epochs=2, batch_size=4, seed=0, out_of_scope=False, windows=(0.5,))
+    result = fit(settings)
+    stored = json.loads((tmp_path / "model" / CALIBRATION_FILE).read_text())
+    assert stored["windows_s"] == [0.5] and "threshold" in stored
+    served = Classifier.load(tmp_path / "model", device="cpu", threshold=0.0)
+    assert served.windows == (8000, 16_000)
+    split = load_labelled(str(data), seed=0).splits["test"]
+    clips = [c for batch, _ in iter_clips(split) for c in batch]
+    assert {served.input_length(c.size) for c in clips} == {8000, 16_000}  # both windows were trained and served
+    logits = result.test_logits
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(served.probabilities(clips), expected / expected.sum(axis=1, keepdims=True), atol=1e-5)
+    for bad, message in (({"train_mode": "full"}, "head or top"),
+                         ({"base_model": str(tiny_wav2vec2_dir), "train_mode": "head"}, "Whisper backbone")):
+        with pytest.raises(TrainError, match=message):
+            fit(dataclasses.replace(settings, out=str(tmp_path / "bad"), **bad))

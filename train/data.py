@@ -29,6 +29,8 @@ LABEL_COLUMN_CANDIDATES = ("intent_class", "label")
 AUDIO_COLUMN = "audio"
 # The column name Trainer and every HF classifier's forward() expect.
 LABELS = "labels"
+# With length-aware windows: the samples of the window each feature row was padded to (daemon/windows.py).
+WINDOW = "window"
 DEFAULT_MAX_SECONDS = 4.0  # banking requests take 2-4 s; the tutorial's 1 s cuts them
 DEFAULT_TEST_FRACTION = 0.2
 # Seed of the held-out split when DATA has none: fit and eval must draw the same split to score the same clips.
@@ -309,12 +311,27 @@ def max_samples_for(extractor: Any, max_seconds: float) -> int:
     return fixed_window(extractor) or round(max_seconds * SAMPLE_RATE)
 
 
-def extract(extractor: Any, clips: list[np.ndarray], max_samples: int) -> dict[str, Any]:
+def extract(extractor: Any, clips: list[np.ndarray], max_samples: int, windows: Sequence[int] = ()) -> dict[str, Any]:
     """Training features of 16 kHz clips cut to max_samples, through the serving core's extractor call (Whisper
-    pads to its window; other models' clips stay ragged and Trainer's collator pads them)."""
-    from daemon.classifier import extract_features
+    pads to its window; other models' clips stay ragged and Trainer's collator pads them).
 
-    return extract_features(extractor, [c[:max_samples] for c in clips], return_tensors=None)
+    With `windows` (samples, daemon/windows.py) each clip is padded to the window it will be served at, as the
+    daemon pads it, and a `window` column says which.
+    """
+    from daemon.classifier import extract_features
+    from daemon.windows import window_for
+
+    cut = [c[:max_samples] for c in clips]
+    if not windows:
+        return extract_features(extractor, cut, return_tensors=None)
+    chosen = [window_for(len(c), windows) for c in cut]
+    rows: list[Any] = [None] * len(cut)
+    for window in sorted(set(chosen)):
+        idx = [i for i, w in enumerate(chosen) if w == window]
+        for i, row in zip(idx, extract_features(extractor, [cut[i] for i in idx], return_tensors=None,
+                                                window=window)["input_features"], strict=True):
+            rows[i] = row
+    return {"input_features": rows, WINDOW: chosen}
 
 
 def change_speed(clip: np.ndarray, factor: float) -> np.ndarray:
@@ -335,6 +352,7 @@ def prepare_features(
     batch_size: int = 32,
     speeds: Sequence[float] = (1.0,),
     trims: Sequence[float] = (),
+    windows: Sequence[int] = (),
 ) -> Any:
     """A split -> a Dataset of model inputs (input_features or input_values) and `labels`, kept in memory.
 
@@ -350,7 +368,7 @@ def prepare_features(
         clips = [decode_clip(v, f"row {i}") for v, i in zip(batch[AUDIO_COLUMN], indices)]
         variants = [change_speed(clip, factor) for factor in speeds for clip in clips]
         variants += [channel.trim_edges(clip, SAMPLE_RATE, db) for db in trims for clip in clips]
-        features = extract(extractor, variants, max_samples)
+        features = extract(extractor, variants, max_samples, windows)
         features[LABELS] = list(batch[label_column]) * (len(speeds) + len(trims))
         return features
 

@@ -19,6 +19,8 @@ from typing import Any, get_args, get_type_hints
 
 import numpy as np
 
+from daemon.audio import SAMPLE_RATE
+from daemon.classifier import CALIBRATION_FILE
 from train import out_of_scope
 from train.data import (
     DEFAULT_MAX_SECONDS,
@@ -98,6 +100,10 @@ class FitSettings:
     keep_in_domain: float = option(
         DEFAULT_KEEP_IN_DOMAIN, "calibrate the rejection threshold on the held-out split to keep this share of "
         "in-domain commands; stored in the model folder, used by the daemon, predict and eval", metavar="SHARE")
+    windows: tuple[float, ...] = option(
+        (), "length-aware windows in seconds, e.g. 1,2: each clip is trained and served at the shortest of these "
+        "(or the backbone's own window) that holds it, so short commands cost less (Whisper, head or top mode)",
+        metavar="S,S")
     weighted_layer_sum: bool = option(
         False, "classify a learned weighted sum of every encoder layer, not only the last "
         "(config.use_weighted_layer_sum)")
@@ -150,6 +156,13 @@ class FitSettings:
         if self.time_mask and self.train_mode == "head":
             raise TrainError(f"{flag_of('time_mask')} masks the input of the lowest trained encoder layer; "
                              f"{flag_of('train_mode')} head trains none (use top or full)")
+        if self.windows and self.train_mode == "full":
+            raise TrainError(f"{flag_of('windows')} trains on the frozen-prefix cache: use {flag_of('train_mode')} "
+                             "head or top")
+        if self.windows and self.weighted_layer_sum:
+            raise TrainError(f"{flag_of('windows')} and {flag_of('weighted_layer_sum')} cannot be combined")
+        if self.windows and not self.cache:
+            raise TrainError(f"{flag_of('windows')} trains on the frozen-prefix cache; drop {flag_of('cache')}")
         if not 0 < self.keep_in_domain <= 1:
             raise TrainError(f"{flag_of('keep_in_domain')} must be in (0, 1], got {self.keep_in_domain}")
         for name in ("out_of_scope_clips", "out_of_scope_noise"):
@@ -429,15 +442,37 @@ def calibrate_saved(s: FitSettings, data: LabelledSplits) -> out_of_scope.Calibr
     return calibration
 
 
-def training_features(s: FitSettings, data: LabelledSplits, extractor: Any) -> dict[str, Any]:
-    """The train and test splits as model inputs; speed- and trim-perturbed copies join the train split only."""
+def training_features(s: FitSettings, data: LabelledSplits, extractor: Any,
+                      windows: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The train and test splits as model inputs; speed- and trim-perturbed copies join the train split only;
+    with windows (samples) each clip padded to the window it will be served at."""
     speeds = {"train": (1.0, *s.speed_perturb), "test": (1.0,)}
     trims = {"train": s.trim_perturb, "test": ()}
     return {
         name: prepare_features(data.split(name), data.label_column, extractor, s.max_seconds, s.batch_size,
-                               speeds=speeds[name], trims=trims[name])
+                               speeds=speeds[name], trims=trims[name], windows=windows)
         for name in ("train", "test")
     }
+
+
+def serving_windows(s: FitSettings, model: Any, extractor: Any) -> tuple[int, ...]:
+    """--windows in samples (the backbone's own window last), checked against the model; () without the flag."""
+    from daemon.classifier import fixed_window
+    from daemon.errors import ModelError
+    from daemon.windows import parse_windows, window_step
+
+    if not s.windows:
+        return ()
+    from train import frozen
+
+    full = fixed_window(extractor)
+    if full is None or not frozen.can_cache(model, "top"):
+        raise TrainError(f"{flag_of('windows')} needs a Whisper backbone (a fixed-window model), "
+                         f"not {type(model).__name__}")
+    try:
+        return parse_windows(s.windows, full, window_step(extractor), flag_of("windows"))
+    except ModelError as err:
+        raise TrainError(str(err)) from err
 
 
 def _last_checkpoint(checkpoints: Path) -> str | None:
@@ -467,7 +502,8 @@ def fit(settings: FitSettings) -> FitResult:
     # Before the slow feature pass, so an unsupported model fails at once; the cache runs in eval mode, unmasked.
     mask_hook = install_time_mask(model, s) if s.time_mask else None
 
-    features = training_features(s, data, extractor)
+    windows = serving_windows(s, model, extractor)
+    features = training_features(s, data, extractor, windows)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
 
@@ -509,6 +545,7 @@ def fit(settings: FitSettings) -> FitResult:
     accuracy = float(np.mean(predicted == labels)) if len(labels) else 0.0
 
     model.to("cpu")
+    (out / CALIBRATION_FILE).unlink(missing_ok=True)  # an earlier fit's threshold and windows are not this one's
     model.save_pretrained(str(out))
     extractor.save_pretrained(str(out))
     history = _history(trainer.state.log_history)
@@ -532,6 +569,8 @@ def fit(settings: FitSettings) -> FitResult:
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "resumed_from": resume_from,
     }
+    if windows:  # written before calibrating: the calibration scores the held-out clips as served
+        out_of_scope.write_serving_meta(out, {"windows_s": [w / SAMPLE_RATE for w in windows[:-1]]})
     metrics["calibration"] = asdict(calibrate_saved(s, data))
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     plots.training_curves(history, out / CURVES_FILE)

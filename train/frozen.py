@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from train.data import WINDOW
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -184,9 +185,27 @@ class WhisperTop(nn.Module):
                 pooled.append(hidden.mean(dim=1))
         return self.layer_norm(hidden), pooled
 
+    def encode_windows(self, hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Clips of several windows padded to one length: each clip's frame mean over its own `frames` positions,
+        equal to running it alone at its window (the padding is masked out of every attention; padded positions
+        are left out of the mean)."""
+        valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frames[:, None]  # (batch, T)
+        mask = torch.zeros(valid.shape, dtype=hidden.dtype, device=hidden.device)
+        mask = mask.masked_fill(~valid, torch.finfo(hidden.dtype).min)[:, None, None, :]  # keys only
+        for layer in self.layers:
+            out = layer(hidden, mask)
+            hidden = out[0] if isinstance(out, tuple) else out
+        hidden = self.layer_norm(hidden) * valid[..., None]
+        return hidden.sum(dim=1) / frames[:, None].to(hidden.dtype)
+
     def forward(
-        self, hidden: torch.Tensor, frozen_pooled: torch.Tensor | None = None, labels: torch.Tensor | None = None
+        self, hidden: torch.Tensor, frozen_pooled: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+        frames: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        if frames is not None:  # length-aware windows (no weighted layer sum: fit refuses the two together)
+            logits = self.classifier(self.projector(self.encode_windows(hidden, frames)))
+            loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+            return _output(loss, logits)
         hidden, pooled = self.encode(hidden)
         if self.layer_weights is None:
             mixed = hidden.mean(dim=1)
@@ -251,6 +270,11 @@ def _whisper_prefix(model: Any, features: torch.Tensor, n_frozen_layers: int) ->
 def _pooled_states(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(batch, layers, d) mean-pooled encoder states: all layers if weighted layer sum, else the last one."""
     weighted = bool(model.config.use_weighted_layer_sum)
+    if _is_whisper(model) and not weighted:
+        from daemon.windows import encoder_states
+
+        # The serving core's encoder: the clip's own window, as length-aware windows serve it.
+        return encoder_states(model.encoder, batch["input_features"]).mean(dim=1, keepdim=True)
     if _is_whisper(model):
         out = model.encoder(batch["input_features"], output_hidden_states=weighted)
         states = torch.stack(out.hidden_states, dim=1) if weighted else out.last_hidden_state.unsqueeze(1)
@@ -266,16 +290,26 @@ def _pooled_states(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (states * frames[:, None, :, None]).sum(dim=2) / frames.sum(dim=1)[:, None, None]
 
 
-def _batches(features: Any, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Tensor batches from a feature dataset; ragged inputs (wav2vec2 without padding) go one clip at a time so
-    the cache sees each clip exactly as inference will."""
+def _batches(features: Any, batch_size: int) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """(row indices, tensor batch) from a feature dataset; ragged inputs (wav2vec2 without padding) go one clip at
+    a time and length-aware windows one window at a time, so the cache sees each clip exactly as inference will."""
     columns = [c for c in ("input_features", "input_values", "attention_mask") if c in features.column_names]
     ragged = "input_values" in columns
     step = 1 if ragged else batch_size
     view = features.with_format("torch", columns=columns)
-    for start in range(0, len(view), step):
-        rows = view[start : start + step]
-        yield {k: v.float() if k != "attention_mask" else v for k, v in rows.items()}
+    if WINDOW in features.column_names:
+        groups: dict[int, list[int]] = {}
+        for i, window in enumerate(features[WINDOW]):
+            groups.setdefault(int(window), []).append(i)
+        orders = list(groups.values())
+    else:
+        orders = [list(range(len(view)))]
+    for order in orders:
+        for start in range(0, len(order), step):
+            idx = order[start : start + step]
+            # Contiguous rows are sliced (fast); a window's rows are picked by index.
+            rows = view[idx] if WINDOW in features.column_names else view[idx[0] : idx[-1] + 1]
+            yield idx, {k: v.float() if k != "attention_mask" else v for k, v in rows.items()}
 
 
 @torch.no_grad()
@@ -286,25 +320,32 @@ def build_cache(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    outputs: list[torch.Tensor] = []
-    frozen_means: list[torch.Tensor] = []
+    outputs: dict[int, torch.Tensor] = {}
+    frozen_means: dict[int, torch.Tensor] = {}
     start = time.perf_counter()
-    for batch in _batches(features, batch_size):
+    for idx, batch in _batches(features, batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
         if mode == "head":
-            outputs.append(_pooled_states(model, batch).float().cpu())
+            outputs.update(zip(idx, _pooled_states(model, batch).float().cpu(), strict=True))
         else:
             n_frozen = len(model.encoder.layers) - unfreeze_top
             hidden, means = _whisper_prefix(model, batch["input_features"], n_frozen)
-            outputs.append(hidden.float().cpu())
-            frozen_means.append(means.float().cpu())
+            outputs.update(zip(idx, hidden.float().cpu(), strict=True))
+            frozen_means.update(zip(idx, means.float().cpu(), strict=True))
     seconds = time.perf_counter() - start
     model.train(was_training)
     labels = torch.as_tensor(features["labels"], dtype=torch.long)
-    inputs = torch.cat(outputs) if outputs else torch.empty(0)
+    rows = [outputs[i] for i in range(len(labels))]
     extra = {}
+    if rows and len({r.shape for r in rows}) > 1:
+        # Length-aware windows: hidden states of several lengths, padded to the longest; WhisperTop masks by
+        # each clip's own number of frames.
+        extra["frames"] = torch.tensor([r.shape[0] for r in rows], dtype=torch.long)
+        rows = [nn.functional.pad(r, (0, 0, 0, max(extra["frames"]) - r.shape[0])) for r in rows]
+    inputs = torch.stack(rows) if rows else torch.empty(0)
     if mode == "top" and model.config.use_weighted_layer_sum:
-        extra["frozen_pooled"] = torch.cat(frozen_means) if frozen_means else torch.empty(0)
+        extra["frozen_pooled"] = torch.stack([frozen_means[i] for i in range(len(labels))]) if rows \
+            else torch.empty(0)
     speed = {"clips": float(len(labels)), "seconds": seconds, "clips_per_second": len(labels) / max(seconds, 1e-9)}
     log.info("cached frozen prefix of %d clips in %.2f s (%.1f clips/s)", len(labels), seconds,
              speed["clips_per_second"])

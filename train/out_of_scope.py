@@ -169,6 +169,13 @@ def calibrate(probabilities: np.ndarray, truth: Sequence[str], labels: Sequence[
                        out_of_scope_label=OUT_OF_SCOPE_LABEL if OUT_OF_SCOPE_LABEL in labels else None)
 
 
+def write_serving_meta(folder: str | Path, values: dict[str, Any]) -> None:
+    """Add `values` to what the model folder tells the serving core (CALIBRATION_FILE), keeping the rest."""
+    path = Path(folder) / CALIBRATION_FILE
+    meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path.write_text(json.dumps({**meta, **values}, indent=2) + "\n", encoding="utf-8")
+
+
 def write_calibration(folder: str | Path, calibration: Calibration) -> None:
     """Store the calibration in the model folder, where Classifier.load finds its threshold."""
-    (Path(folder) / CALIBRATION_FILE).write_text(json.dumps(asdict(calibration), indent=2) + "\n", encoding="utf-8")
+    write_serving_meta(folder, asdict(calibration))
