@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from daemon import onnx_forward
 from daemon.audio import SAMPLE_RATE, check_clip
 from daemon.errors import AudioError, ModelError
 from daemon.events import UNKNOWN_LABEL
@@ -155,6 +156,7 @@ class Classifier:
     sample_rate: int = SAMPLE_RATE
     max_samples: int | None = None  # the fixed window (longer clips are cut); None: the clip's own length
     windows: tuple[int, ...] = ()  # shorter windows the model was trained at, then max_samples (daemon/windows.py)
+    onnx: Any = None  # an OnnxForward when the forward runs on ONNX Runtime (daemon/onnx_forward.py)
 
     @classmethod
     def load(
@@ -164,11 +166,13 @@ class Classifier:
         dtype: str = "auto",
         top_k: int = 3,
         threshold: float | None = None,
+        runtime: str = "auto",
     ) -> Classifier:
         """Load a folder made by `intentd-train fit` (safetensors only); every failure is a ModelError.
 
         threshold None: the model's own calibrated threshold (CALIBRATION_FILE), none if it has no such file;
-        a number overrides it (0 rejects nothing by score).
+        a number overrides it (0 rejects nothing by score). runtime: torch, onnx (ONNX Runtime), or auto (ONNX
+        Runtime where it applies: a Whisper classifier in float32 on the CPU with onnxruntime installed).
         """
         folder = check_model_folder(model_dir)
         meta = serving_meta(folder)
@@ -213,13 +217,18 @@ class Classifier:
             )
 
         model.to(torch_device).eval()
+        chosen = onnx_forward.choose(runtime, model, torch_device, torch_dtype)
+        full = fixed_window(extractor)
+        onnx = onnx_forward.OnnxForward(model, full // int(extractor.hop_length), torch.get_num_threads()) \
+            if chosen == "onnx" and full else None
         labels = tuple(str(model.config.id2label[i]) for i in range(model.config.num_labels))
         try:
             digest = weights_digest(folder)
         except (OSError, ValueError, KeyError) as err:
             raise ModelError(f"{folder}: cannot hash the weights for the model id: {err}") from err
         model_id = f"{folder.resolve().name}@{digest[:MODEL_ID_HASH_CHARS]}"
-        log.info("loaded %s on %s as %s (%d labels)", model_id, torch_device, torch_dtype, len(labels))
+        log.info("loaded %s on %s as %s (%d labels, %s runtime)", model_id, torch_device, torch_dtype, len(labels),
+                 "ONNX" if onnx is not None else "PyTorch")
         return cls(
             model=model,
             extractor=extractor,
@@ -231,6 +240,7 @@ class Classifier:
             threshold=threshold,
             max_samples=fixed_window(extractor),
             windows=_windows(folder, meta, model, extractor),
+            onnx=onnx,
         )
 
     @property
@@ -249,7 +259,9 @@ class Classifier:
         with torch.inference_mode():
             for idx in batch_groups(keys, max_batch):
                 features = self._features([batch[i] for i in idx], keys[idx[0]] if self.windows else None)
-                if self.windows:
+                if self.onnx is not None:
+                    logits = self.onnx(features["input_features"])
+                elif self.windows:
                     logits = whisper_logits(self.model, features["input_features"], self._full_frames)
                 else:
                     logits = self.model(**features).logits
