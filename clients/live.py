@@ -1,7 +1,8 @@
 """intentd-live: talk into the local microphone and watch level, VAD state and intents in the terminal.
 
 Streams the mic to the daemon's audio socket (clients.send.send_stream, the ingest protocol) and subscribes to
-its events for this stream id. VAD state needs the daemon's `publisher.vad_events = true`. No torch here.
+its events for this stream id. VAD state needs the daemon's `publisher.vad_events = true`. Credentials as
+intentd-send takes them (docs/security.md). No torch here.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any, Final, TextIO
 
 import numpy as np
 
+from clients.credentials import IngestCredentials, add_arguments, from_arguments, refuse_secret_arguments
 from clients.send import DEFAULT_CHUNK_MS, MAX_MIC_CHANNELS, SendError, _pick_input, _sounddevice, send_stream
 from clients.sub import clock
-from clients.subscriber import DEFAULT_CONNECT, Subscriber, SubscriberError
+from clients.subscriber import DEFAULT_CONNECT, Subscriber
 from daemon import events
 from daemon.errors import IntentdError
 from daemon.protocol import DEFAULT_AUDIO_URI, StreamHeader
@@ -38,6 +40,7 @@ MIC_QUEUE_BLOCKS: Final = 500  # 10 s of 20 ms blocks
 SUB_POLL_S: Final = 0.1
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
 
 CLEAR_LINE: Final = "\r\x1b[2K"
 GREEN: Final = "\x1b[32m"
@@ -173,7 +176,8 @@ def watch_events(sub: Subscriber, view: LiveView, term: Terminal, stop: threadin
 
 
 async def stream_microphone(
-    audio_uri: str, device: str, stream_id: str, view: LiveView, stop: asyncio.Event
+    audio_uri: str, device: str, stream_id: str, view: LiveView, stop: asyncio.Event,
+    credentials: IngestCredentials | None = None,
 ) -> int:
     """Capture the mic, meter it into `view`, and stream it with the ingest protocol until `stop` is set.
 
@@ -213,11 +217,12 @@ async def stream_microphone(
     except Exception as err:  # sounddevice raises PortAudioError, ValueError...
         raise SendError(f"cannot open microphone {info['name']!r}: {err}") from err
     with mic:
-        result = await send_stream(audio_uri, header, blocks())
+        result = await send_stream(audio_uri, header, blocks(), credentials)
     return result.samples
 
 
-async def _run(args: argparse.Namespace, view: LiveView, term: Terminal, sub: Subscriber) -> int:
+async def _run(args: argparse.Namespace, view: LiveView, term: Terminal, sub: Subscriber,
+               credentials: IngestCredentials) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -236,7 +241,7 @@ async def _run(args: argparse.Namespace, view: LiveView, term: Terminal, sub: Su
         f"streaming the microphone as {view.stream_id!r} to {args.to}; events from {args.connect}; Ctrl-C ends"
     )
     try:
-        samples = await stream_microphone(args.to, args.mic, view.stream_id, view, stop)
+        samples = await stream_microphone(args.to, args.mic, view.stream_id, view, stop, credentials)
     except IntentdError as err:
         term.line(f"error: {err}")
         return EXIT_FAILED
@@ -259,11 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mic", default="", metavar="DEVICE", help="input device name substring or index")
     p.add_argument("--stream-id", help="stream id (default live:HOST:PID)")
     p.add_argument("--no-color", action="store_true", help="plain text, no ANSI colours")
+    add_arguments(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the live view until Ctrl-C; 0 when the stream ended cleanly."""
+    if (refused := refuse_secret_arguments(sys.argv[1:] if argv is None else argv)) is not None:
+        print(f"error: {refused}", file=sys.stderr)
+        return EXIT_USAGE
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     stream_id = args.stream_id or f"live:{socket.gethostname()}:{os.getpid()}"
@@ -271,12 +280,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     view = LiveView(stream_id, color=tty and not args.no_color)
     term = Terminal(sys.stdout, redraw=tty)
     try:
-        sub = Subscriber(args.connect, topics=("intent.", "utterance.", "vad."), stream_id=stream_id)
-    except SubscriberError as err:
+        credentials, curve = from_arguments(args)
+    except IntentdError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        sub = Subscriber(args.connect, topics=("intent.", "utterance.", "vad."), stream_id=stream_id, curve=curve)
+    except IntentdError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
     with sub:
-        return asyncio.run(_run(args, view, term, sub))
+        return asyncio.run(_run(args, view, term, sub, credentials))
 
 
 if __name__ == "__main__":

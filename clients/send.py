@@ -7,6 +7,9 @@ then drops utterances by its policy when it falls behind.
 With `--events URI` it also subscribes to the daemon's events and says per file what the daemon heard, from the
 file's `stream.end` (a daemon that never sends one is waited for `--wait-s`, then reported, not an error).
 
+Credentials (docs/security.md): the token from `--token-file` or INTENTD_TOKEN (never a command-line value), TLS
+with `--tls-ca` (and `--tls-cert` when the daemon asks for client certificates), CURVE keys for `--events`.
+
 Imports only numpy, soundfile, sounddevice and pyzmq (lazily) and `daemon.protocol`/`daemon.events`/
 `daemon.errors`: never torch.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -25,10 +29,11 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from clients.credentials import IngestCredentials, add_arguments, from_arguments, refuse_secret_arguments
 from daemon import events
 from daemon.errors import IntentdError
 from daemon.protocol import (
@@ -48,6 +53,9 @@ from daemon.protocol import (
     encode_header,
     encode_pcm,
 )
+
+if TYPE_CHECKING:
+    from clients.subscriber import CurveKeys
 
 log = logging.getLogger("intentd-send")
 
@@ -83,19 +91,30 @@ class SendResult:
     samples: int  # mono samples the server received, from its final reply
 
 
-async def open_connection(uri: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to tcp://HOST:PORT or unix:///PATH; SendError if the URI is bad or nobody listens."""
+async def open_connection(uri: str, credentials: IngestCredentials | None = None,
+                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to tcp://HOST:PORT (with TLS when `credentials` say so) or unix:///PATH; SendError if the URI is
+    bad, nobody listens or the server's certificate does not verify."""
+    tls = credentials.tls if credentials is not None else None
     try:
         if uri.startswith("unix://"):
             path = uri[len("unix://") :]
             if not path:
                 raise SendError(f"bad URI {uri!r}: unix:// needs a socket path")
+            if tls is not None:
+                raise SendError(f"{uri}: TLS is for tcp:// (a Unix socket is local)")
             return await asyncio.open_unix_connection(path)
         if uri.startswith("tcp://"):
             host, sep, port = uri[len("tcp://") :].rpartition(":")
             if not sep or not port.isdigit():
                 raise SendError(f"bad URI {uri!r}: expected tcp://HOST:PORT")
-            return await asyncio.open_connection(host.strip("[]") or "127.0.0.1", int(port))
+            host = host.strip("[]") or "127.0.0.1"
+            if tls is None:
+                return await asyncio.open_connection(host, int(port))
+            assert credentials is not None
+            return await asyncio.open_connection(host, int(port), ssl=tls,
+                                                 server_hostname=credentials.server_hostname or host,
+                                                 ssl_handshake_timeout=REPLY_TIMEOUT_S)
     except OSError as err:
         raise SendError(f"cannot connect to {uri}: {err.strerror or err}") from err
     raise SendError(f"bad URI {uri!r}: intentd-send speaks tcp://HOST:PORT or unix:///PATH")
@@ -132,23 +151,29 @@ class _Replies:
         self._task.cancel()
 
 
-def _refusal(stream_id: str, reply: Reply | None, expected: str) -> SendError:
+def _refusal(stream_id: str, reply: Reply | None, expected: str, hint_tls: bool = False) -> SendError:
     if reply is None:
-        return SendError(f"{stream_id}: server closed the connection before its {expected} reply")
+        hint = " (does it require TLS? give --tls-ca)" if hint_tls else ""
+        return SendError(f"{stream_id}: server closed the connection before its {expected} reply{hint}")
     if reply.type == REPLY_ERROR:
         return SendError(f"{stream_id}: server refused: {reply.reason}")
     return SendError(f"{stream_id}: expected a {expected} reply, got {reply.type!r}")
 
 
-async def send_stream(uri: str, header: StreamHeader, blocks: AsyncIterator[bytes]) -> SendResult:
-    """Send one stream: header, wait for accept, PCM blocks, end marker, wait for final."""
-    reader, writer = await open_connection(uri)
+async def send_stream(uri: str, header: StreamHeader, blocks: AsyncIterator[bytes],
+                      credentials: IngestCredentials | None = None) -> SendResult:
+    """Send one stream: header (with the credentials' token), wait for accept, PCM blocks, end marker, wait for
+    final."""
+    if credentials is not None and credentials.token is not None:
+        header = dataclasses.replace(header, token=credentials.token)
+    reader, writer = await open_connection(uri, credentials)
     replies = _Replies(reader)
     try:
         writer.write(encode_header(header))
         reply = await replies.next(REPLY_TIMEOUT_S)
         if reply is None or reply.type != REPLY_ACCEPT:
-            raise _refusal(header.stream_id, reply, "accept")
+            plain_tcp = uri.startswith("tcp://") and (credentials is None or credentials.tls is None)
+            raise _refusal(header.stream_id, reply, "accept", hint_tls=plain_tcp)
         try:
             async for pcm in blocks:
                 for i in range(0, len(pcm), MAX_CHUNK_BYTES):
@@ -201,6 +226,7 @@ async def send_file(
     chunk_ms: int = DEFAULT_CHUNK_MS,
     realtime: bool = False,
     live: bool | None = None,
+    credentials: IngestCredentials | None = None,
 ) -> SendResult:
     """Stream one WAV/FLAC file at its native rate and channels (s16le, or f32le for float files).
 
@@ -236,7 +262,7 @@ async def send_file(
                 sent += len(data)
                 yield encode_pcm(data, fmt)
 
-        return await send_stream(uri, header, blocks())
+        return await send_stream(uri, header, blocks(), credentials)
 
 
 def _sounddevice() -> Any:
@@ -272,7 +298,8 @@ def _pick_input(sd: Any, device: str) -> tuple[int, dict[str, Any]]:
 
 
 async def send_microphone(
-    uri: str, device: str, *, stream_id: str | None, chunk_ms: int, stop: asyncio.Event
+    uri: str, device: str, *, stream_id: str | None, chunk_ms: int, stop: asyncio.Event,
+    credentials: IngestCredentials | None = None,
 ) -> SendResult:
     """Stream the local microphone (mixed to mono on the server) until `stop` is set."""
     sd = _sounddevice()
@@ -324,7 +351,7 @@ async def send_microphone(
     log.info("streaming microphone %r at %d Hz, %d ch as %r", info["name"], rate, channels, header.stream_id)
     with stream:
         try:
-            return await send_stream(uri, header, blocks())
+            return await send_stream(uri, header, blocks(), credentials)
         finally:
             if dropped:
                 log.warning("dropped %d microphone blocks: the connection did not keep up", dropped)
@@ -333,10 +360,10 @@ async def send_microphone(
 class Hearing:
     """What the daemon publishes about our streams, collected on a thread from its event socket (--events)."""
 
-    def __init__(self, uri: str, stream_ids: Sequence[str]) -> None:
+    def __init__(self, uri: str, stream_ids: Sequence[str], curve: CurveKeys | None = None) -> None:
         from clients.subscriber import Subscriber  # pyzmq: only for --events
 
-        self._sub = Subscriber(uri, recv_timeout_s=HEARD_POLL_S)
+        self._sub = Subscriber(uri, recv_timeout_s=HEARD_POLL_S, curve=curve)
         self._ids = set(stream_ids)
         self.heard: dict[str, list[events.Event]] = {sid: [] for sid in stream_ids}
         self._cond = threading.Condition()
@@ -440,10 +467,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"with --events: how long after sending to wait for the stream.end of every file (default {DEFAULT_WAIT_S:g})",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    add_arguments(p)
     return p
 
 
 async def _run(args: argparse.Namespace) -> int:
+    try:
+        credentials, curve = from_arguments(args, events=args.events is not None)
+    except IntentdError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     if args.mic is not None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -451,7 +484,8 @@ async def _run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             result = await send_microphone(
-                args.to, args.mic, stream_id=args.stream_id, chunk_ms=args.chunk_ms, stop=stop
+                args.to, args.mic, stream_id=args.stream_id, chunk_ms=args.chunk_ms, stop=stop,
+                credentials=credentials,
             )
         except IntentdError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -462,7 +496,7 @@ async def _run(args: argparse.Namespace) -> int:
     hearing = None
     if args.events is not None:
         try:
-            hearing = Hearing(args.events, [args.stream_id or path for path in args.files])
+            hearing = Hearing(args.events, [args.stream_id or path for path in args.files], curve)
         except IntentdError as err:
             print(f"error: --events: {err}", file=sys.stderr)
             return EXIT_FAILED
@@ -479,6 +513,7 @@ async def _run(args: argparse.Namespace) -> int:
                 chunk_ms=args.chunk_ms,
                 realtime=args.realtime,
                 live=args.realtime or args.live,
+                credentials=credentials,
             )
         except IntentdError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -504,6 +539,9 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run intentd-send; 0 when every stream was accepted and finished, 1 if any failed, 2 on usage errors."""
+    if (refused := refuse_secret_arguments(sys.argv[1:] if argv is None else argv)) is not None:
+        print(f"error: {refused}", file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")

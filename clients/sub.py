@@ -11,7 +11,9 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from clients.subscriber import DEFAULT_CONNECT, Subscriber, SubscriberError
+from clients.credentials import add_curve_arguments, curve_keys
+from clients.subscriber import DEFAULT_CONNECT, Subscriber
+from daemon.errors import IntentdError
 from daemon.events import Event
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout", type=float, metavar="S", help=f"exit {EXIT_IDLE} after S seconds with no event"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log connection details to stderr")
+    add_curve_arguments(p)
     return p
 
 
@@ -78,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         sub = Subscriber(args.connect, topics=args.topic or ("",), stream_id=args.stream,
-                         recv_timeout_s=args.idle_timeout)  # fmt: skip
-    except SubscriberError as err:
+                         recv_timeout_s=args.idle_timeout, curve=curve_keys(args))  # fmt: skip
+    except IntentdError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     with sub:

@@ -5,6 +5,10 @@ No torch, no numpy: only pyzmq and daemon.events.
     with Subscriber("tcp://127.0.0.1:5556", topics=("intent.",)) as sub:
         for event in sub:
             print(event.label, event.score)
+
+A daemon with CURVE keys (docs/security.md) admits only subscribers whose public key it allows: pass
+`curve=load_curve_keys("kitchen.key_secret", "server.key")`. A refused handshake is logged once and counted in
+`refused`; ZeroMQ keeps retrying, so a key allowed later starts receiving without a restart.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
 import zmq
+import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
 
 from daemon import events
 from daemon.errors import IntentdError
@@ -30,10 +38,39 @@ RECONNECT_IVL_MAX_MS: Final = 5000  # ...backing off to this
 DEFAULT_RCVHWM: Final = 100_000
 POLL_SLICE_S: Final = 0.1  # longest single wait, so Ctrl-C and pokes are handled promptly
 POKE_INTERVAL_S: Final = 0.05
+# Handshakes the publisher can refuse: a CURVE key it does not allow, or CURVE on one side only.
+_HANDSHAKE_FAILURES: Final = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
 
 class SubscriberError(IntentdError):
-    """The subscriber cannot connect (a malformed URI); the message names it."""
+    """The subscriber cannot connect (a malformed URI) or its keys cannot be read; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class CurveKeys:
+    """A subscriber's CURVE key pair and the publisher's public key, Z85-encoded."""
+
+    public_key: bytes
+    secret_key: bytes
+    server_key: bytes
+
+    def __repr__(self) -> str:  # never the secret
+        return f"CurveKeys(public_key={self.public_key!r}, server_key={self.server_key!r})"
+
+
+def load_curve_keys(key_file: str | Path, server_key_file: str | Path) -> CurveKeys:
+    """This client's NAME.key_secret and the daemon's public .key, as `intentd keys` writes them."""
+    try:
+        public, secret = zmq.auth.load_certificate(key_file)
+    except (OSError, ValueError) as err:
+        raise SubscriberError(f"--curve-key {key_file}: not a readable key file: {err}") from err
+    if not secret:
+        raise SubscriberError(f"--curve-key {key_file}: holds no secret key (give the .key_secret file)")
+    try:
+        server, _ = zmq.auth.load_certificate(server_key_file)
+    except (OSError, ValueError) as err:
+        raise SubscriberError(f"--curve-server-key {server_key_file}: not a readable key file: {err}") from err
+    return CurveKeys(public, secret, server)
 
 
 class Subscriber:
@@ -43,7 +80,8 @@ class Subscriber:
     that stream (events about no stream, like `status`, still pass). `recv_timeout_s` ends iteration after that
     long without a matching event (None: wait forever). Sequence gaps are counted in `missed`, but only while
     subscribed to every topic: with a topic filter the gaps are other topics' messages. A `seq` that goes
-    backwards means the daemon restarted; it is counted in `restarts`.
+    backwards means the daemon restarted; it is counted in `restarts`. `curve` gives the keys a publisher with
+    CURVE asks for; handshakes it refuses are counted in `refused`.
     """
 
     def __init__(
@@ -55,6 +93,7 @@ class Subscriber:
         recv_timeout_s: float | None = None,
         rcvhwm: int = DEFAULT_RCVHWM,
         context: zmq.Context[Any] | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.connect_uri = connect_uri
         self.topics = tuple(topics) or ("",)
@@ -67,6 +106,16 @@ class Subscriber:
         self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
         self._socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        if curve is not None:
+            self._socket.curve_secretkey = curve.secret_key
+            self._socket.curve_publickey = curve.public_key
+            self._socket.curve_serverkey = curve.server_key
+        self._curve = curve is not None
+        self._monitor = self._socket.get_monitor_socket(_HANDSHAKE_FAILURES)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self.refused = 0  # handshakes the publisher refused
         for topic in self.topics:
             self._socket.setsockopt_string(zmq.SUBSCRIBE, topic)
         # Subscribed last, so the first status message proves every subscription above reached the publisher
@@ -137,7 +186,10 @@ class Subscriber:
             wait_s = POLL_SLICE_S if deadline is None else min(POLL_SLICE_S, deadline - time.monotonic())
             if wait_s <= 0:
                 return None
-            if not self._socket.poll(int(wait_s * 1000) or 1, zmq.POLLIN):
+            ready = dict(self._poller.poll(int(wait_s * 1000) or 1))
+            if self._monitor in ready:
+                self._handshake_failed(recv_monitor_message(self._monitor, zmq.NOBLOCK))
+            if self._socket not in ready:
                 continue
             frames = self._socket.recv_multipart(zmq.NOBLOCK)
             try:
@@ -149,6 +201,18 @@ class Subscriber:
                 continue
             self._account(event)
             return event
+
+    def _handshake_failed(self, message: dict[str, Any]) -> None:
+        self.refused += 1
+        if self.refused > 1:
+            return  # ZeroMQ retries every few seconds: say it once
+        if message["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            why = "its CURVE allow-list (security.curve_clients) does not hold this subscriber's public key"
+        elif self._curve:
+            why = "the subscriber uses CURVE keys and the publisher does not (or the server key is wrong)"
+        else:
+            why = "it requires CURVE keys (--curve-key and --curve-server-key)"
+        log.warning("the publisher at %s refused this subscriber: %s; retrying", self.connect_uri, why)
 
     def _account(self, event: Event) -> None:
         self.connected = True
@@ -179,6 +243,8 @@ class Subscriber:
     def close(self) -> None:
         """Close the socket (and the context it made); safe to call twice."""
         if not self._socket.closed:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
             self._socket.close(linger=0)
         if self._own_context and not self._context.closed:
             self._context.term()

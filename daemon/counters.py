@@ -1,7 +1,8 @@
 """The daemon's one set of counts: the stages add to it, the `status` event and Prometheus both read it.
 
 StreamTable counts utterances and discarded blips, MicroBatcher counts submissions, batches and their timings, the Outbox counts
-what it publishes (intents, drops, errors) and the service counts reloads. Any thread may add; every read is a
+what it publishes (intents, drops, errors), the service counts reloads and the socket sources and publisher count
+the clients they refuse. Any thread may add; every read is a
 consistent snapshot taken under the same lock.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 # What a `status` event's `counters` always holds, zeros included (docs/events.md).
-STATUS_KEYS: Final = ("utterances", "events", "dropped", "errors", "reloads", "discarded")
+STATUS_KEYS: Final = ("utterances", "events", "dropped", "errors", "reloads", "discarded", "refused")
 # Latency buckets in seconds: our target is tens of milliseconds, the hangover adds a few hundred.
 LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 2.5, 5.0)
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -61,6 +62,7 @@ class CountsSnapshot:
     drops: Mapping[str, int]  # by reason
     errors: Mapping[str, int]  # by kind
     reloads: Mapping[str, int]  # by result (ok, failed)
+    refused: Mapping[str, int]  # clients turned away, by reason (daemon.security.REFUSED_*)
     submitted: int
     batches: int
     model_load_s: float
@@ -79,6 +81,7 @@ class CountsSnapshot:
             "errors": sum(self.errors.values()),
             "reloads": self.reloads.get(RELOAD_OK, 0),
             "discarded": self.discarded,
+            "refused": sum(self.refused.values()),
         }
 
 
@@ -93,6 +96,7 @@ class Counters:
         self._drops: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
         self._reloads: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()
         self._submitted = 0
         self._batches = 0
         self._model_load_s = 0.0
@@ -150,6 +154,11 @@ class Counters:
         with self._lock:
             self._reloads[RELOAD_OK if ok else RELOAD_FAILED] += 1
 
+    def refused(self, reason: str) -> None:
+        """A client was turned away: a bad token or TLS handshake, a CURVE key not allowed, too many streams."""
+        with self._lock:
+            self._refused[reason] += 1
+
     def model_loaded(self, seconds: float) -> None:
         """A model load took `seconds`."""
         with self._lock:
@@ -163,7 +172,7 @@ class Counters:
             return CountsSnapshot(
                 utterances=dict(self._utterances), discarded=self._discarded, events=dict(self._events), drops=dict(self._drops),
                 errors=dict(self._errors), reloads=dict(self._reloads), submitted=self._submitted,
-                batches=self._batches, model_load_s=self._model_load_s, batch_size=self._batch_size.copy(),
+                refused=dict(self._refused), batches=self._batches, model_load_s=self._model_load_s, batch_size=self._batch_size.copy(),
                 queue_wait_s=self._queue_wait_s.copy(), inference_s=self._inference_s.copy(),
                 processing_s=self._processing_s.copy(), end_of_speech_s=self._end_of_speech_s.copy(),
             )  # fmt: skip

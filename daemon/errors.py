@@ -29,3 +29,14 @@ class UnavailableError(IntentdError):
 
 class SourceError(UnavailableError):
     """An audio source (microphone, socket, file) failed or has a bad URI."""
+
+
+class AuthError(IntentdError):
+    """A client was refused for its credentials (no token, a wrong one, a failed TLS handshake).
+
+    `kind` is the refusal's counter label (daemon.security.REFUSED_*); the message never holds a secret.
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind

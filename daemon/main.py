@@ -17,6 +17,7 @@ log = logging.getLogger("intentd")
 # sysexits(3) codes, so systemd's RestartPreventExitStatus= can tell "fix the config" from "try again".
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_USAGE = 2  # bad input to a subcommand (argparse's own code)
 EXIT_NO_MODEL = 66  # EX_NOINPUT
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a socket could not be bound, a device could not be opened
 EXIT_CONFIG = 78  # EX_CONFIG
@@ -25,7 +26,7 @@ EXIT_CONFIG = 78  # EX_CONFIG
 def build_parser() -> argparse.ArgumentParser:
     """Flags for the few things people change per run; everything else lives in config.toml."""
     p = argparse.ArgumentParser(prog="intentd", description="Streaming speech-intent daemon. "
-                                "Also: `intentd devices` lists microphones.")
+                                "Also: `intentd devices` lists microphones; `intentd keys` makes CURVE keys.")
     p.add_argument("--config", help="TOML configuration (see config.toml); default: built-in defaults")
     p.add_argument("--model", help="model folder (overrides model.path)")
     p.add_argument("--listen", action="append", metavar="URI",
@@ -76,11 +77,37 @@ def _devices() -> int:
     return EXIT_OK
 
 
+def _keys(argv: Sequence[str]) -> int:
+    """`intentd keys`: write a CURVE key pair for the event bus (docs/security.md)."""
+    from pathlib import Path
+
+    from daemon.security import create_key_pair
+
+    p = argparse.ArgumentParser(
+        prog="intentd keys",
+        description="Make a CURVE key pair for the event bus: NAME.key (public, 0644) and NAME.key_secret "
+        "(secret, 0600). The daemon's goes to security.curve_secret_key; a subscriber's public NAME.key goes "
+        "into the daemon's security.curve_clients folder.")
+    p.add_argument("name", help="key name, e.g. server or the subscriber's name (kitchen, crm...)")
+    p.add_argument("--out", default=".", metavar="DIR", help="folder to write to, made 0700 if missing "
+                   "(default: the current folder)")
+    args = p.parse_args(argv)
+    try:
+        public, secret = create_key_pair(Path(args.out), args.name)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"public key: {public}\nsecret key: {secret}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["devices"]:
         return _devices()
+    if argv[:1] == ["keys"]:
+        return _keys(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = _apply_flags(settings_mod.load(args.config), args)

@@ -65,6 +65,7 @@ class CountersCollector(Collector):
         yield _labelled("intentd_drops", "Utterances dropped", "reason", c.drops)
         yield _labelled("intentd_errors", "Errors by kind", "kind", c.errors)
         yield _labelled("intentd_reloads", "Reloads by result", "result", c.reloads)
+        yield _labelled("intentd_refused", "Clients refused, by reason", "reason", c.refused)
         yield GaugeMetricFamily("intentd_queue_depth", "Utterances waiting for the model", value=self._queue_depth())
         yield GaugeMetricFamily("intentd_active_streams", "Audio streams open now", value=self._active_streams())
         yield _histogram("intentd_batch_size", "Utterances per model call", c.batch_size)

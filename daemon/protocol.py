@@ -5,6 +5,7 @@ Clients import this module, so it must stay free of torch and of anything else u
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ _HELLO = struct.Struct(">4sBH")
 HELLO_BYTES: Final = _HELLO.size
 MAX_HEADER_BYTES: Final = 4096
 MAX_STREAM_ID_BYTES: Final = 256
+# The optional `token` key (ingest authentication, docs/security.md): printable ASCII, no spaces.
+MAX_TOKEN_BYTES: Final = 512
 # Where the daemon listens for audio unless config.toml says otherwise (sources.listen), and where clients send.
 DEFAULT_AUDIO_URI: Final = "tcp://127.0.0.1:5555"
 MIN_SAMPLE_RATE: Final = 8000
@@ -48,10 +51,13 @@ REPLY_ACCEPT: Final = "accept"
 REPLY_ERROR: Final = "error"
 REPLY_FINAL: Final = "final"
 REPLY_TYPES: Final = (REPLY_ACCEPT, REPLY_ERROR, REPLY_FINAL)
+# The reason of an error reply that refuses a stream for its credentials starts with this.
+UNAUTHORIZED: Final = "unauthorized"
 # The header's keys: every client sends the required ones; `live` was added later and defaults to true, so a
-# client that never heard of it streams live, as every stream did before.
+# client that never heard of it streams live, as every stream did before. `token` (later still) is sent only by
+# clients given one, so a client without credentials sends what it always sent.
 HEADER_KEYS: Final = ("stream_id", "sample_rate", "format", "channels")
-HEADER_OPTIONAL_KEYS: Final = ("live",)
+HEADER_OPTIONAL_KEYS: Final = ("live", "token")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +66,8 @@ class StreamHeader:
 
     Live audio (a microphone, a call, anything paced by a clock) cannot wait: when the model falls behind, its
     utterances are dropped by the daemon's drop policy. Recorded audio (a file) can: the daemon reads it no
-    faster than it classifies, and drops none of it.
+    faster than it classifies, and drops none of it. `token` is the client's credential when the daemon asks
+    for one (never shown in a repr, so never in a log line).
     """
 
     stream_id: str
@@ -68,6 +75,7 @@ class StreamHeader:
     sample_format: SampleFormat
     channels: int
     live: bool = True
+    token: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def frame_bytes(self) -> int:
@@ -104,7 +112,7 @@ ClientFrame = StreamHeader | AudioFrame | EndFrame
 
 
 def validate_header(stream_id: Any, sample_rate: Any, sample_format: Any, channels: Any,
-                    live: Any = True) -> StreamHeader:
+                    live: Any = True, token: Any = None) -> StreamHeader:
     """Check header fields against the protocol's bounds; ProtocolError names the field at fault."""
     if not isinstance(stream_id, str) or not stream_id:
         raise ProtocolError("header: stream_id must be a non-empty string")
@@ -127,16 +135,22 @@ def validate_header(stream_id: Any, sample_rate: Any, sample_format: Any, channe
         raise ProtocolError(f"header: unsupported channels {channels!r} (accepted {MIN_CHANNELS}..{MAX_CHANNELS})")
     if not isinstance(live, bool):
         raise ProtocolError(f"header: live must be true or false, got {live!r}")
-    return StreamHeader(stream_id, sample_rate, sample_format, channels, live)
+    # The value is never quoted back: it may be a real credential sent to the wrong daemon.
+    if token is not None and not (
+        isinstance(token, str) and 0 < len(token) <= MAX_TOKEN_BYTES and all(0x21 <= ord(c) < 0x7F for c in token)
+    ):
+        raise ProtocolError(f"header: token must be 1..{MAX_TOKEN_BYTES} printable ASCII characters without spaces")
+    return StreamHeader(stream_id, sample_rate, sample_format, channels, live, token)
 
 
 def encode_header(header: StreamHeader) -> bytes:
-    """Encode the hello and JSON header that open a stream (`live` is written only when false).
+    """Encode the hello and JSON header that open a stream (`live` only when false, `token` only when set).
 
-    A live header is byte for byte what clients sent before `live` existed, so live clients keep working with
-    daemons that do not know the key.
+    A live header without a token is byte for byte what clients sent before either key existed, so such clients
+    keep working with daemons that do not know them.
     """
-    validate_header(header.stream_id, header.sample_rate, header.sample_format, header.channels, header.live)
+    validate_header(header.stream_id, header.sample_rate, header.sample_format, header.channels, header.live,
+                    header.token)
     fields: dict[str, Any] = {
         "stream_id": header.stream_id,
         "sample_rate": header.sample_rate,
@@ -145,6 +159,8 @@ def encode_header(header: StreamHeader) -> bytes:
     }
     if not header.live:
         fields["live"] = False
+    if header.token is not None:
+        fields["token"] = header.token
     body = json.dumps(
         fields,
         ensure_ascii=False,
@@ -181,7 +197,7 @@ def _parse_header_json(body: bytes) -> StreamHeader:
         if key not in obj:
             raise ProtocolError(f"malformed header: missing key {key!r}")
     return validate_header(obj["stream_id"], obj["sample_rate"], obj["format"], obj["channels"],
-                           obj.get("live", True))
+                           obj.get("live", True), obj.get("token"))
 
 
 class StreamDecoder:

@@ -1,4 +1,8 @@
-"""Events -> ZeroMQ PUB. Sends never block: a slow or absent subscriber must not slow the pipeline."""
+"""Events -> ZeroMQ PUB. Sends never block: a slow or absent subscriber must not slow the pipeline.
+
+With CURVE keys (`[security]`, docs/security.md) the socket is a CURVE server: traffic is encrypted, and a ZAP
+handler on its own thread (pyzmq's ThreadAuthenticator) admits only subscribers whose public key is allowed.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from typing import Any, Final, Self
 import zmq
 
 from daemon import events
+from daemon.counters import Counters
 from daemon.errors import ConfigError, UnavailableError
+from daemon.security import REFUSED_CURVE, CurveAllowList, CurveServer
 from daemon.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,9 @@ class Publisher:
         uri: str = DEFAULTS.publisher.uri,
         sndhwm: int = DEFAULTS.publisher.sndhwm,
         context: zmq.Context[Any] | None = None,
+        *,
+        curve: CurveServer | None = None,
+        counters: Counters | None = None,
     ) -> None:
         check_uri(uri)
         if sndhwm < 1:
@@ -57,10 +66,14 @@ class Publisher:
         # Per subscriber: beyond this many queued messages libzmq drops for that subscriber only.
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
         self._socket.setsockopt(zmq.LINGER, 0)
+        self._authenticator: Any = None
+        if curve is not None:
+            self._authenticator = self._start_curve(curve, counters if counters is not None else Counters())
         try:
             self._socket.bind(uri)
         except zmq.ZMQError as err:
             self._socket.close(linger=0)
+            self._stop_curve()
             if self._own_context:
                 self._context.term()
             raise PublisherError(f"cannot bind the event publisher to {uri}: {err.strerror}") from err
@@ -74,7 +87,26 @@ class Publisher:
         # Messages the socket refused outright. Per-subscriber HWM drops are invisible to a PUB socket;
         # subscribers see them as gaps in `seq` (clients.subscriber.Subscriber.missed).
         self.dropped = 0
-        log.info("publishing events on %s", self.endpoint)
+        log.info("publishing events on %s%s", self.endpoint,
+                 f" (CURVE, {len(curve.allowed)} allowed subscriber keys)" if curve is not None else "")
+
+    def _start_curve(self, curve: CurveServer, counters: Counters) -> Any:
+        """Make the socket a CURVE server whose ZAP handler admits only the allowed keys (before bind)."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        authenticator = ThreadAuthenticator(self._context, log=logging.getLogger(f"{__name__}.zap"))
+        authenticator.start()
+        authenticator.configure_curve_callback(
+            "*", CurveAllowList(curve.allowed, on_refused=lambda: counters.refused(REFUSED_CURVE)))
+        self._socket.curve_secretkey = curve.secret_key
+        self._socket.curve_publickey = curve.public_key
+        self._socket.curve_server = True
+        return authenticator
+
+    def _stop_curve(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
 
     @property
     def seq(self) -> int:
@@ -105,6 +137,7 @@ class Publisher:
                 return
             self._closed = True
             self._socket.close(linger=linger_ms)
+        self._stop_curve()
         if self._own_context:
             self._context.term()
 

@@ -30,6 +30,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from daemon import security
 from daemon.batcher import MicroBatcher, UtteranceModel
 from daemon.counters import Counters
 from daemon.errors import ConfigError, IntentdError
@@ -92,6 +93,7 @@ class Service:
 
         for uri in self.settings.sources.listen:
             parse_source_uri(uri)
+        security.load(self.settings)
         self._model_loader(self.settings)
 
     def run(self) -> int:
@@ -125,9 +127,11 @@ class Service:
 
     async def _start(self) -> None:
         s = self.settings
+        guard = security.load(s)  # the [security] files: a bad one stops start-up before the model loads
         model = await run_in_new_thread(lambda: self._load(s), name="intentd-load")
         # The route (module docstring), from its end: each stage is handed the one it feeds.
-        publisher = self._publisher = Publisher(s.publisher.uri, sndhwm=s.publisher.sndhwm)  # 6
+        publisher = self._publisher = Publisher(s.publisher.uri, sndhwm=s.publisher.sndhwm, curve=guard.curve,
+                                                counters=self.counters)  # 6
         outbox = self._outbox = Outbox(publisher, self.counters)  # 5
         batcher = self._batcher = MicroBatcher(model, outbox, s.batcher, keep_warm_s=s.model.keep_warm_s,
                                                counters=self.counters)  # 3, 4
@@ -137,7 +141,7 @@ class Service:
         streams = self._streams = StreamTable(s.vad, batcher, outbox.publish, vad_events=s.publisher.vad_events,
                                               blip_events=s.publisher.blip_events, counters=self.counters)  # 2
         for uri in s.sources.listen:  # 1
-            source = create_source(uri, streams, s.sources)
+            source = create_source(uri, streams, s.sources, security=guard.ingest, counters=self.counters)
             self._sources.append(source)
             self.bound_sources.append(await source.start())
         if s.metrics.listen:
@@ -245,7 +249,7 @@ class Service:
         old = self.settings
         changed = [name for name, a, b in (
             ("sources", old.sources, new.sources), ("publisher.uri", old.publisher.uri, new.publisher.uri),
-            ("metrics", old.metrics, new.metrics)) if a != b]
+            ("metrics", old.metrics, new.metrics), ("security", old.security, new.security)) if a != b]
         if changed:
             raise ConfigError(f"{', '.join(changed)} changed: these take effect on restart, not reload")
 

@@ -170,6 +170,24 @@ class ServiceSettings(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class SecuritySettings(_Section):
+    """Who may send audio and read events (docs/security.md). Files are read at start; a change needs a restart."""
+
+    # Off, a tcp:// source or publisher on any address but loopback refuses to start without authentication.
+    allow_unauthenticated: bool = setting(False, "listen on non-loopback addresses (tcp:// sources, the "
+                                          "publisher) without authentication; false refuses to start instead")
+    tokens_file: str = setting("", "ingest tokens: lines `NAME TOKEN` (one per client) or one `TOKEN` (a shared "
+                               "secret); every socket stream must carry one; empty = none")
+    tls_cert: str = setting("", "certificate chain (PEM) for TLS on tcp:// audio sources; empty = plain TCP")
+    tls_key: str = setting("", "private key (PEM) of tls_cert")
+    tls_client_ca: str = setting("", "CA (PEM) that client certificates must chain to; set, every TLS client "
+                                 "must present one; empty = none asked")
+    curve_secret_key: str = setting("", "the publisher's CURVE key pair (the .key_secret file `intentd keys` "
+                                    "writes); set, every subscriber must be in curve_clients; empty = no CURVE")
+    curve_clients: str = setting("", "folder of allowed subscribers' CURVE public keys (NAME.key files)")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The whole configuration: one section per table of config.toml."""
 
@@ -180,12 +198,17 @@ class Settings:
     publisher: PublisherSettings = field(default_factory=PublisherSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     # Folder the config file lives in: relative paths in it resolve against this.
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
     def model_path(self) -> Path:
         """The model folder as an absolute path."""
-        path = Path(self.model.path).expanduser()
+        return self.config_path(self.model.path)
+
+    def config_path(self, value: str) -> Path:
+        """A path from the config as an absolute path (relative ones resolve against the config file's folder)."""
+        path = Path(value).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
 
 
@@ -274,6 +297,33 @@ def _check_cross_field(s: Settings) -> None:
             parse_source_uri(uri)
         except SourceError as err:
             raise ConfigError(f"sources.listen: {err}") from err
+    _check_security(s)
+
+
+def _check_security(s: Settings) -> None:
+    """Keys that go in pairs, then the bind policy: no unauthenticated listener beyond loopback unless allowed."""
+    sec = s.security
+    for a, b in (("tls_cert", "tls_key"), ("tls_key", "tls_cert"), ("tls_client_ca", "tls_cert"),
+                 ("curve_secret_key", "curve_clients"), ("curve_clients", "curve_secret_key")):
+        if getattr(sec, a) and not getattr(sec, b):
+            raise ConfigError(f"security.{a} is set but security.{b} is not")
+    if sec.allow_unauthenticated:
+        return
+    from daemon.sources.uri import TcpSpec, is_loopback_host, parse_source_uri  # stdlib only
+
+    hint = "(or set security.allow_unauthenticated = true to accept anyone who can reach it)"
+    if not (sec.tokens_file or sec.tls_client_ca):
+        for uri in s.sources.listen:
+            spec = parse_source_uri(uri)
+            if isinstance(spec, TcpSpec) and not is_loopback_host(spec.host):
+                raise ConfigError(f"sources.listen {uri!r} is not a loopback address and audio ingest has no "
+                                  f"authentication: set security.tokens_file or security.tls_client_ca {hint}")
+    uri = s.publisher.uri
+    if uri.startswith("tcp://") and not sec.curve_secret_key:
+        host = uri[len("tcp://"):].rpartition(":")[0]
+        if not is_loopback_host(host):
+            raise ConfigError(f"publisher.uri {uri!r} is not a loopback address and the event bus has no "
+                              f"authentication: set security.curve_secret_key and security.curve_clients {hint}")
 
 
 def load(path: str | Path | None) -> Settings:

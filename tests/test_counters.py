@@ -38,7 +38,7 @@ def _exposition(counters: Counters) -> str:
 def test_status_holds_every_documented_key_from_the_start() -> None:
     assert Counters().status() == dict.fromkeys(STATUS_KEYS, 0)
     # docs/events.md, status
-    assert STATUS_KEYS == ("utterances", "events", "dropped", "errors", "reloads", "discarded")
+    assert STATUS_KEYS == ("utterances", "events", "dropped", "errors", "reloads", "discarded", "refused")
 
 
 def test_status_and_prometheus_read_the_same_counts() -> None:
@@ -56,7 +56,11 @@ def test_status_and_prometheus_read_the_same_counts() -> None:
     c.model_loaded(1.5)
     c.discarded()
     c.discarded()
-    assert c.status() == {"utterances": 2, "events": 2, "dropped": 1, "errors": 1, "reloads": 1, "discarded": 2}
+    c.refused("token")
+    c.refused("token")
+    c.refused("curve")
+    assert c.status() == {"utterances": 2, "events": 2, "dropped": 1, "errors": 1, "reloads": 1, "discarded": 2,
+                          "refused": 3}
     text = _exposition(c)
     for line in (
         'intentd_utterances_total{truncated="false"} 1.0', 'intentd_utterances_total{truncated="true"} 1.0',
@@ -65,6 +69,7 @@ def test_status_and_prometheus_read_the_same_counts() -> None:
         'intentd_reloads_total{result="ok"} 1.0', 'intentd_reloads_total{result="failed"} 1.0',
         "intentd_queue_depth 3.0", "intentd_active_streams 2.0", 'intentd_model_info{model_id="m@1"} 1.0',
         "intentd_model_load_seconds 1.5", "intentd_discarded_total 2.0",
+        'intentd_refused_total{reason="token"} 2.0', 'intentd_refused_total{reason="curve"} 1.0',
         'intentd_batch_size_bucket{le="2.0"} 1.0', "intentd_batch_size_sum 2.0", "intentd_batch_size_count 1.0",
         'intentd_queue_wait_seconds_bucket{le="0.005"} 2.0', "intentd_queue_wait_seconds_count 2.0",
         'intentd_inference_seconds_bucket{le="0.01"} 0.0', 'intentd_inference_seconds_bucket{le="0.02"} 1.0',
@@ -123,7 +128,7 @@ def test_the_outbox_publishes_and_counts_every_outcome(publisher: Publisher) -> 
     assert (end.stream_id, end.reason, end.live, end.duration_s) == ("s", "idle timeout", False, 4.2)
     assert (end.utterances, end.classified, end.dropped, end.failed, end.discarded) == (3, 1, 1, 1, 1)
     assert counters.status() == {"utterances": 0, "events": 1, "dropped": 1, "errors": 1, "reloads": 0,
-                                 "discarded": 0}
+                                 "discarded": 0, "refused": 0}
     assert counters.snapshot().processing_s.total == pytest.approx(0.025)
     assert outbox.failure is None
 

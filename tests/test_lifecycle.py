@@ -308,14 +308,14 @@ def test_status_and_prometheus_report_the_same_counts_from_the_first_heartbeat(c
             assert sub.wait_connected(10.0)
             first = collect(sub, lambda k: len(k) >= 1, 10.0, lambda e: isinstance(e, events.StatusEvent))[0]
             assert first.counters == {"utterances": 0, "events": 0, "dropped": 0, "errors": 0, "reloads": 0,
-                                      "discarded": 0}
+                                      "discarded": 0, "refused": 0}
             t = Talker(service.bound_sources[0], "counted")
             t.say(silence(0.3), clips[0], silence(1.0))
             intents(sub, "counted", 1)
             status = collect(sub, lambda k: len(k) >= 1, 10.0,
                              lambda e: isinstance(e, events.StatusEvent) and e.counters["events"] == 1)[0]
             assert status.counters == {"utterances": 1, "events": 1, "dropped": 0, "errors": 0, "reloads": 0,
-                                      "discarded": 0}
+                                      "discarded": 0, "refused": 0}
             text = scrape(metrics_port)
             assert metric(text, "intentd_utterances_total") == 1 and metric(text, "intentd_events_total") == 1
             assert metric(text, "intentd_model_info", model_id="fake@0") == 1

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from daemon.counters import Counters
+from daemon.security import IngestSecurity
 from daemon.settings import DEFAULTS, SourceSettings
 from daemon.sources.sink import StreamSink
 from daemon.sources.uri import FileSpec, MicSpec, TcpSpec, UnixSpec, parse_source_uri
@@ -29,13 +31,19 @@ class Source(Protocol):
         ...
 
 
-def create_source(uri: str, sink: StreamSink, settings: SourceSettings = DEFAULTS.sources) -> Source:
-    """Build the source a URI names (SourceError for a bad URI); heavy optional imports happen only here."""
+def create_source(uri: str, sink: StreamSink, settings: SourceSettings = DEFAULTS.sources, *,
+                  security: IngestSecurity | None = None, counters: Counters | None = None) -> Source:
+    """Build the source a URI names (SourceError for a bad URI); heavy optional imports happen only here.
+
+    `security` (tokens, TLS) and `counters` (refused clients) concern socket sources only: microphones and
+    files are local.
+    """
     spec = parse_source_uri(uri)
     if isinstance(spec, TcpSpec | UnixSpec):
         from daemon.sources.socket_server import SocketServer
 
-        return SocketServer(spec, sink, idle_timeout_s=settings.idle_timeout_s, max_streams=settings.max_streams)
+        return SocketServer(spec, sink, idle_timeout_s=settings.idle_timeout_s, max_streams=settings.max_streams,
+                            security=security, counters=counters)
     if isinstance(spec, FileSpec):
         from daemon.sources.file_replay import FileReplaySource
 

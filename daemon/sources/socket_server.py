@@ -3,6 +3,11 @@
 A recorded stream (header `live: false`) is read no faster than the sink takes it: before each audio frame the
 connection awaits `sink.wait_room`, and while it waits nothing is read from its socket, so the kernel's buffers
 fill and the client's sends block (TCP backpressure). The idle timeout counts only time spent waiting for bytes.
+
+With `[security]` set (docs/security.md), a tcp:// connection first completes a TLS handshake, and a stream opens
+only if its header carries a known token: a refused client gets one `error` reply (`unauthorized: ...`), one log
+line and one count, and its audio never reaches the sink. While clients must authenticate, the header must arrive
+within the idle timeout of the connection, so a client without credentials holds a slot for that long at most.
 """
 
 from __future__ import annotations
@@ -12,23 +17,33 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import stat
 import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from daemon.errors import IntentdError, SourceError
+from daemon.counters import Counters
+from daemon.errors import AuthError, IntentdError, SourceError
 from daemon.frames import AudioChunk
 from daemon.protocol import (
     REPLY_ACCEPT,
     REPLY_ERROR,
     REPLY_FINAL,
+    UNAUTHORIZED,
     AudioFrame,
     EndFrame,
     PcmDecoder,
     StreamDecoder,
     StreamHeader,
     encode_reply,
+)
+from daemon.security import (
+    REFUSED_MAX_STREAMS,
+    REFUSED_TLS,
+    REFUSED_TOKEN,
+    IngestSecurity,
+    client_name_from_certificate,
 )
 from daemon.settings import DEFAULTS
 from daemon.sources.sink import StreamSink
@@ -55,6 +70,8 @@ class SocketServer:
         idle_timeout_s: float = DEFAULTS.sources.idle_timeout_s,
         unix_mode: int = UNIX_SOCKET_MODE,
         max_streams: int | None = None,
+        security: IngestSecurity | None = None,
+        counters: Counters | None = None,
     ) -> None:
         if idle_timeout_s <= 0:
             raise SourceError(f"{spec.uri()}: idle_timeout_s must be > 0, got {idle_timeout_s}")
@@ -63,6 +80,10 @@ class SocketServer:
         self._idle_timeout_s = idle_timeout_s
         self._unix_mode = unix_mode
         self._max_streams = max_streams
+        self._security = security or IngestSecurity()
+        # TLS is for tcp:// only: a Unix socket is local, guarded by its file mode.
+        self._tls = self._security.tls if isinstance(spec, TcpSpec) else None
+        self._counters = counters if counters is not None else Counters()
         self._server: asyncio.Server | None = None
         self._unix_inode: tuple[int, int] | None = None
         self._connections: dict[_Connection, asyncio.Task[None]] = {}
@@ -85,9 +106,16 @@ class SocketServer:
         """Bind and start accepting connections; return the bound URI. SourceError if the address is unusable."""
         if isinstance(self._spec, TcpSpec):
             try:
-                self._server = await asyncio.start_server(
-                    self._on_connection, self._spec.host, self._spec.port, backlog=LISTEN_BACKLOG
-                )
+                if self._tls is None:
+                    self._server = await asyncio.start_server(
+                        self._on_connection, self._spec.host, self._spec.port, backlog=LISTEN_BACKLOG
+                    )
+                else:
+                    loop = asyncio.get_running_loop()
+                    self._server = await loop.create_server(
+                        lambda: _PausedProtocol(asyncio.StreamReader(), self._on_connection),
+                        self._spec.host, self._spec.port, backlog=LISTEN_BACKLOG,
+                    )
             except OSError as err:
                 raise SourceError(f"cannot listen on {self._spec.uri()}: {err.strerror or err}") from err
             host, port = self._server.sockets[0].getsockname()[:2]
@@ -96,7 +124,13 @@ class SocketServer:
             sock = self._bind_unix(self._spec.path)
             self._server = await asyncio.start_unix_server(self._on_connection, sock=sock)
             self._bound_uri = self._spec.uri()
-        log.info("listening for audio streams on %s", self._bound_uri)
+        guards = []
+        if self._tls is not None:
+            guards.append("TLS, client certificates" if self._security.requires_client_certificate else "TLS")
+        if self._security.tokens is not None:
+            guards.append(f"tokens of {len(self._security.tokens.names)} client(s)")
+        log.info("listening for audio streams on %s%s", self._bound_uri,
+                 f" ({', '.join(guards)})" if guards else "")
         return self._bound_uri
 
     def _bind_unix(self, path: Path) -> socket.socket:
@@ -155,13 +189,29 @@ class SocketServer:
         if self._max_streams is not None and len(self._connections) >= self._max_streams:
             reason = f"too many streams: this server takes at most {self._max_streams} at once"
             log.warning("connection from %s refused: %s", _peer_name(writer), reason)
-            await conn.refuse(reason)
+            self._counters.refused(REFUSED_MAX_STREAMS)
+            # A TLS client can read the reason only through TLS; a short handshake, or none.
+            if self._tls is None or await conn.start_tls(self._tls, REPLY_DRAIN_TIMEOUT_S, quiet=True):
+                await conn.refuse(reason)
             return
         self._connections[conn] = task
         try:
-            await conn.serve()
+            if self._tls is None or await conn.start_tls(self._tls, self._idle_timeout_s):
+                await conn.serve()
         finally:
             self._connections.pop(conn, None)
+
+    def _authenticate(self, conn: _Connection, header: StreamHeader) -> None:
+        """Check the header's token when tokens are required; AuthError (no secret in it) when it is wrong."""
+        tokens = self._security.tokens
+        if tokens is None:
+            return
+        if header.token is None:
+            raise AuthError(f"{UNAUTHORIZED}: this server requires a token", REFUSED_TOKEN)
+        name = tokens.check(header.token)
+        if name is None:
+            raise AuthError(f"{UNAUTHORIZED}: invalid token", REFUSED_TOKEN)
+        conn.client = name
 
 
 class _Connection:
@@ -184,6 +234,24 @@ class _Connection:
         self._pcm: PcmDecoder | None = None
         self._header: StreamHeader | None = None
         self._next_sample = 0
+        self.client: str | None = None  # who the token or the client certificate says this is
+        self._asked_stream_id: str | None = None  # from the header, before the stream is opened
+        self._connected_monotonic = time.monotonic()
+
+    async def start_tls(self, ctx: ssl.SSLContext, timeout_s: float, *, quiet: bool = False) -> bool:
+        """Run the server's TLS handshake; False (logged and counted unless `quiet`, connection closed) if it fails."""
+        try:
+            await self._writer.start_tls(ctx, ssl_handshake_timeout=timeout_s)
+        except (ssl.SSLError, OSError, TimeoutError) as err:
+            if not quiet:
+                why = getattr(err, "reason", None) or str(err) or type(err).__name__
+                log.warning("connection from %s refused: TLS handshake failed: %s", self._peer, why)
+                self._server._counters.refused(REFUSED_TLS)
+            self._writer.transport.abort()
+            return False
+        if self._server._security.requires_client_certificate:
+            self.client = client_name_from_certificate(self._writer.get_extra_info("peercert"))
+        return True
 
     def stop(self, reason: str) -> None:
         """End the connection from outside (server shutdown): the stream is closed with `reason`."""
@@ -209,6 +277,11 @@ class _Connection:
                 self._writer.close()
                 raise
             await self._fail(self._stop_reason, level=logging.INFO)
+            return
+        except AuthError as err:  # nothing was opened: one line, one count, one reply
+            self._server._counters.refused(err.kind)
+            log.warning("%s refused: %s (stream %r)", self._describe(), err, self._asked_stream_id)
+            await self.refuse(str(err))
             return
         except IntentdError as err:
             await self._fail(str(err))
@@ -245,15 +318,23 @@ class _Connection:
 
     def _describe(self) -> str:
         sid = self._stream_id
-        return f"stream {sid!r} from {self._peer}" if sid is not None else f"connection from {self._peer}"
+        who = f"{self._peer} (client {self.client!r})" if self.client is not None else self._peer
+        return f"stream {sid!r} from {who}" if sid is not None else f"connection from {who}"
 
     async def _read_until_end(self) -> bool:
         """Read and dispatch frames; True after an end marker, False on a clean close at a frame boundary."""
         idle = self._server._idle_timeout_s
+        # Clients that must authenticate get the idle timeout for the whole header, not per byte.
+        header_by = self._connected_monotonic + idle if self._server._security.authenticates else None
         while True:
+            wait_s = idle
+            if header_by is not None and self._header is None:
+                wait_s = max(0.0, min(idle, header_by - time.monotonic()))
             try:
-                data = await asyncio.wait_for(self._reader.read(READ_BYTES), idle)
+                data = await asyncio.wait_for(self._reader.read(READ_BYTES), wait_s)
             except TimeoutError:
+                if wait_s < idle:
+                    raise IntentdError(f"header timeout: no complete header within {idle:g} s") from None
                 raise IntentdError(f"idle timeout: no bytes for {idle:g} s") from None
             if not data:
                 self._decoder.finish()
@@ -263,6 +344,8 @@ class _Connection:
             self._decoder.append(data)
             for frame in self._decoder.frames():
                 if isinstance(frame, StreamHeader):
+                    self._asked_stream_id = frame.stream_id
+                    self._server._authenticate(self, frame)
                     await self._open(frame)
                 elif isinstance(frame, AudioFrame):
                     assert self._header is not None  # the decoder yields the header first
@@ -347,6 +430,18 @@ class _Connection:
         self._writer.close()
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             await asyncio.wait_for(self._writer.wait_closed(), REPLY_DRAIN_TIMEOUT_S)
+
+
+class _PausedProtocol(asyncio.StreamReaderProtocol):
+    """A server connection that reads nothing until its handler runs StreamWriter.start_tls.
+
+    Without the pause, the client's first TLS bytes could land in the plain StreamReader before the handshake
+    starts, and the handshake would wait for bytes already taken.
+    """
+
+    def connection_made(self, transport: Any) -> None:
+        transport.pause_reading()
+        super().connection_made(transport)
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -63,6 +64,17 @@ class MicSpec:
 
 
 SourceSpec = TcpSpec | UnixSpec | FileSpec | MicSpec
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen address is this machine only: localhost, 127.0.0.0/8 or ::1 (names and * are not)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a wildcard, an interface or a name that may resolve anywhere
 
 
 def _bad(uri: str, why: str) -> SourceError:
