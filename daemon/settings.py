@@ -56,6 +56,11 @@ class ModelSettings(_Section):
                         "resolved against the config file's folder")
     device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     threads: int = setting(0, "CPU threads for inference; 0 = one per core", lo=0, hi=256)
+    # The names are daemon/onnx_forward.py's RUNTIMES (kept light here: --check must not import torch; a test
+    # holds the two equal).
+    runtime: str = setting("auto", "inference runtime: auto (ONNX Runtime for a Whisper model in float32 on "
+                           "the CPU where onnxruntime is installed, else PyTorch), torch or onnx",
+                           choices=("auto", "torch", "onnx"))
     top_k: int = setting(3, "how many (label, score) pairs each intent event carries", lo=1, hi=100)
     threshold: float = setting(MODEL_THRESHOLD, "a top score below this publishes `intent.unknown`; -1 takes the "
                                "threshold fit calibrated into the model folder (intentd.json), 0 disables",

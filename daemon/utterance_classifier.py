@@ -66,7 +66,8 @@ class UtteranceClassifier:
             torch.set_num_threads(settings.model.threads)
         started = time.monotonic()
         classifier = Classifier.load(settings.model_path(), device=settings.model.device,
-                                     top_k=settings.model.top_k, threshold=settings.model.own_threshold)
+                                     top_k=settings.model.top_k, threshold=settings.model.own_threshold,
+                                     runtime=settings.model.runtime)
         classifier.warmup()
         log.info("model %s loaded and warm in %.1f s", classifier.model_id, time.monotonic() - started)
         return cls(classifier, Resampler())

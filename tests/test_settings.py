@@ -109,3 +109,13 @@ def test_overrides_are_checked_like_the_file() -> None:
     assert dataclasses.replace(changed, sources=base.sources) == base
     with pytest.raises(ConfigError, match="sources.listen"):
         settings_mod.replace(base, **{"sources.listen": ("carrier-pigeon://coop",)})
+
+
+def test_model_runtime_choices_are_the_serving_core_runtimes() -> None:
+    # settings stays free of torch (--check), so it names the runtimes itself; they must be the core's.
+    from daemon.onnx_forward import RUNTIMES
+
+    runtime = next(f for f in dataclasses.fields(settings_mod.ModelSettings) if f.name == "runtime")
+    assert runtime.metadata["choices"] == RUNTIMES
+    with pytest.raises(ConfigError, match="model.runtime"):
+        settings_mod.from_dict({"model": {"runtime": "tensorrt"}}, REFERENCE.parent)
