@@ -8,8 +8,9 @@ Out-of-domain speech comes from two places:
   * real: recordings that are no command for the model, e.g. ../shared/data/barista-dev/clean (coffee orders).
 
 Two modes:
-  fsdd   fit on three FSDD speakers (+ `--synth` digits) with fit's defaults (out-of-scope class included, its
-         speech from espeak-ng, flite and festival only, so piper's and hibari's voices stay unheard by it), then
+  fsdd   fit on three FSDD speakers (+ `--synth` digits) with fit's defaults (out-of-scope class included); the
+         synth digits and the out-of-scope speech come from espeak-ng, flite and festival only, so piper's and
+         hibari's voices, which speak the generated test, are voices the model never trained on; then
          score the fourth speaker's real digits as in-domain, each speaker in turn (as bench/fsdd_speakers.py)
   model  an existing model (`--model`, e.g. models/default) on `--dataset`'s held-out split as in-domain
 
@@ -68,6 +69,24 @@ def out_of_scope_speakers(model: Path) -> set[str]:
             speakers |= {Voice.parse(voice).speaker for voice, label in zip(split["voice"], split[columns[0]])
                          if label == unknown and not voice.startswith("nonspeech/")}
     return speakers
+
+
+def heard_only(synth: Path, workdir: Path) -> Path:
+    """A copy of a synth set without the clips of engines outside HEARD_ENGINES (made once in workdir), so the
+    generated test's piper and hibari voices are voices the model never trained on at all."""
+    import datasets
+
+    out = workdir / f"{synth.name}-{HEARD_ENGINES.replace(',', '-')}"
+    if (out / "dataset_dict.json").is_file():
+        return out
+    engines = tuple(f"{engine}/" for engine in HEARD_ENGINES.split(","))
+    data = datasets.load_from_disk(str(synth))
+    kept = datasets.DatasetDict({name: split.filter(lambda voice: voice.startswith(engines), input_columns="voice")
+                                 for name, split in data.items()})
+    kept.save_to_disk(str(out))
+    print(f"{synth.name}: kept {sum(map(len, kept.values()))} of {sum(map(len, data.values()))} clips "
+          f"({HEARD_ENGINES})", file=sys.stderr)
+    return out
 
 
 def check_disjoint() -> None:
@@ -170,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         if bench is None:
             return fsdd.SKIP_STATUS
         if not any(f.startswith("--out-of-scope-engines") for f in flags):
-            # Keep two engines' voices out of the out-of-scope class, so the generated test has whole unheard
-            # voices (the neural ones, the most human-like) rather than the few espeak-ng variants it missed.
+            # Keep two engines' voices out of training altogether (here and in heard_only), so the generated test
+            # has whole unheard voices (the neural ones, the most human-like).
             flags = [*flags, "--out-of-scope-engines", HEARD_ENGINES]
         tag = "-".join([f"{args.max_seconds:g}s", *([f"plus-{args.synth.name}"] if args.synth else []),
                         *fsdd.flags_tag(flags)])
@@ -180,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (fold / "model" / "intentd.json").is_file():
                 train = fsdd.audiofolder(fold / "train-data", {"train": [r for r in bench.recordings
                                                                          if r.speaker != speaker]})
-                more = ["--add-dataset", str(args.synth)] if args.synth else []
+                more = ["--add-dataset", str(heard_only(args.synth, bench.workdir))] if args.synth else []
                 fsdd.run_step(fsdd.fit_args(train, bench.base, fold / "model", [*more, *flags]), bench.log_file)
             test = fold / "test-data"
             if not test.is_dir():
