@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The intentd-sub command line."""
     p = argparse.ArgumentParser(prog="intentd-sub", description="Print intentd events as they are published.")
     p.add_argument(
-        "--connect", metavar="URI", default=DEFAULT_CONNECT, help=f"publisher (default {DEFAULT_CONNECT})"
+        "--connect", metavar="URI", action="append",
+        help=f"publisher, repeatable: one socket takes several daemons (or one intentd-proxy) at once "
+        f"(default {DEFAULT_CONNECT})",
     )
     p.add_argument(
         "--topic",
@@ -80,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --count must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     try:
-        sub = Subscriber(args.connect, topics=args.topic or ("",), stream_id=args.stream,
+        sub = Subscriber(args.connect or [DEFAULT_CONNECT], topics=args.topic or ("",), stream_id=args.stream,
                          recv_timeout_s=args.idle_timeout, curve=curve_keys(args))  # fmt: skip
     except IntentdError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -97,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info(
             "received %d messages, missed %d, publisher restarts %d", sub.received, sub.missed, sub.restarts
         )
+        for instance in sub.instances:
+            log.info("  instance %s: last seq %d, missed %d, restarts %d", instance or "(unnamed)",
+                     sub.last_seq_by_instance[instance], sub.missed_by_instance.get(instance, 0),
+                     sub.restarts_by_instance.get(instance, 0))
     return status
 
 

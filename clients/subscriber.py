@@ -6,6 +6,11 @@ No torch, no numpy: only pyzmq and daemon.events.
         for event in sub:
             print(event.label, event.score)
 
+One socket takes several daemons at once (`Subscriber(["tcp://a:5556", "tcp://b:5556"])`, ZeroMQ connects to each
+and interleaves their messages fairly), or one `intentd-proxy` in front of them. Each event names the daemon that
+published it (`event.instance`) and `seq` counts per instance, so gaps and restarts are counted per instance too
+(docs/deploy.md).
+
 A daemon with CURVE keys (docs/security.md) admits only subscribers whose public key it allows: pass
 `curve=load_curve_keys("kitchen.key_secret", "server.key")`. A refused handshake is logged once and counted in
 `refused`; ZeroMQ keeps retrying, so a key allowed later starts receiving without a restart.
@@ -74,19 +79,21 @@ def load_curve_keys(key_file: str | Path, server_key_file: str | Path) -> CurveK
 
 
 class Subscriber:
-    """Iterate typed events from an intentd publisher.
+    """Iterate typed events from one or more intentd publishers (or a proxy in front of several).
 
-    `topics` are prefixes (`""` = everything, `"intent."` = every intent). `stream_id` keeps only events about
+    `connect_uri` is one endpoint or a sequence of them. `topics` are prefixes (`""` = everything, `"intent."` = every intent). `stream_id` keeps only events about
     that stream (events about no stream, like `status`, still pass). `recv_timeout_s` ends iteration after that
     long without a matching event (None: wait forever). Sequence gaps are counted in `missed`, but only while
     subscribed to every topic: with a topic filter the gaps are other topics' messages. A `seq` that goes
-    backwards means the daemon restarted; it is counted in `restarts`. `curve` gives the keys a publisher with
-    CURVE asks for; handshakes it refuses are counted in `refused`.
+    backwards means the daemon restarted; it is counted in `restarts`. Both are kept per daemon (`seq` is per
+    instance: `missed_by_instance`, `restarts_by_instance`, `instances`) and summed. `curve` gives the keys a
+    publisher with CURVE asks for (the same server key on every endpoint: one key pair per deployment, or one
+    proxy); handshakes it refuses are counted in `refused`.
     """
 
     def __init__(
         self,
-        connect_uri: str = DEFAULT_CONNECT,
+        connect_uri: str | Sequence[str] = DEFAULT_CONNECT,
         topics: Sequence[str] = ("",),
         stream_id: str | None = None,
         *,
@@ -95,7 +102,10 @@ class Subscriber:
         context: zmq.Context[Any] | None = None,
         curve: CurveKeys | None = None,
     ) -> None:
-        self.connect_uri = connect_uri
+        self.connect_uris = (connect_uri,) if isinstance(connect_uri, str) else tuple(connect_uri)
+        if not self.connect_uris:
+            raise SubscriberError("no publisher to connect to: give at least one URI")
+        self.connect_uri = ", ".join(self.connect_uris)  # for messages
         self.topics = tuple(topics) or ("",)
         self.stream_id = stream_id
         self.recv_timeout_s = recv_timeout_s
@@ -121,18 +131,24 @@ class Subscriber:
         # Subscribed last, so the first status message proves every subscription above reached the publisher
         # (subscriptions travel in order on one pipe). Status events are yielded only if a topic asks for them.
         self._socket.setsockopt_string(zmq.SUBSCRIBE, events.TOPIC_STATUS)
-        try:
-            self._socket.connect(connect_uri)
-        except zmq.ZMQError as err:
-            self.close()
-            raise SubscriberError(f"cannot connect to {connect_uri}: {err.strerror}") from err
+        for uri in self.connect_uris:
+            try:
+                self._socket.connect(uri)
+            except zmq.ZMQError as err:
+                self.close()
+                raise SubscriberError(f"cannot connect to {uri}: {err.strerror}") from err
         self._pending: deque[Event] = deque()
         self._last_probe_seq = 0
         self.connected = False
-        self.last_seq: int | None = None
+        self.last_seq: int | None = None  # of the last message, whichever daemon sent it
+        # Per publishing daemon (the envelope's `instance`; "" for a daemon from before instances), in the
+        # order first heard: the last seq, messages missed, restarts.
+        self.last_seq_by_instance: dict[str, int] = {}
+        self.missed_by_instance: dict[str, int] = {}
+        self.restarts_by_instance: dict[str, int] = {}
         self.received = 0  # every well-formed message, before topic/stream filtering
-        self.missed = 0
-        self.restarts = 0
+        self.missed = 0  # summed over instances
+        self.restarts = 0  # summed over instances
         self.malformed = 0
         self.last_status: events.StatusEvent | None = None
 
@@ -156,17 +172,26 @@ class Subscriber:
         while (event := self.recv()) is not None:
             yield event
 
-    def wait_connected(self, timeout_s: float, poke: Callable[[], int | None] | None = None) -> bool:
-        """Block until a first message arrives (the slow-joiner handshake); False after `timeout_s`.
+    @property
+    def instances(self) -> tuple[str, ...]:
+        """The daemons heard from so far (their `instance` ids), in the order first heard."""
+        return tuple(self.last_seq_by_instance)
 
-        A SUB socket misses everything published before its subscription reaches the publisher. The daemon's
-        `status` heartbeat ends this wait on its own; tests and scripts that own the publisher pass `poke`
-        (e.g. publish a status message), called every POKE_INTERVAL_S until something arrives. When `poke`
-        returns the seq it published, those probes (including ones still in flight) are never yielded; any
-        other message that ended the wait still is, if the topics ask for it.
+    def wait_connected(self, timeout_s: float, poke: Callable[[], int | None] | None = None,
+                       instances: int | None = None) -> bool:
+        """Block until messages from `instances` daemons (default: one per connected URI) have arrived (the
+        slow-joiner handshake); False after `timeout_s`.
+
+        A SUB socket misses everything published before its subscription reaches the publisher, and it reaches
+        each publisher on its own. The daemon's `status` heartbeat ends this wait on its own; behind a proxy,
+        pass how many daemons stand behind it. Tests and scripts that own the publisher pass `poke` (e.g.
+        publish a status message), called every POKE_INTERVAL_S until something arrives. When `poke` returns the
+        seq it published, those probes (including ones still in flight) are never yielded; any other message that
+        ended the wait still is, if the topics ask for it.
         """
+        wanted = len(self.connect_uris) if instances is None else instances
         deadline = time.monotonic() + timeout_s
-        while not self.connected:
+        while not self.connected or len(self.last_seq_by_instance) < wanted:
             if poke is not None:
                 probe_seq = poke()
                 if isinstance(probe_seq, int):
@@ -219,13 +244,19 @@ class Subscriber:
         self.received += 1
         if isinstance(event, events.StatusEvent):
             self.last_status = event
-        if self.last_seq is not None:
-            if event.seq <= self.last_seq:
+        instance = event.instance
+        last = self.last_seq_by_instance.get(instance)
+        if last is not None:
+            if event.seq <= last:
                 self.restarts += 1
+                self.restarts_by_instance[instance] = self.restarts_by_instance.get(instance, 0) + 1
                 self._last_probe_seq = 0  # the new publisher's low seqs are not our probes
-                log.info("event seq went from %d to %d: the publisher restarted", self.last_seq, event.seq)
-            elif self.topics == ("",) and event.seq > self.last_seq + 1:
-                self.missed += event.seq - self.last_seq - 1
+                log.info("event seq of %s went from %d to %d: the publisher restarted", instance or "the publisher",
+                         last, event.seq)
+            elif self.topics == ("",) and event.seq > last + 1:
+                self.missed += event.seq - last - 1
+                self.missed_by_instance[instance] = self.missed_by_instance.get(instance, 0) + event.seq - last - 1
+        self.last_seq_by_instance[instance] = event.seq
         self.last_seq = event.seq
 
     def _wanted(self, event: Event) -> bool:

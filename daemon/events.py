@@ -1,8 +1,8 @@
 """The event wire format (docs/events.md): one envelope, and typed events converted to and from it generically.
 
 Every message is a two-frame ZeroMQ message `[topic, json]`. The topic comes first so subscribers filter by
-prefix (`intent.` for every intent). The JSON object is the envelope: it starts with `schema`, `seq` and `type`,
-ends with `published_wall`, and holds one event's own fields in between, in the order its dataclass declares
+prefix (`intent.` for every intent). The JSON object is the envelope: it starts with `schema`, `seq`, the
+publishing daemon's `instance` and `type`, ends with `published_wall`, and holds one event's own fields in between, in the order its dataclass declares
 them. An event type is one frozen dataclass below: its `TYPE` registers it, its `topic` is derived, its fields
 are its JSON, and `summary()` says it in one line. `encode` and `decode` are generic over those dataclasses, so
 adding a type is adding one class (see "Adding an event type" in docs/events.md).
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import time
 import types
 from collections.abc import Mapping, Sequence
@@ -56,13 +58,18 @@ MS_DECIMALS: Final = 3
 SCORE_DECIMALS: Final = 6
 
 # The envelope's own keys; no event field may take one of these names.
-_ENVELOPE_KEYS: Final = frozenset({"schema", "seq", "type", "published_wall"})
+_ENVELOPE_KEYS: Final = frozenset({"schema", "seq", "instance", "type", "published_wall"})
 # Registered event types by their `type`: filled by Event.__init_subclass__.
 _TYPES: dict[str, type[Event]] = {}
 
 
 class EventError(IntentdError):
     """A message on the event socket is not a valid envelope (wrong frame count, bad JSON, missing field)."""
+
+
+def default_instance() -> str:
+    """This process's name on the event bus when publisher.instance_id is empty: `HOSTNAME:PID`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def intent_topic(label: str) -> str:
@@ -75,8 +82,9 @@ def intent_topic(label: str) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
-    """Any event. The daemon makes typed events with seq 0; the publisher stamps `seq` and `published_wall` on
-    the wire, and a parsed event carries them, with the whole JSON object in `raw`."""
+    """Any event. The daemon makes typed events with seq 0; the publisher stamps `seq`, its `instance` and
+    `published_wall` on the wire, and a parsed event carries them, with the whole JSON object in `raw`.
+    `instance` is "" for a message that carried none (a daemon from before instances, or a test's encode)."""
 
     # The `type` field on the wire; a subclass that sets it is registered for parsing under it.
     TYPE: ClassVar[str] = ""
@@ -84,6 +92,7 @@ class Event:
     seq: int = 0
     published_wall: float = 0.0
     schema: int = SCHEMA_VERSION
+    instance: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -118,11 +127,13 @@ class Event:
         return f"{self.topic} {json.dumps(self.data(), ensure_ascii=False)}"
 
 
-def encode(event: Event, seq: int, published_wall: float) -> list[bytes]:
-    """The two frames for one message; `seq` and `published_wall` are stamped by the publisher."""
+def encode(event: Event, seq: int, published_wall: float, instance: str = "") -> list[bytes]:
+    """The two frames for one message; `seq`, `instance` and `published_wall` are stamped by the publisher (an
+    empty `instance` is left out, as a daemon from before instances wrote it)."""
     body = {
         "schema": SCHEMA_VERSION,
         "seq": seq,
+        **({"instance": instance} if instance else {}),
         "type": event.type,
         **event.data(),
         "published_wall": round(published_wall, TIME_DECIMALS),
@@ -153,6 +164,7 @@ def parse(topic: str, raw: Mapping[str, Any]) -> Event:
         envelope: dict[str, Any] = {
             "schema": int(raw["schema"]),
             "seq": int(raw["seq"]),
+            "instance": str(raw.get("instance", "")),
             "published_wall": float(raw["published_wall"]),
             "raw": raw,
         }

@@ -46,7 +46,8 @@ def check_uri(uri: str) -> None:
 
 
 class Publisher:
-    """A PUB socket bound to `uri`; `publish` stamps a sequence number that grows by one per message."""
+    """A PUB socket bound to `uri`; `publish` stamps a sequence number that grows by one per message, and this
+    daemon's `instance` id (default HOSTNAME:PID), so subscribers to several daemons count `seq` per instance."""
 
     def __init__(
         self,
@@ -56,8 +57,10 @@ class Publisher:
         *,
         curve: CurveServer | None = None,
         counters: Counters | None = None,
+        instance: str | None = None,
     ) -> None:
         check_uri(uri)
+        self.instance = instance or events.default_instance()
         if sndhwm < 1:
             raise ConfigError(f"publisher.sndhwm must be at least 1, got {sndhwm}")
         self._own_context = context is None
@@ -87,7 +90,7 @@ class Publisher:
         # Messages the socket refused outright. Per-subscriber HWM drops are invisible to a PUB socket;
         # subscribers see them as gaps in `seq` (clients.subscriber.Subscriber.missed).
         self.dropped = 0
-        log.info("publishing events on %s%s", self.endpoint,
+        log.info("publishing events on %s as instance %s%s", self.endpoint, self.instance,
                  f" (CURVE, {len(curve.allowed)} allowed subscriber keys)" if curve is not None else "")
 
     def _start_curve(self, curve: CurveServer, counters: Counters) -> Any:
@@ -120,7 +123,7 @@ class Publisher:
                 raise PublisherError(f"publisher on {self.uri} is closed")
             self._seq += 1
             seq = self._seq
-            frames = events.encode(event, seq=seq, published_wall=time.time())
+            frames = events.encode(event, seq=seq, published_wall=time.time(), instance=self.instance)
             try:
                 self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
             except zmq.Again:

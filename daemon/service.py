@@ -131,7 +131,7 @@ class Service:
         model = await run_in_new_thread(lambda: self._load(s), name="intentd-load")
         # The route (module docstring), from its end: each stage is handed the one it feeds.
         publisher = self._publisher = Publisher(s.publisher.uri, sndhwm=s.publisher.sndhwm, curve=guard.curve,
-                                                counters=self.counters)  # 6
+                                                counters=self.counters, instance=s.publisher.instance())  # 6
         outbox = self._outbox = Outbox(publisher, self.counters)  # 5
         batcher = self._batcher = MicroBatcher(model, outbox, s.batcher, keep_warm_s=s.model.keep_warm_s,
                                                counters=self.counters)  # 3, 4
@@ -249,6 +249,7 @@ class Service:
         old = self.settings
         changed = [name for name, a, b in (
             ("sources", old.sources, new.sources), ("publisher.uri", old.publisher.uri, new.publisher.uri),
+            ("publisher.instance_id", old.publisher.instance_id, new.publisher.instance_id),
             ("metrics", old.metrics, new.metrics), ("security", old.security, new.security)) if a != b]
         if changed:
             raise ConfigError(f"{', '.join(changed)} changed: these take effect on restart, not reload")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final, get_type_hints
 
 from daemon.errors import ConfigError, SourceError
-from daemon.events import DEFAULT_EVENTS_URI
+from daemon.events import DEFAULT_EVENTS_URI, default_instance
 from daemon.protocol import DEFAULT_AUDIO_URI
 
 # model.threshold's value for "the model's own calibrated threshold".
@@ -146,12 +146,19 @@ class PublisherSettings(_Section):
     """Where events go."""
 
     uri: str = setting(DEFAULT_EVENTS_URI, "ZeroMQ PUB endpoint (tcp:// or ipc://)")
+    # Several daemons feed one bus (docs/deploy.md): `seq` counts per instance, so subscribers need the name.
+    instance_id: str = setting("", "this daemon's name on the event bus, stamped on every event as `instance` "
+                               "(seq counts per instance); empty = HOSTNAME:PID, new at every start")
     sndhwm: int = setting(10000, "messages queued per subscriber before a slow one starts losing them",
                           lo=1, hi=10_000_000)
     vad_events: bool = setting(False, "also publish vad.start / vad.end")
     blip_events: bool = setting(False, "also publish utterance.discarded for each voiced blip shorter than "
                                 "vad.min_utterance_ms (they are always counted, and in stream.end)")
     status_interval_s: float = setting(5.0, "seconds between `status` heartbeats", lo=0.1, hi=3600.0)
+
+    def instance(self) -> str:
+        """The instance id this daemon publishes under: instance_id, or HOSTNAME:PID when it is empty."""
+        return self.instance_id or default_instance()
 
 
 @dataclass(frozen=True, slots=True)

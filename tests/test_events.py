@@ -183,6 +183,31 @@ def test_the_wire_format_is_the_documented_one_byte_for_byte() -> None:
                          b'"streams":[],"queue_depth":0,"counters":{},"published_wall":2.0}')
 
 
+def test_the_instance_follows_seq_on_the_wire_and_is_absent_when_empty() -> None:
+    """Several daemons on one bus (docs/deploy.md): each message names its publisher right after its seq."""
+    status = StatusEvent(state="ready", model_id="m", uptime_s=1.0)
+    frames = events.encode(status, seq=7, published_wall=2.0, instance="host-a:41")
+    assert frames[1].startswith(b'{"schema":1,"seq":7,"instance":"host-a:41","type":"status",')
+    parsed = events.decode(frames)
+    assert (parsed.instance, parsed.seq, parsed.type) == ("host-a:41", 7, "status")
+    assert parsed.data() == status.data()  # the envelope's keys stay out of an event's own fields
+    # A daemon from before instances wrote none: the message still parses, with instance "".
+    old = events.decode(events.encode(status, seq=7, published_wall=2.0))
+    assert b'"instance"' not in events.encode(status, seq=7, published_wall=2.0)[1] and old.instance == ""
+    with pytest.raises(TypeError, match="instance"):
+        @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+        class Clash(Event):  # an event field may not shadow the envelope's
+            TYPE: ClassVar[str] = "test.clash"
+            instance: str
+
+
+def test_the_default_instance_is_host_and_pid() -> None:
+    import os
+    import socket
+
+    assert events.default_instance() == f"{socket.gethostname()}:{os.getpid()}"
+
+
 def test_unknown_type_kept_as_generic_event() -> None:
     sent = UnknownEvent(wire_topic="weather.rain", wire_type="weather.rain", raw={"mm": 3})
     event = events.decode(events.encode(sent, seq=9, published_wall=1.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import signal
@@ -194,7 +195,75 @@ def test_malformed_messages_are_skipped_not_fatal() -> None:
         context.term()
 
 
+def _drain_sentinels(sub: Subscriber, *publishers: Publisher) -> list[events.Event]:
+    """Publish a sentinel on each publisher and receive until every one has arrived; what arrived."""
+    ends = {p.instance: _sentinel(p, stream="end") for p in publishers}
+    got: list[events.Event] = []
+    while ends:
+        event = sub.recv()
+        assert event is not None, f"sentinels {ends} never arrived"
+        got.append(event)
+        if event.raw.get("stream_id") == "end" and ends.get(event.instance) == event.seq:
+            del ends[event.instance]
+    return got
+
+
+@pytest.fixture
+def two_publishers() -> Iterator[tuple[Publisher, Publisher]]:
+    """Two daemons' publishers, named as `publisher.instance_id` would name them."""
+    a, b = Publisher("tcp://127.0.0.1:*", instance="host-a:1"), Publisher("tcp://127.0.0.1:*", instance="host-b:1")
+    yield a, b
+    a.close(linger_ms=0)
+    b.close(linger_ms=0)
+
+
+def test_one_subscriber_counts_seq_per_instance_across_two_publishers(
+        two_publishers: tuple[Publisher, Publisher]) -> None:
+    a, b = two_publishers
+    with Subscriber([a.endpoint, b.endpoint], recv_timeout_s=RECV_TIMEOUT_S) as sub:
+        # Both probe in step, so their seqs are equal and one number names every probe of either.
+        assert sub.wait_connected(SYNC_TIMEOUT_S, poke=lambda: max(probe(a), probe(b)))
+        assert sorted(sub.instances) == ["host-a:1", "host-b:1"]
+        for i in range(20):  # interleaved seqs: one counter would see b's restart at every message
+            a.publish(_intent("from-a", i))
+            b.publish(_intent("from-b", i))
+        b._seq += 2  # stands in for two of b's messages lost at a full HWM
+        got = _drain_sentinels(sub, a, b)
+    assert (sub.missed, sub.missed_by_instance, sub.restarts) == (2, {"host-b:1": 2}, 0)
+    for stream, instance in (("from-a", "host-a:1"), ("from-b", "host-b:1")):
+        mine = [e for e in got if e.raw.get("stream_id") == stream]
+        assert [e.raw["utterance"] for e in mine] == list(range(20))  # each publisher's order is kept
+        assert {e.instance for e in mine} == {instance}
+
+
+def test_a_restart_of_one_instance_is_counted_for_it_alone(two_publishers: tuple[Publisher, Publisher]) -> None:
+    a, b = two_publishers
+    with Subscriber([a.endpoint, b.endpoint], recv_timeout_s=RECV_TIMEOUT_S) as sub:
+        assert sub.wait_connected(SYNC_TIMEOUT_S, poke=lambda: max(probe(a), probe(b)))
+        a._seq = 0  # a restarted: its seq begins again at 1
+        _drain_sentinels(sub, a, b)
+    assert (sub.restarts, sub.restarts_by_instance, sub.missed) == (1, {"host-a:1": 1}, 0)
+
+
+def test_wait_connected_waits_for_every_endpoint(publisher: Publisher) -> None:
+    silent = f"tcp://127.0.0.1:{_free_port()}"  # nobody publishes there
+    with Subscriber([publisher.endpoint, silent], recv_timeout_s=RECV_TIMEOUT_S) as sub:
+        assert sub.wait_connected(0.5, poke=lambda: probe(publisher)) is False
+        assert sub.instances == (publisher.instance,)
+        assert sub.wait_connected(SYNC_TIMEOUT_S, poke=lambda: probe(publisher), instances=1)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def test_bad_connect_uri_raises() -> None:
+    with pytest.raises(SubscriberError, match="at least one"):
+        Subscriber([])
     with pytest.raises(SubscriberError, match="nope://x"):
         Subscriber("nope://x")
 
@@ -288,6 +357,37 @@ def test_intentd_sub_prints_json_lines_and_exits_cleanly_on_ctrl_c(publisher: Pu
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_intentd_sub_takes_several_publishers(two_publishers: tuple[Publisher, Publisher]) -> None:
+    a, b = two_publishers
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clients.sub", "--connect", a.endpoint, "--connect", b.endpoint, "--json",
+         "--topic", "status", "--topic", "intent."],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = _Lines(proc)
+        heard: set[str] = set()
+        for _ in range(int(SYNC_TIMEOUT_S / 0.1)):  # heartbeat both until intentd-sub prints one of each
+            probe(a), probe(b)
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    heard.add(json.loads(lines.get(timeout_s=0.1))["instance"])
+            if len(heard) == 2:
+                break
+        assert heard == {"host-a:1", "host-b:1"}
+        a.publish(_intent("x", 0, label="left"))
+        b.publish(_intent("y", 0, label="right"))
+        intents: dict[str, str] = {}
+        while len(intents) < 2:
+            record = json.loads(lines.get())
+            if record["topic"].startswith("intent."):
+                intents[record["instance"]] = record["label"]
+        assert intents == {"host-a:1": "left", "host-b:1": "right"}
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_intentd_sub_count_and_idle_timeout(publisher: Publisher, capsys: pytest.CaptureFixture[str]) -> None:
