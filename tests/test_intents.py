@@ -142,3 +142,81 @@ def test_digits_are_just_the_words() -> None:
     assert intents.names == words
     for word in words:
         assert intents.sentences(word) == [word]
+
+
+COFFEE = """
+[slots]
+drink = ["latte", "(mocha|mochaccino)"]
+shots = ["{n} shots"]
+n = ["two", "three"]
+[slots.size]
+large = ["large", "big", "grande"]
+small = "small"
+[intents]
+order = ["[can I (get|have)] a [{size:size}] {drink:drink} [with {shots:shots}] [please]"]
+cancel = ["cancel [my order]"]
+"""
+
+
+def test_captured_slots_come_back_with_canonical_values_and_synonyms_map_to_theirs() -> None:
+    intents = parse_intents(COFFEE)
+    commands = intents.sample_commands("order", 200, np.random.default_rng(0))
+    assert len({c.text for c in commands}) == len(commands) == 200
+    sizes = {"large": ("large", "big", "grande"), "small": ("small",)}
+    seen_synonyms = set()
+    for command in commands:
+        words = command.text.split()
+        assert command.slots["drink"] in words  # a list value is what was said: mocha or mochaccino
+        if "size" in command.slots:
+            said = [w for w in words if w in sizes["large"] + sizes["small"]]
+            assert len(said) == 1 and said[0] in sizes[command.slots["size"]]
+            seen_synonyms.add(said[0])
+        else:
+            assert not set(words) & {"large", "big", "grande", "small"}
+        if "shots" in command.slots:  # a captured list whose values use another list: the whole spoken value
+            assert command.text.endswith((f"with {command.slots['shots']}", f"with {command.slots['shots']} please"))
+    assert seen_synonyms == {"large", "big", "grande", "small"}
+    assert intents.sample_commands("cancel", 5, np.random.default_rng(0))[0].slots == {}
+    assert intents.slot_values() == {"drink": ("latte", "mocha", "mochaccino"), "shots": ("three shots", "two shots"),
+                                     "size": ("large", "small")}
+    # The texts are exactly sample()'s, draw for draw.
+    assert [c.text for c in commands] == intents.sample("order", 200, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+    ("phrase", "problem"),
+    [
+        ("a {size:size} {drink:size}", "slot 'size' is captured twice on one path (columns 3 and 15)"),
+        ("a ({size:s}|{drink:s}) {size:s}", "slot 's' is captured twice on one path (columns 4 and 24)"),
+        ("a {size:} latte", "bad capture name '' in {size:...} at column 3"),
+        ("a {sise:size} latte", "unknown slot {sise} at column 3"),
+        ("a {size:big size} latte", "bad capture name 'big size'"),
+    ],
+)
+def test_capture_errors_name_intent_phrase_and_column(phrase: str, problem: str) -> None:
+    text = COFFEE.replace('cancel = ["cancel [my order]"]', f'cancel = ["{phrase}"]')
+    with pytest.raises(TrainError) as info:
+        parse_intents(text, source="coffee.toml")
+    message = str(info.value)
+    assert message.startswith(f"coffee.toml: intent 'cancel', phrase {phrase!r}: ")
+    assert problem in message
+
+
+def test_captures_in_exclusive_alternatives_are_allowed() -> None:
+    text = COFFEE.replace('cancel = ["cancel [my order]"]', 'cancel = ["({size:size} one|one {size:size})"]')
+    commands = parse_intents(text).sample_commands("cancel", 10, np.random.default_rng(0))
+    assert {c.slots["size"] for c in commands} == {"large", "small"}
+
+
+@pytest.mark.parametrize(
+    ("slots", "problem"),
+    [
+        ('[slots.size]\nlarge = []\n', "slot 'size' must be a non-empty list of strings, or a table"),
+        ('[slots.size]\n" " = ["big"]\n', "slot 'size' has an empty canonical value"),
+        ('[slots.size]\nlarge = [1]\n', "slot 'size' must be a non-empty list"),
+    ],
+)
+def test_bad_synonym_tables_are_named(slots: str, problem: str) -> None:
+    with pytest.raises(TrainError, match="coffee.toml") as info:
+        parse_intents(slots + '[intents]\norder = ["a {size:size} latte"]\n', source="coffee.toml")
+    assert problem in str(info.value)

@@ -5,8 +5,14 @@ Template syntax (documented for users at the top of train/intents/minds14.toml):
     (a|b|c)   exactly one of the alternatives
     [a]       optional part; [a|b] is "a", "b" or nothing
     {slot}    one value of the list `slot` in the [slots] table (values may use the same syntax)
+    {list:name}  one value of the list `list`, captured: the command's slot `name` takes its canonical value
 
 Groups nest. The characters ( ) [ ] { } | are reserved and have no escape.
+
+A slot list is either a list of values (each value is its own canonical value: what was spoken) or a table from
+canonical value to its synonyms, e.g. `[slots.size]` with `large = ["large", "big", "grande"]`: a capture of any
+synonym returns "large". A capture name occurs at most once on any one path through a phrase.
+Rhino context YAML files (train/rhino.py) parse into the same tree.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +37,11 @@ LISTING_SAMPLE = 2_000
 # Random draws per wanted sentence before sampling gives up on finding new distinct sentences.
 SAMPLE_ATTEMPTS_PER_SENTENCE = 20
 
-_SLOT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_INTENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+SLOT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+INTENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.?!;:'])")
+# Files read as Picovoice Rhino contexts (train/rhino.py) rather than TOML.
+RHINO_SUFFIXES = (".yaml", ".yml")
 
 
 # The template tree. A Seq is a list of parts; Alt picks one Seq; Slot is looked up at expansion time.
@@ -53,9 +61,11 @@ class Alt:
 
 @dataclass(frozen=True, slots=True)
 class Slot:
-    """A reference to a slot list."""
+    """A reference to a slot list; `capture` names the command slot that takes its value (None: text only)."""
 
     name: str
+    capture: str | None = None
+    column: int = 0  # 1-based, in the phrase's source text, for error messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +135,13 @@ def _parse_seq(src: str, pos: int, closer: str | None) -> tuple[Seq, int]:
             end = src.find("}", pos)
             if end < 0:
                 raise TemplateSyntaxError(f"unclosed '{{' at column {pos + 1}")
-            name = src[pos + 1 : end].strip()
-            if not _SLOT_NAME.fullmatch(name):
+            name, colon, capture = (piece.strip() for piece in src[pos + 1 : end].partition(":"))
+            if not SLOT_NAME.fullmatch(name):
                 raise TemplateSyntaxError(f"bad slot name {name!r} at column {pos + 1}")
+            if colon and not SLOT_NAME.fullmatch(capture):
+                raise TemplateSyntaxError(f"bad capture name {capture!r} in {{{name}:...}} at column {pos + 1}")
             flush()
-            parts.append(Slot(name))
+            parts.append(Slot(name, capture if colon else None, pos + 1))
             pos = end + 1
             continue
         if ch == "}":
@@ -157,15 +169,20 @@ def _normalise(sentence: str) -> str:
     return _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(sentence.split()))
 
 
+Node = Seq | Text | Alt | Slot
+
+
 class _Expander:
     """Counts and indexes the sentences of template trees against one slot table."""
 
-    def __init__(self, slots: Mapping[str, tuple[Seq, ...]]) -> None:
+    def __init__(self, slots: Mapping[str, tuple[Seq, ...]],
+                 canonical: Mapping[str, tuple[str | None, ...]] | None = None) -> None:
         self.slots = slots
+        self.canonical = canonical or {}
         # Counts by node identity: nth() asks for the same subtree's count once per sentence.
         self._counts: dict[int, int] = {}
 
-    def count(self, node: Seq | Text | Alt | Slot) -> int:
+    def count(self, node: Node) -> int:
         """Number of (not necessarily distinct) sentences the node yields."""
         if isinstance(node, Text):
             return 1
@@ -180,7 +197,7 @@ class _Expander:
         self._counts[id(node)] = n
         return n
 
-    def every(self, node: Seq | Text | Alt | Slot) -> list[str]:
+    def every(self, node: Node) -> list[str]:
         """All sentences of a node in nth() order; only for nodes whose count() is small."""
         if isinstance(node, Text):
             return [node.text]
@@ -189,24 +206,57 @@ class _Expander:
         options = node.options if isinstance(node, Alt) else self.slots[node.name]
         return [sentence for option in options for sentence in self.every(option)]
 
-    def nth(self, node: Seq | Text | Alt | Slot, index: int) -> str:
+    def nth(self, node: Node, index: int) -> str:
         """The index-th sentence in a fixed mixed-radix order, so sampling needs no enumeration."""
+        out: list[str] = []
+        self._walk(node, index, out, None)
+        return "".join(out)
+
+    def command(self, node: Node, index: int) -> tuple[str, dict[str, str]]:
+        """The index-th sentence (normalised) and the canonical values of the slots it captured."""
+        out: list[str] = []
+        captures: dict[str, str] = {}
+        self._walk(node, index, out, captures)
+        return _normalise("".join(out)), captures
+
+    def value(self, slot: str, option: int, spoken: str) -> str:
+        """A captured option's canonical value: the table's key for it, or else what was spoken."""
+        values = self.canonical.get(slot)
+        named = values[option] if values else None
+        return named if named is not None else _normalise(spoken)
+
+    def _walk(self, node: Node, index: int, out: list[str], captures: dict[str, str] | None) -> None:
         if isinstance(node, Text):
-            return node.text
+            out.append(node.text)
+            return
         if isinstance(node, Seq):
-            out = []
+            rems = []
             for part in reversed(node.parts):
-                n = self.count(part)
-                index, rem = divmod(index, n)
-                out.append(self.nth(part, rem))
-            return "".join(reversed(out))
+                index, rem = divmod(index, self.count(part))
+                rems.append(rem)
+            for part, rem in zip(node.parts, reversed(rems), strict=True):
+                self._walk(part, rem, out, captures)
+            return
         options = node.options if isinstance(node, Alt) else self.slots[node.name]
-        for option in options:
+        for k, option in enumerate(options):
             n = self.count(option)
             if index < n:
-                return self.nth(option, index)
+                start = len(out)
+                self._walk(option, index, out, captures)
+                if captures is not None and isinstance(node, Slot) and node.capture is not None:
+                    captures[node.capture] = self.value(node.name, k, "".join(out[start:]))
+                return
             index -= n
         raise IndexError(index)  # pragma: no cover - callers stay below count()
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One sentence of an intent and the canonical value of each slot it captured."""
+
+    intent: str
+    text: str
+    slots: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,11 +270,16 @@ class Intent:
 
 @dataclass(frozen=True, slots=True)
 class IntentSet:
-    """All intents of one file, in file order, with the slot table they share."""
+    """All intents of one file, in file order, with the slot table they share.
+
+    `canonical` gives, per slot list, each option's canonical value (None: the option's spoken text is its value);
+    lists missing from it are all None.
+    """
 
     source: str
     intents: tuple[Intent, ...]
     slots: Mapping[str, tuple[Seq, ...]]
+    canonical: Mapping[str, tuple[str | None, ...]] = field(default_factory=dict)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -238,9 +293,12 @@ class IntentSet:
                 return intent
         raise TrainError(f"{self.source}: no intent named {name!r}")
 
+    def _expander(self) -> _Expander:
+        return _Expander(self.slots, self.canonical)
+
     def sentences(self, name: str) -> list[str]:
         """Every distinct sentence of an intent, sorted; phrases above ENUMERATE_LIMIT give LISTING_SAMPLE of theirs."""
-        expander = _Expander(self.slots)
+        expander = self._expander()
         found: set[str] = set()
         for template in self.intent(name).templates:
             n = expander.count(template)
@@ -254,16 +312,22 @@ class IntentSet:
 
     def sample(self, name: str, n: int, rng: np.random.Generator,
                keep: Callable[[str], bool] | None = None) -> list[str]:
-        """Up to n distinct sentences of an intent, spread evenly over its phrases; deterministic given rng.
-        `keep` rejects sentences (they count as tried), e.g. out-of-scope speech that a model's labels use.
+        """Up to n distinct sentences of an intent (the texts of sample_commands)."""
+        return [command.text for command in self.sample_commands(name, n, rng, keep)]
+
+    def sample_commands(self, name: str, n: int, rng: np.random.Generator,
+                        keep: Callable[[str], bool] | None = None) -> list[Command]:
+        """Up to n commands with distinct sentences, spread evenly over the intent's phrases; deterministic given
+        rng. `keep` rejects sentences (they count as tried), e.g. out-of-scope speech that a model's labels use.
 
         Spreading over phrases (rather than over all sentences) stops one slot-heavy phrase from crowding out
-        the short ones, which are the most common way callers actually speak.
+        the short ones, which are the most common way callers actually speak. A sentence two slot readings share
+        is kept with the first reading drawn.
         """
-        expander = _Expander(self.slots)
+        expander = self._expander()
         templates = self.intent(name).templates
         counts = [expander.count(t) for t in templates]
-        chosen: list[str] = []
+        chosen: list[Command] = []
         seen: set[str] = set()
         exhausted = [False] * len(templates)
         attempts = 0
@@ -285,15 +349,48 @@ class IntentSet:
             while index in tried[k]:  # a small dense phrase: step to the next untried index
                 index = (index + 1) % counts[k]
             tried[k].add(index)
-            sentence = _normalise(expander.nth(templates[k], index))
+            sentence, captures = expander.command(templates[k], index)
             if sentence and sentence not in seen and (keep is None or keep(sentence)):
                 seen.add(sentence)
-                chosen.append(sentence)
+                chosen.append(Command(name, sentence, captures))
         return chosen
+
+    def slot_values(self, name: str | None = None) -> dict[str, tuple[str, ...]]:
+        """Each captured slot of one intent (or of all) and every canonical value it can take, sorted."""
+        expander = self._expander()
+        found: dict[str, set[str]] = {}
+        done: set[str] = set()
+
+        def visit(node: Node) -> None:
+            if isinstance(node, Seq):
+                for part in node.parts:
+                    visit(part)
+            elif isinstance(node, Alt):
+                for option in node.options:
+                    visit(option)
+            elif isinstance(node, Slot):
+                options = self.slots[node.name]
+                if node.capture is not None:
+                    values = found.setdefault(node.capture, set())
+                    for k, option in enumerate(options):
+                        if self.canonical.get(node.name) and self.canonical[node.name][k] is not None:
+                            values.add(expander.value(node.name, k, ""))
+                        else:
+                            values.update(_normalise(s) for s in expander.every(option))
+                if node.name not in done:  # captures nested in a list are found once per list
+                    done.add(node.name)
+                    for option in options:
+                        visit(option)
+
+        for intent in self.intents if name is None else (self.intent(name),):
+            for template in intent.templates:
+                visit(template)
+        return {slot: tuple(sorted(values)) for slot, values in sorted(found.items())}
 
 
 def load_intents(path: str | Path) -> IntentSet:
-    """Read and validate an intents file; every problem is a TrainError naming the file (and intent/phrase)."""
+    """Read and validate an intents file (TOML, or a Rhino context .yaml/.yml); every problem is a TrainError
+    naming the file (and intent/phrase)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -301,6 +398,10 @@ def load_intents(path: str | Path) -> IntentSet:
         raise TrainError(f"intents file {path} does not exist") from err
     except (OSError, UnicodeDecodeError) as err:
         raise TrainError(f"cannot read intents file {path}: {err}") from err
+    if path.suffix.lower() in RHINO_SUFFIXES:
+        from train.rhino import parse_context
+
+        return parse_context(text, source=str(path))
     return parse_intents(text, source=str(path))
 
 
@@ -315,14 +416,14 @@ def parse_intents(text: str, source: str = "<intents>") -> IntentSet:
         raise TrainError(
             f"{source}: unknown top-level key(s) {sorted(unknown)}; expected [slots] and [intents]"
         )
-    slots = _parse_slots(data.get("slots", {}), source)
+    slots, canonical = _parse_slots(data.get("slots", {}), source)
     raw_intents = data.get("intents")
     if not isinstance(raw_intents, dict) or not raw_intents:
         raise TrainError(f"{source}: no [intents] table (or it is empty)")
 
     intents = []
     for name, phrases in raw_intents.items():
-        if not _INTENT_NAME.fullmatch(name):
+        if not INTENT_NAME.fullmatch(name):
             raise TrainError(f"{source}: bad intent name {name!r} (letters, digits, _ . -)")
         if isinstance(phrases, str):
             phrases = [phrases]
@@ -337,42 +438,74 @@ def parse_intents(text: str, source: str = "<intents>") -> IntentSet:
                 template = parse_template(phrase)
             except TemplateSyntaxError as err:
                 raise TrainError(f"{where}: {err}") from err
-            _check_slots(template, slots, where)
             templates.append(template)
-        intent = Intent(name, tuple(phrases), tuple(templates))
-        intents.append(intent)
-    result = IntentSet(source, tuple(intents), slots)
+        intents.append(Intent(name, tuple(phrases), tuple(templates)))
+    return build_intent_set(source, intents, slots, canonical)
+
+
+def build_intent_set(source: str, intents: Sequence[Intent], slots: dict[str, tuple[Seq, ...]],
+                     canonical: Mapping[str, tuple[str | None, ...]], phrase_word: str = "phrase") -> IntentSet:
+    """Check parsed intents against their slot table (references, recursion, captures) and bundle them;
+    `phrase_word` is what errors call a phrase (a Rhino context says "expression")."""
+    for name, values in slots.items():
+        for value in values:
+            _check_slots(value, slots, f"{source}: slot {name!r}", visiting=(name,))
+    captured: dict[str, dict[str, int]] = {}
+    for intent in intents:
+        for phrase, template in zip(intent.phrases, intent.templates, strict=True):
+            where = f"{source}: intent {intent.name!r}, {phrase_word} {phrase!r}"
+            _check_slots(template, slots, where)
+            _captures(template, slots, where, captured)
+    result = IntentSet(source, tuple(intents), slots, canonical)
     for intent in intents:
         if not result.sample(intent.name, 1, np.random.default_rng(0)):
             raise TrainError(f"{source}: intent {intent.name!r} expands to no non-empty sentence")
     return result
 
 
-def _parse_slots(raw: object, source: str) -> dict[str, tuple[Seq, ...]]:
-    """Slot lists: name -> values, each value itself a template."""
+def _parse_slots(raw: object, source: str) -> tuple[dict[str, tuple[Seq, ...]], dict[str, tuple[str | None, ...]]]:
+    """Slot lists: name -> values (each itself a template), and each value's canonical value.
+
+    A list's values are their own canonical values; a table maps each canonical value to one synonym or a list.
+    """
     if not isinstance(raw, dict):
         raise TrainError(f"{source}: [slots] must be a table of lists")
     slots: dict[str, tuple[Seq, ...]] = {}
+    canonical: dict[str, tuple[str | None, ...]] = {}
     for name, values in raw.items():
-        if not _SLOT_NAME.fullmatch(name):
+        if not SLOT_NAME.fullmatch(name):
             raise TrainError(f"{source}: bad slot name {name!r} (letters, digits, _)")
-        if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
-            raise TrainError(f"{source}: slot {name!r} must be a non-empty list of strings")
+        if isinstance(values, dict):
+            pairs: list[tuple[str | None, object]] = []
+            for value, synonyms in values.items():
+                if not value.strip():
+                    raise TrainError(f"{source}: slot {name!r} has an empty canonical value")
+                for synonym in synonyms if isinstance(synonyms, list) and synonyms else [synonyms]:
+                    pairs.append((" ".join(value.split()), synonym))
+        elif isinstance(values, list):
+            pairs = [(None, value) for value in values]
+        else:
+            pairs = []
+        if not pairs or not all(isinstance(text, str) for _, text in pairs):
+            raise TrainError(
+                f"{source}: slot {name!r} must be a non-empty list of strings, or a table from each canonical "
+                "value to its synonyms (a string or a non-empty list of strings)"
+            )
         parsed = []
-        for value in values:
+        for _, value in pairs:
+            assert isinstance(value, str)
             try:
                 parsed.append(parse_template(value))
             except TemplateSyntaxError as err:
                 raise TrainError(f"{source}: slot {name!r}, value {value!r}: {err}") from err
         slots[name] = tuple(parsed)
-    for name, values in slots.items():
-        for value in values:
-            _check_slots(value, slots, f"{source}: slot {name!r}", visiting=(name,))
-    return slots
+        if any(value is not None for value, _ in pairs):
+            canonical[name] = tuple(value for value, _ in pairs)
+    return slots, canonical
 
 
 def _check_slots(
-    node: Seq | Text | Alt | Slot,
+    node: Node,
     slots: Mapping[str, Sequence[Seq]],
     where: str,
     visiting: tuple[str, ...] = (),
@@ -387,8 +520,51 @@ def _check_slots(
     elif isinstance(node, Slot):
         if node.name not in slots:
             known = ", ".join(sorted(slots)) or "none defined"
-            raise TrainError(f"{where}: unknown slot {{{node.name}}} (slots: {known})")
+            raise TrainError(f"{where}: unknown slot {{{node.name}}} at column {node.column} (slots: {known})")
         if node.name in visiting:
             raise TrainError(f"{where}: slot {{{node.name}}} refers to itself via {' -> '.join(visiting)}")
         for value in slots[node.name]:
             _check_slots(value, slots, where, visiting + (node.name,))
+
+
+def _captures(node: Node, slots: Mapping[str, Sequence[Seq]], where: str,
+              lists: dict[str, dict[str, int]], column: int | None = None) -> dict[str, int]:
+    """The capture names on the node's paths, each with the phrase column it comes from; a name captured twice on
+    one path would give a command two values for one slot, so that is a TrainError naming both columns.
+
+    Captures inside a slot list's values are reported at the column of the phrase's reference to the list;
+    `lists` memoises each list's own captures.
+    """
+    if isinstance(node, Text):
+        return {}
+    if isinstance(node, Seq):
+        found: dict[str, int] = {}
+        for part in node.parts:
+            for name, col in _captures(part, slots, where, lists, column).items():
+                if name in found:
+                    raise TrainError(
+                        f"{where}: slot {name!r} is captured twice on one path (columns {found[name]} and {col})"
+                    )
+                found[name] = col
+        return found
+    if isinstance(node, Alt):
+        merged: dict[str, int] = {}
+        for option in node.options:
+            for name, col in _captures(option, slots, where, lists, column).items():
+                merged.setdefault(name, col)
+        return merged
+    at = column if column is not None else node.column
+    if node.name not in lists:
+        inner: dict[str, int] = {}
+        for option in slots[node.name]:
+            for name in _captures(option, slots, f"{where} (in slot list {node.name!r})", lists, 0):
+                inner.setdefault(name, 0)
+        lists[node.name] = inner
+    own = {name: at for name in lists[node.name]}
+    if node.capture is not None:
+        if node.capture in own:
+            raise TrainError(
+                f"{where}: slot {node.capture!r} at column {at} is captured again inside list {node.name!r}"
+            )
+        own[node.capture] = at
+    return own
