@@ -4,7 +4,7 @@ acceptance, at the threshold fit calibrated (train/out_of_scope.py), with `inten
 Out-of-domain speech comes from two places:
   * generated: sentences and single words of bench/ood_phrases.toml (none of them in the out-of-scope list fit
     trains on, and none using a word of the model's labels), spoken through the telephone channel by TTS voices
-    whose speaker the model's out-of-scope class never heard (read from the datasets its metrics.json names);
+    whose speaker is in no train split of the model's datasets (read from the ones its metrics.json names);
   * real: recordings that are no command for the model, e.g. ../shared/data/barista-dev/clean (coffee orders).
 
 Two modes:
@@ -39,16 +39,15 @@ TARGET_IN_DOMAIN = 0.98
 HEARD_ENGINES = "espeak-ng,flite,festival"  # fsdd mode: piper and hibari speak only the test's non-commands
 
 
-def out_of_scope_speakers(model: Path) -> set[str]:
-    """Speakers (tts Voice.speaker) whose speech the model's out-of-scope class was trained or calibrated on.
+def trained_speakers(model: Path) -> set[str]:
+    """Speakers (tts Voice.speaker) of the train split of every dataset the model was fit on (its metrics.json
+    names them: the in-domain data, --add-dataset folders and the out-of-scope set).
 
-    Only those are kept out of the generated test: a voice the model heard saying commands may speak the test's
-    non-commands, which makes rejecting them harder, not easier (every TTS speaker speaks some command in a
-    synthesized training set, so excluding those would leave no voice at all).
+    synth holds whole speakers out of training, so the voices of its test splits remain: with the same seed for
+    synth and fit (as `make model` does) the in-domain and out-of-scope sets hold out the same speakers.
     """
     import datasets
 
-    from daemon.events import UNKNOWN_LABEL
     from train.tts import Voice
 
     metrics = json.loads((model / "metrics.json").read_text())
@@ -59,15 +58,9 @@ def out_of_scope_speakers(model: Path) -> set[str]:
         folder = Path(part)
         if not (folder / "dataset_dict.json").is_file():
             continue
-        for split in datasets.load_from_disk(str(folder)).values():
-            # Each part keeps its own label column; the one whose class names include the out-of-scope label.
-            columns = [c for c, f in split.features.items() if isinstance(f, datasets.ClassLabel)
-                       and UNKNOWN_LABEL in f.names]
-            if "voice" not in split.column_names or not columns:
-                continue
-            unknown = split.features[columns[0]].str2int(UNKNOWN_LABEL)
-            speakers |= {Voice.parse(voice).speaker for voice, label in zip(split["voice"], split[columns[0]])
-                         if label == unknown and not voice.startswith("nonspeech/")}
+        train = datasets.load_from_disk(str(folder)).get("train")
+        if train is not None and "voice" in train.column_names:
+            speakers |= {Voice.parse(v).speaker for v in set(train["voice"]) if not v.startswith("nonspeech/")}
     return speakers
 
 
@@ -115,7 +108,7 @@ def render_ood(out: Path, labels: Sequence[str], exclude: set[str], clips: int, 
     rng = np.random.default_rng(seed)
     voices = [v for e in tts.available_engines() for v in e.voices() if v.speaker not in exclude]
     if not voices:
-        sys.exit("no TTS voice is left that the model's out-of-scope class did not hear")
+        sys.exit("no TTS voice is left that the model did not train on")
     phrases = load_intents(PHRASES)
     keep = sentence_filter(labels, [])
     texts = {name: phrases.sample(name, clips, rng, keep) for name in phrases.names}
@@ -128,7 +121,8 @@ def render_ood(out: Path, labels: Sequence[str], exclude: set[str], clips: int, 
                                    float(rng.uniform(*synth.PITCH_RANGE)))
         audio, _ = channel.telephone(samples, rate, rng, config)
         sf.write(str(out / f"{i:04d}.wav"), audio, channel.TELEPHONE_RATE, subtype="PCM_16")
-    print(f"rendered {clips} out-of-domain clips with {len(voices)} unseen voices into {out}", file=sys.stderr)
+    print(f"rendered {clips} out-of-domain clips with {len(voices)} voices of {len({v.speaker for v in voices})} "
+          f"speakers the model never trained on into {out}", file=sys.stderr)
     return out
 
 
@@ -180,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or Path("/tmp/intentd-rejection")
         workdir.mkdir(parents=True, exist_ok=True)
         ood = {"generated": render_ood(workdir / f"ood-{args.model.resolve().name}", _labels(args.model),
-                                       out_of_scope_speakers(args.model), args.ood_clips), **real}
+                                       trained_speakers(args.model), args.ood_clips), **real}
         report = evaluate(args.model, args.dataset, args.split, ood, workdir / "steps.log")
         rows.append(row(str(args.model), report, ood))
         reports.append(report)
@@ -204,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             test = fold / "test-data"
             if not test.is_dir():
                 fsdd.audiofolder(test, {"test": [r for r in bench.recordings if r.speaker == speaker]})
-            ood = {"generated": render_ood(fold / "ood", _labels(fold / "model"), out_of_scope_speakers(fold / "model"),
+            ood = {"generated": render_ood(fold / "ood", _labels(fold / "model"), trained_speakers(fold / "model"),
                                            args.ood_clips), **real}
             report = evaluate(fold / "model", test, "test", ood, bench.log_file)
             rows.append(row(speaker, report, ood))
