@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -218,3 +220,92 @@ def test_bad_trim_settings_are_refused() -> None:
         channel.ChannelConfig(trim_probability=1.5)
     with pytest.raises(TrainError, match="trim range"):
         channel.ChannelConfig(trim_db=(30.0, 10.0))
+
+
+# ------------------------------------------------------------------------------------------- microphone channel
+
+def _tone_burst(rate: int = RATE_IN, seconds: float = 2.0, hz: float = 700.0) -> np.ndarray:
+    """A steady stand-in for speech: every frame of it is active, so its level is unambiguous."""
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def test_microphone_output_is_16khz_float32_wideband_at_the_drawn_level() -> None:
+    source = _signal()
+    out, params = channel.microphone(source, RATE_IN, np.random.default_rng(20))
+    assert out.dtype == np.float32
+    assert out.size == round(CLIP_S * channel.MICROPHONE_RATE) + params.lead_samples + params.trail_samples
+    assert 20 * np.log10(np.max(np.abs(out))) == pytest.approx(params.peak_dbfs, abs=1e-3)
+    # Unlike the telephone, the band above 4 kHz survives (the source's 6 kHz tone among it).
+    power = np.abs(np.fft.rfft(out.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(out.size, d=1.0 / channel.MICROPHONE_RATE)
+    assert power[freqs > 4000.0].sum() / power.sum() > 0.05
+    again, same = channel.microphone(source, RATE_IN, np.random.default_rng(20))
+    assert same == params and again.tobytes() == out.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["white", "pink"])
+def test_microphone_snr_measured_in_the_output_is_the_drawn_one_down_to_0_db(kind: str) -> None:
+    """Noise power from the lead-in (noise alone) against the steady speech's: within the range, as drawn."""
+    config = channel.MicrophoneConfig(snr_db=(0.0, 5.0), noise_kinds=(kind,), lead_silence_s=(0.5, 0.6),
+                                      rt60_s=(0.15, 0.25), distance_m=(0.3, 0.6))
+    rng = np.random.default_rng(21)
+    frame = round(0.1 * channel.MICROPHONE_RATE)
+    measured = []
+    for _ in range(12):
+        out, params = channel.microphone(_tone_burst(), RATE_IN, rng, config)
+        x = out.astype(np.float64)
+        noise_power = np.mean(x[: params.lead_samples] ** 2)
+        speech_region = x[params.lead_samples + 3 * frame : params.lead_samples + 2 * channel.MICROPHONE_RATE - frame]
+        snr = 10 * np.log10((np.mean(speech_region**2) - noise_power) / noise_power)
+        assert 0.0 <= params.snr_db <= 5.0
+        assert snr == pytest.approx(params.snr_db, abs=1.0)
+        measured.append(snr)
+    assert min(measured) < 1.5 and max(measured) > 3.5  # the draw really spans the range
+
+
+def test_microphone_parts_mix_to_the_output_at_exactly_the_drawn_snr() -> None:
+    config = channel.MicrophoneConfig(snr_db=(0.0, 30.0))
+    for seed in range(5):
+        speech, heard, params = channel.microphone_parts(_signal(), RATE_IN, np.random.default_rng(seed), config)
+        out, same = channel.microphone(_signal(), RATE_IN, np.random.default_rng(seed), config)
+        assert same == params
+        gain = 10 ** (params.peak_dbfs / 20) / np.max(np.abs(speech + heard))
+        np.testing.assert_allclose(out, (speech + heard) * gain, atol=1e-6)
+        ratio = channel.active_power(speech, channel.MICROPHONE_RATE) / np.mean(heard**2)
+        assert 10 * np.log10(ratio) == pytest.approx(params.snr_db, abs=1e-6)
+
+
+def test_a_far_talker_sounds_more_reverberant_than_a_near_one() -> None:
+    rate = channel.MICROPHONE_RATE
+    click = np.zeros(rate)
+    click[rate // 10] = 1.0
+    late_share = {}
+    for distance in (0.3, 3.0):
+        config = channel.MicrophoneConfig(snr_db=(90.0, 90.0), distance_m=(distance, distance), rt60_s=(0.5, 0.5),
+                                          room_volume_m3=(60.0, 60.0), eq_db=0.0, lead_silence_s=(0.1, 0.1))
+        speech, _, params = channel.microphone_parts(click, rate, np.random.default_rng(22), config)
+        direct = params.lead_samples + rate // 10 + round(distance / channel.SPEED_OF_SOUND_M_S * rate)
+        energy = speech**2
+        late_share[distance] = energy[direct + round(0.005 * rate) :].sum() / energy.sum()
+        # Energy still rings 0.3 s on (-36 dB at RT60 0.5 s), a tail no dry click has.
+        assert energy[direct + round(0.3 * rate) : direct + round(0.35 * rate)].sum() > 0
+    assert late_share[3.0] > 0.8
+    assert late_share[0.3] < 0.3
+
+
+def test_a_users_noise_file_is_the_background_when_drawn(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    hum = 0.5 * np.sin(2 * np.pi * 300.0 * np.arange(44_100) / 44_100)
+    sf.write(tmp_path / "hum.wav", hum, 44_100)
+    config = channel.MicrophoneConfig(noise_files=(str(tmp_path / "hum.wav"),), noise_file_probability=1.0,
+                                      lead_silence_s=(0.5, 0.5), eq_db=0.0)
+    out, params = channel.microphone(_tone_burst(hz=1500.0), RATE_IN, np.random.default_rng(23), config)
+    assert params.noise == f"file:{tmp_path / 'hum.wav'}"
+    lead = out[: params.lead_samples].astype(np.float64)
+    power = np.abs(np.fft.rfft(lead)) ** 2
+    freqs = np.fft.rfftfreq(lead.size, d=1.0 / channel.MICROPHONE_RATE)
+    assert power[(freqs > 280) & (freqs < 320)].sum() > 0.95 * power.sum()
+    with pytest.raises(TrainError, match="noise kinds"):
+        channel.MicrophoneConfig(noise_kinds=("jackhammer",))

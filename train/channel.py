@@ -7,6 +7,7 @@ and offline, so whole-clip FFTs are simpler and exact where streaming filters wo
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import subprocess
@@ -279,3 +280,233 @@ def telephone(
         # A mobile call's decoded GSM enters the fixed network, which band-limits it again.
         banded = bandpass(gsm_round_trip(banded), TELEPHONE_RATE, params.low_cut_hz, params.high_cut_hz)
     return banded.astype(np.float32), params
+
+
+# ---------------------------------------------------------------------------------------------- microphone
+
+MICROPHONE_RATE = 16_000  # wideband, the models' own rate (daemon.audio.SAMPLE_RATE)
+SPEED_OF_SOUND_M_S = 343.0
+# Sabine's critical distance, where direct and reverberant sound are equally loud: 0.057 * sqrt(V / RT60).
+CRITICAL_DISTANCE_FACTOR = 0.057
+RT60_DECAY = math.log(1e3)  # amplitude falls by 60 dB (a factor 1000) over RT60
+REVERB_TAIL_RT60 = 1.2  # impulse responses are cut this many RT60s after the direct sound
+# High frequencies die away faster in a room (air and soft furnishings): the tail's level falls by this many dB per
+# octave above AIR_ROLLOFF_HZ, over the whole tail.
+AIR_ROLLOFF_HZ = 2000.0
+AIR_ROLLOFF_DB_PER_OCTAVE = 3.0
+# The microphone's colour: a smooth response drawn within +-eq_db at these log-spaced frequencies.
+EQ_KNOTS_HZ = (100.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 7000.0)
+# A speech frame counts towards the speech level where it is within this many dB of the loudest 10 ms frame, so
+# pauses and padding do not lower the SNR's reference (and a clip's SNR does not depend on its padding).
+ACTIVE_SPEECH_DB = 30.0
+# Generated background noise: stationary hiss and hum, and train/nonspeech.py's room, music, breathing and clicks.
+MIC_NOISE_KINDS = ("white", "pink", "room", "music", "breathing", "clicks")
+NOISE_FILE_CACHE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class MicrophoneConfig:
+    """Ranges the microphone channel draws from for each clip (uniform): a talker at a distance in a room,
+    heard by a coloured microphone over background noise."""
+
+    snr_db: tuple[float, float] = (0.0, 30.0)
+    peak_dbfs: tuple[float, float] = (-25.0, -1.0)
+    lead_silence_s: tuple[float, float] = (0.1, 0.6)
+    trail_silence_s: tuple[float, float] = (0.1, 0.6)
+    distance_m: tuple[float, float] = (0.3, 3.0)
+    rt60_s: tuple[float, float] = (0.15, 0.8)
+    room_volume_m3: tuple[float, float] = (20.0, 200.0)
+    eq_db: float = 6.0
+    # The capsule and its amplifier: a high-pass (handling noise, small capsules) and a top roll-off.
+    low_cut_hz: tuple[float, float] = (40.0, 200.0)
+    high_cut_hz: tuple[float, float] = (5000.0, MICROPHONE_RATE / 2 - BAND_RAMP_HZ)
+    noise_kinds: tuple[str, ...] = MIC_NOISE_KINDS
+    # The user's own noise recordings (any readable audio); drawn for noise_file_probability of the clips.
+    noise_files: tuple[str, ...] = ()
+    noise_file_probability: float = 0.5
+    trim_probability: float = 0.0
+    trim_db: tuple[float, float] = TRIM_DB_RANGE
+
+    def __post_init__(self) -> None:
+        for name in ("snr_db", "peak_dbfs", "lead_silence_s", "trail_silence_s", "distance_m", "rt60_s",
+                     "room_volume_m3", "low_cut_hz", "high_cut_hz", "trim_db"):
+            low, high = getattr(self, name)
+            if not low <= high:
+                raise TrainError(f"microphone {name} range {low:g}-{high:g} must be ordered")
+        if self.distance_m[0] <= 0 or self.rt60_s[0] <= 0 or self.room_volume_m3[0] <= 0:
+            raise TrainError("microphone distance, RT60 and room volume must be positive")
+        if not (0 <= self.low_cut_hz[1] and self.low_cut_hz[1] + 2 * BAND_RAMP_HZ <= self.high_cut_hz[0]
+                and self.high_cut_hz[1] <= MICROPHONE_RATE / 2 - BAND_RAMP_HZ):
+            raise TrainError(f"microphone band {self.low_cut_hz}-{self.high_cut_hz} Hz must be ordered and below "
+                             f"{MICROPHONE_RATE / 2 - BAND_RAMP_HZ:g} Hz")
+        unknown = set(self.noise_kinds) - set(MIC_NOISE_KINDS)
+        if unknown or not self.noise_kinds:
+            raise TrainError(f"microphone noise kinds {sorted(unknown) or '(none)'}: known are "
+                             f"{', '.join(MIC_NOISE_KINDS)}")
+        if not 0 <= self.noise_file_probability <= 1 or not 0 <= self.trim_probability <= 1:
+            raise TrainError("microphone probabilities must be in [0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class MicrophoneParams:
+    """What the microphone channel drew for one clip (recorded in synth's metadata, checked by tests)."""
+
+    snr_db: float
+    peak_dbfs: float
+    lead_samples: int
+    trail_samples: int
+    distance_m: float
+    rt60_s: float
+    room_volume_m3: float
+    drr_db: float  # direct-to-reverberant energy ratio the distance gives in that room
+    low_cut_hz: float
+    high_cut_hz: float
+    eq_db: tuple[float, ...]  # the response at EQ_KNOTS_HZ
+    noise: str  # a MIC_NOISE_KINDS entry, or "file:<path>"
+    noise_offset_s: float = 0.0
+    trim_db: float | None = None
+
+
+def room_impulse_response(rt60_s: float, drr_db: float, distance_m: float, rate: int,
+                          rng: np.random.Generator) -> np.ndarray:
+    """A synthetic room: the direct sound after distance/c, then an exponentially decaying diffuse tail (Gaussian
+    noise, -60 dB at RT60, darker than the direct sound) whose energy is the direct sound's / 10^(drr/10)."""
+    delay = round(distance_m / SPEED_OF_SOUND_M_S * rate)
+    n_tail = max(1, round(REVERB_TAIL_RT60 * rt60_s * rate))
+    t = np.arange(n_tail) / rate
+    tail = rng.standard_normal(n_tail) * np.exp(-RT60_DECAY * t / rt60_s)
+    spectrum = np.fft.rfft(tail)
+    freqs = np.fft.rfftfreq(n_tail, d=1.0 / rate)
+    octaves = np.log2(np.maximum(freqs, AIR_ROLLOFF_HZ) / AIR_ROLLOFF_HZ)
+    tail = np.fft.irfft(spectrum * 10 ** (-AIR_ROLLOFF_DB_PER_OCTAVE * octaves / 20), n=n_tail)
+    tail *= math.sqrt(10 ** (-drr_db / 10) / float(np.sum(tail**2)))
+    response = np.zeros(delay + 1 + n_tail)
+    response[delay] = 1.0
+    response[delay + 1 :] = tail
+    return response
+
+
+def convolve(samples: np.ndarray, response: np.ndarray) -> np.ndarray:
+    """Full linear convolution through the FFT (clips and responses are seconds long)."""
+    n = samples.size + response.size - 1
+    size = 1 << max(0, (n - 1).bit_length())
+    return np.fft.irfft(np.fft.rfft(samples, size) * np.fft.rfft(response, size), size)[:n]
+
+
+def colour(samples: np.ndarray, rate: int, eq_db: Sequence[float], low_hz: float, high_hz: float) -> np.ndarray:
+    """A microphone's response: the smooth EQ through EQ_KNOTS_HZ (interpolated in log frequency) within a band."""
+    if samples.size == 0:
+        return samples.astype(np.float64)
+    freqs = np.fft.rfftfreq(samples.size, d=1.0 / rate)
+    log_f = np.log(np.maximum(freqs, 1.0))
+    gain_db = np.interp(log_f, np.log(EQ_KNOTS_HZ), eq_db)
+    gain = 10 ** (gain_db / 20) * band_mask(samples.size, rate, low_hz, high_hz)
+    return np.fft.irfft(np.fft.rfft(samples) * gain, n=samples.size)
+
+
+def active_power(samples: np.ndarray, rate: int, within_db: float = ACTIVE_SPEECH_DB) -> float:
+    """Mean power of the 10 ms frames within `within_db` of the loudest: speech's level without its pauses."""
+    level = frame_levels(samples, rate)
+    if level is None:
+        return float(np.mean(np.square(samples))) if samples.size else 0.0
+    frame = max(1, round(rate * TRIM_FRAME_S))
+    n = level.size
+    energy = np.mean(np.square(samples[: n * frame].reshape(n, frame)), axis=1)
+    return float(np.mean(energy[level >= -within_db]))
+
+
+@functools.lru_cache(maxsize=NOISE_FILE_CACHE)
+def _noise_file(path: str) -> np.ndarray:
+    """A noise recording as mono float64 at MICROPHONE_RATE (cached: many clips draw from few files)."""
+    from train.audio_io import read_audio
+
+    return read_audio(path, MICROPHONE_RATE).astype(np.float64)
+
+
+def background(n: int, source: str, offset_s: float, rng: np.random.Generator) -> np.ndarray:
+    """n samples of unit-power background noise at MICROPHONE_RATE: a generated kind, or a user's file
+    ("file:<path>") read from offset_s and looped."""
+    if source.startswith("file:"):
+        recording = _noise_file(source[len("file:"):])
+        start = round(offset_s * MICROPHONE_RATE) % recording.size
+        out = np.resize(np.roll(recording, -start), n)
+    elif source in ("white", "pink"):
+        out = noise(n, source, rng)
+    else:
+        from train import nonspeech
+
+        out = nonspeech.KINDS[source](n / MICROPHONE_RATE, MICROPHONE_RATE, rng)[:n]
+        out = np.pad(out, (0, n - out.size))
+    power = float(np.mean(out**2)) if n else 0.0
+    return out / math.sqrt(power) if power > 0 else out
+
+
+def microphone_parts(
+    samples: np.ndarray, rate: int, rng: np.random.Generator, config: MicrophoneConfig = MicrophoneConfig()
+) -> tuple[np.ndarray, np.ndarray, MicrophoneParams]:
+    """Clean speech at any rate -> (speech, noise, params) at MICROPHONE_RATE, before the level is set: the speech
+    as the microphone hears it from the drawn distance in the drawn room, and background noise whose power puts it
+    params.snr_db below the speech's active level (both through the same microphone colour, so the ratio holds in
+    the mix). microphone() adds and levels them.
+    """
+    # Every draw up front in a fixed order, so one choice (a noise file, trimming) never shifts the rest.
+    distance = _draw(rng, config.distance_m)
+    rt60 = _draw(rng, config.rt60_s)
+    volume = _draw(rng, config.room_volume_m3)
+    critical = CRITICAL_DISTANCE_FACTOR * math.sqrt(volume / rt60)
+    use_file = bool(config.noise_files) and rng.random() < config.noise_file_probability
+    kind = _choice(rng, config.noise_kinds)
+    chosen_file = _choice(rng, config.noise_files) if config.noise_files else ""
+    params = MicrophoneParams(
+        snr_db=_draw(rng, config.snr_db),
+        peak_dbfs=_draw(rng, config.peak_dbfs),
+        lead_samples=round(_draw(rng, config.lead_silence_s) * MICROPHONE_RATE),
+        trail_samples=round(_draw(rng, config.trail_silence_s) * MICROPHONE_RATE),
+        distance_m=distance,
+        rt60_s=rt60,
+        room_volume_m3=volume,
+        drr_db=20 * math.log10(critical / distance),
+        low_cut_hz=_draw(rng, config.low_cut_hz),
+        high_cut_hz=_draw(rng, config.high_cut_hz),
+        eq_db=tuple(float(g) for g in rng.uniform(-config.eq_db, config.eq_db, len(EQ_KNOTS_HZ))),
+        noise=f"file:{chosen_file}" if use_file else kind,
+        noise_offset_s=float(rng.uniform(0.0, 60.0)) if use_file else 0.0,
+    )
+    trim, below_peak_db = rng.random() < config.trim_probability, _draw(rng, config.trim_db)
+    samples = np.asarray(samples, dtype=np.float64)
+    if trim:
+        params = replace(params, trim_db=below_peak_db, lead_samples=round(params.lead_samples * TRIMMED_SILENCE_SCALE),
+                         trail_samples=round(params.trail_samples * TRIMMED_SILENCE_SCALE))
+        samples = trim_edges(samples, rate, below_peak_db)
+    dry = resample(samples, rate, MICROPHONE_RATE)
+    wet = convolve(dry, room_impulse_response(rt60, params.drr_db, distance, MICROPHONE_RATE, rng))
+    # The reverberant tail rings on into the trailing silence rather than lengthening the clip.
+    total = params.lead_samples + dry.size + params.trail_samples
+    speech = np.pad(wet, (params.lead_samples, 0))[:total]
+    speech = np.pad(speech, (0, total - speech.size))
+    speech = colour(speech, MICROPHONE_RATE, params.eq_db, params.low_cut_hz, params.high_cut_hz)
+    heard = colour(background(total, params.noise, params.noise_offset_s, rng), MICROPHONE_RATE, params.eq_db,
+                   params.low_cut_hz, params.high_cut_hz)
+    speech_power = active_power(speech, MICROPHONE_RATE)
+    noise_power = float(np.mean(heard**2)) if heard.size else 0.0
+    if speech_power > 0 and noise_power > 0:
+        heard *= math.sqrt(speech_power / noise_power / 10 ** (params.snr_db / 10))
+    else:
+        heard[:] = 0.0
+    return speech, heard, params
+
+
+def microphone(
+    samples: np.ndarray, rate: int, rng: np.random.Generator, config: MicrophoneConfig = MicrophoneConfig()
+) -> tuple[np.ndarray, MicrophoneParams]:
+    """Clean speech at any rate -> float32 at 16 kHz as a room microphone records it, and what was drawn.
+
+    Order follows the physical path: the talker's distance in a reverberant room, the room's background noise at
+    the drawn SNR, the microphone's colour (applied to both), then the recording level.
+    """
+    speech, heard, params = microphone_parts(samples, rate, rng, config)
+    mixed = speech + heard
+    peak = float(np.max(np.abs(mixed))) if mixed.size else 0.0
+    if peak > 0:
+        mixed *= 10 ** (params.peak_dbfs / 20) / peak
+    return mixed.astype(np.float32), params
