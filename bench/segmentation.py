@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import fsdd
+from daemon.audio import SAMPLE_RATE
 from daemon.frames import AudioChunk, Utterance
 from daemon.settings import VadSettings
 from daemon.vad import StreamSegmenter
@@ -32,7 +33,7 @@ from train.channel import noise
 CHUNK_MS = 20  # intentd-send's default chunk
 PAD_S = 1.0
 PAD_ROOM_DBFS = -55.0
-NOISE_RATES = (8000, 16_000)
+NOISE_RATES = (8000, SAMPLE_RATE)  # a phone line and the models' own wideband rate
 MINUTES_PER_HOUR = 60
 
 
