@@ -173,7 +173,9 @@ def test_rerun_replaces_an_earlier_output(intents_file: Path, tmp_path: Path) ->
     _synth(intents_file, out, per_intent=2, test_fraction=0.5)
     loaded = datasets.load_from_disk(str(out))
     assert len(loaded["train"]) + len(loaded["test"]) == 4
-    assert len(list((out / "wav").iterdir())) == 4
+    assert len(list((out / "wav").glob("*.wav"))) == 4
+    # The audio folder's index is rewritten too, not appended to.
+    assert len((out / "wav" / synth.METADATA_FILE).read_text().splitlines()) == 4
 
 
 @needs_espeak
@@ -376,3 +378,86 @@ def test_sentence_filter_and_nonspeech_clips(intents_file: Path, tmp_path: Path,
               for r in split.cast_column("audio", datasets.Audio(decode=False)) if r["path"] == noise[0]["path"]
               .replace(str(out), str(again))]
     assert len(second) == 1 and np.array_equal(first, sf.read(io.BytesIO(second[0]["audio"]["bytes"]))[0])
+
+
+CAPTURING = """
+[slots]
+drink = ["latte", "mocha"]
+[slots.size]
+large = ["large", "big"]
+small = "small"
+[intents]
+order = ["[can I get] a [{size:size}] {drink:drink} [please]"]
+cancel = ["cancel (that|my order)"]
+"""
+
+
+@needs_espeak
+@pytest.mark.parametrize("channel_choice", ["telephone", "microphone"])
+def test_slots_are_captured_per_clip_in_metadata_and_dataset(tmp_path: Path, channel_choice: str) -> None:
+    """Each clip's metadata.jsonl line and `slots` column hold what its sentence says, and the wav folder loads
+    as a Hugging Face audio folder with those labels; the microphone writes 16 kHz."""
+    intents_file = tmp_path / "coffee.toml"
+    intents_file.write_text(CAPTURING, encoding="utf-8")
+    out = _synth(intents_file, tmp_path / "out", per_intent=6, engines=["espeak-ng"], channel_choice=channel_choice)
+    lines = [json.loads(line) for line in (out / "wav" / synth.METADATA_FILE).read_text().splitlines()]
+    assert len(lines) == 12 and {line["intent"] for line in lines} == {"order", "cancel"}
+    rate = 8000 if channel_choice == "telephone" else 16_000
+    for line in lines:
+        assert (out / "wav" / line["file_name"]).is_file()
+        assert sf.info(out / "wav" / line["file_name"]).samplerate == rate
+        assert line["channel"] == channel_choice
+        words = line["text"].split()
+        if line["intent"] == "cancel":
+            assert line["slots"] == {}
+            continue
+        assert line["slots"]["drink"] in words
+        said = [w for w in words if w in ("large", "big", "small")]
+        assert [line["slots"].get("size")] == ([{"big": "large"}.get(said[0], said[0])] if said else [None])
+    if channel_choice == "microphone":
+        assert all(0.0 <= line["snr_db"] <= 30.0 for line in lines)
+    # The same labels in the saved dataset's slots column, row for row.
+    saved = datasets.load_from_disk(str(out))
+    by_file = {line["file_name"]: line for line in lines}
+    for split in saved.values():
+        assert split.features["audio"].sampling_rate == rate
+        for row in split.cast_column("audio", datasets.Audio(decode=False)):
+            expected = by_file[Path(row["path"]).name]["slots"]
+            assert {k: v for k, v in row["slots"].items() if v is not None} == expected
+    folder = datasets.load_dataset("audiofolder", data_dir=str(out / "wav"))["train"]
+    assert len(folder) == 12 and set(folder.features["slots"]) == {"drink", "size"}
+
+
+def test_both_channels_are_drawn_per_clip_without_changing_the_rest_of_the_plan(
+    intents_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(tts.ENGINES, ToneEngine.name, (ToneEngine, (), ()))
+    both = _synth(intents_file, tmp_path / "both", engines=[ToneEngine.name], per_intent=10, channel_choice="both")
+    phone = _synth(intents_file, tmp_path / "phone", engines=[ToneEngine.name], per_intent=10)
+    lines = [json.loads(line) for line in (both / "wav" / synth.METADATA_FILE).read_text().splitlines()]
+    plain = [json.loads(line) for line in (phone / "wav" / synth.METADATA_FILE).read_text().splitlines()]
+    assert {line["channel"] for line in lines} == {"telephone", "microphone"}
+    for line, same in zip(lines, plain, strict=True):
+        assert (line["text"], line["voice"], line["split"]) == (same["text"], same["voice"], same["split"])
+        rate = sf.info(both / "wav" / line["file_name"]).samplerate
+        assert rate == (16_000 if line["channel"] == "microphone" else 8000)
+        if line["channel"] == "telephone":  # the same clip, bit for bit, as a telephone-only run renders it
+            assert np.array_equal(sf.read(both / "wav" / line["file_name"])[0],
+                                  sf.read(phone / "wav" / same["file_name"])[0])
+    info = json.loads((both / synth.INFO_FILE).read_text())
+    assert info["channel_choice"] == "both" and sum(info["clips_by_channel"].values()) == len(lines)
+
+
+def test_noise_dir_feeds_the_microphone_and_is_checked(intents_file: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(tts.ENGINES, ToneEngine.name, (ToneEngine, (), ()))
+    with pytest.raises(TrainError, match="--noise-dir is for the microphone"):
+        _synth(intents_file, tmp_path / "a", engines=[ToneEngine.name], noise_dir=tmp_path)
+    with pytest.raises(TrainError, match="holds no audio files"):
+        _synth(intents_file, tmp_path / "b", engines=[ToneEngine.name], noise_dir=tmp_path, channel_choice="microphone")
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    sf.write(noise / "fan.wav", 0.1 * np.random.default_rng(0).standard_normal(16_000), 16_000)
+    out = _synth(intents_file, tmp_path / "c", engines=[ToneEngine.name], noise_dir=noise, channel_choice="microphone")
+    info = json.loads((out / synth.INFO_FILE).read_text())
+    assert info["microphone"]["noise_files"] == [str((noise / "fan.wav").resolve())]

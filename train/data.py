@@ -25,8 +25,11 @@ from train.errors import TrainError
 
 log = logging.getLogger(__name__)
 
-LABEL_COLUMN_CANDIDATES = ("intent_class", "label")
+# "intent": an audio folder's metadata.jsonl as synth writes it and barista-dev is labelled.
+LABEL_COLUMN_CANDIDATES = ("intent_class", "label", "intent")
 AUDIO_COLUMN = "audio"
+# A command's slot values ({name: value}, None or missing where absent): metadata.jsonl's `slots`, synth's column.
+SLOTS_COLUMN = "slots"
 # The column name Trainer and every HF classifier's forward() expect.
 LABELS = "labels"
 # With length-aware windows: the samples of the window each feature row was padded to (daemon/windows.py).

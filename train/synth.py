@@ -1,7 +1,13 @@
 """`intentd-train synth`: a MInDS-14-shaped speech dataset rendered from an intents file by local TTS engines.
 
 Plan every clip up front from one seeded Generator (sentence, voice, rate, pitch, channel seed), render the plan
-in a process pool, then write the wavs' index as a `datasets` DatasetDict split by speaker.
+in a process pool, then write the wavs' index as a `datasets` DatasetDict split by speaker, and as the
+`wav/metadata.jsonl` of an audio folder (Hugging Face's audiofolder convention): one line per clip with its
+`file_name`, `intent` and captured `slots` ({name: canonical value}), so synth output and labelled recordings
+evaluate alike.
+
+Each clip goes through a telephone (8 kHz, train/channel.py `telephone`) or a room microphone (16 kHz, reverberant
+and noisy: `microphone`), or, with --channel both, one of the two drawn per clip.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +30,8 @@ import soundfile as sf
 
 from daemon.audio import SAMPLE_RATE
 from train import accent, channel, nonspeech, tts
+from train.audio_io import SOUNDFILE_SUFFIXES
+from train.data import SLOTS_COLUMN
 from train.errors import TrainError
 from train.intents import IntentSet, load_intents
 
@@ -57,6 +65,15 @@ MAP_CHUNKSIZE = 4
 # The `voice` of generated non-speech clips (nonspeech/<kind>), which no TTS engine renders.
 NONSPEECH_ENGINE = "nonspeech"
 NONSPEECH_SECONDS = (0.5, 3.0)
+TELEPHONE = "telephone"
+MICROPHONE = "microphone"
+BOTH = "both"
+CHANNEL_CHOICES = (TELEPHONE, MICROPHONE, BOTH)
+# Second seed word of the per-clip channel draws with --channel both (a stream of its own, like the accents').
+CHANNEL_STREAM = 2
+METADATA_FILE = "metadata.jsonl"  # in WAV_DIR: the audio folder's index
+# Noise recordings synth looks for under --noise-dir (soundfile reads these without ffmpeg).
+NOISE_SUFFIXES = SOUNDFILE_SUFFIXES
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +91,8 @@ class Clip:
     path: str
     accent: tuple[str, ...] = ()  # train/accent.py processes; only espeak-ng clips get one
     seconds: float = 0.0  # length of a generated non-speech clip (voice nonspeech/<kind>); speech takes its own
+    slots: dict[str, str] = field(default_factory=dict)  # captured slot -> canonical value
+    channel: str = TELEPHONE
 
 
 def split_voices(
@@ -128,14 +147,14 @@ def plan_clips(
     n_test = round(per_intent * test_fraction) if pools["test"] else 0
     clips: list[Clip] = []
     for intent in intents.names:
-        sentences = intents.sample(intent, per_intent, rng, keep)
-        if not sentences:
+        commands = intents.sample_commands(intent, per_intent, rng, keep)
+        if not commands:
             raise TrainError(f"intent {intent!r}: no sentence left to speak (all were filtered out)")
         # Fewer distinct sentences than clips (digits: one each): repeat them, each time with other voices.
-        texts = [sentences[i % len(sentences)] for i in range(per_intent)]
+        spoken = [commands[i % len(commands)] for i in range(per_intent)]
         is_test = np.zeros(per_intent, dtype=bool)
         is_test[rng.permutation(per_intent)[:n_test]] = True
-        for k, text in enumerate(texts):
+        for k, command in enumerate(spoken):
             split = "test" if is_test[k] else "train"
             engines, weights = engine_weights[split]
             engine = engines[int(rng.choice(len(engines), p=weights))]
@@ -147,12 +166,13 @@ def plan_clips(
                     index=index,
                     split=split,
                     intent=intent,
-                    text=text,
+                    text=command.text,
                     voice=voice,
                     rate=round(float(rng.uniform(*RATE_RANGE)), 3),
                     pitch=round(float(rng.uniform(*PITCH_RANGE)), 3),
                     channel_seed=int(rng.integers(2**SEED_BITS)),
                     path=str(wav_dir / f"{index:06d}-{intent}.wav"),
+                    slots=dict(command.slots),
                 )
             )
     return clips
@@ -187,6 +207,16 @@ def assign_accents(clips: Sequence[Clip], fraction: float, rng: np.random.Genera
     ]
 
 
+def assign_channels(clips: Sequence[Clip], choice: str, rng: np.random.Generator) -> list[Clip]:
+    """Each clip's channel: all one (telephone, microphone), or drawn half and half (both) from rng, a stream of its
+    own so texts, voices and channel seeds are the same whatever the choice."""
+    if choice not in CHANNEL_CHOICES:
+        raise TrainError(f"unknown channel {choice!r} (choose from {', '.join(CHANNEL_CHOICES)})")
+    if choice != BOTH:
+        return [replace(c, channel=choice) for c in clips]
+    return [replace(c, channel=MICROPHONE if rng.random() < 0.5 else TELEPHONE) for c in clips]
+
+
 def _engine_weights(voices: Mapping[str, Sequence[tts.Voice]]) -> tuple[list[str], np.ndarray]:
     """Engines in name order and their probabilities, 1 + log2(distinct speakers) each, normalised."""
     engines = sorted(voices)
@@ -194,38 +224,51 @@ def _engine_weights(voices: Mapping[str, Sequence[tts.Voice]]) -> tuple[list[str
     return engines, weights / weights.sum()
 
 
-def render_clip(clip: Clip, config: channel.ChannelConfig) -> float:
-    """Speak, pass through the telephone channel, write 8 kHz s16 wav; returns the clip's seconds."""
+def render_clip(clip: Clip, config: channel.ChannelConfig,
+                microphone: channel.MicrophoneConfig | None = None) -> tuple[float, float]:
+    """Speak, pass through the clip's channel, write s16 wav (8 kHz telephone, 16 kHz microphone); returns the
+    clip's seconds and the SNR its channel drew."""
     rng = np.random.default_rng(clip.channel_seed)
     if clip.voice.engine == NONSPEECH_ENGINE:
         samples, rate = nonspeech.KINDS[clip.voice.name](clip.seconds, SAMPLE_RATE, rng), SAMPLE_RATE
     else:
         samples, rate = tts.render(clip.text, clip.voice, clip.rate, clip.pitch, clip.accent)
-    audio, _ = channel.telephone(samples, rate, rng, config)
-    sf.write(clip.path, audio, channel.TELEPHONE_RATE, subtype="PCM_16", format="WAV")
-    return audio.size / channel.TELEPHONE_RATE
+    params: channel.MicrophoneParams | channel.ChannelParams
+    if clip.channel == MICROPHONE:
+        audio, params = channel.microphone(samples, rate, rng, microphone or channel.MicrophoneConfig())
+        out_rate = channel.MICROPHONE_RATE
+    else:
+        audio, params = channel.telephone(samples, rate, rng, config)
+        out_rate = channel.TELEPHONE_RATE
+    sf.write(clip.path, audio, out_rate, subtype="PCM_16", format="WAV")
+    return audio.size / out_rate, params.snr_db
 
 
-def _render_all(clips: Sequence[Clip], config: channel.ChannelConfig, workers: int, progress: bool) -> float:
-    """Render in a pool (spawned workers: safe even when the caller has torch threads running)."""
+def _render_all(clips: Sequence[Clip], config: channel.ChannelConfig, microphone: channel.MicrophoneConfig,
+                workers: int, progress: bool) -> tuple[float, list[float]]:
+    """Render in a pool (spawned workers: safe even when the caller has torch threads running); total seconds and
+    each clip's drawn SNR."""
     from tqdm import tqdm
 
-    def results() -> Iterator[float]:
+    def results() -> Iterator[tuple[float, float]]:
         if workers <= 1:
-            yield from (render_clip(c, config) for c in clips)
+            yield from (render_clip(c, config, microphone) for c in clips)
             return
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
         try:
-            yield from pool.map(render_clip, clips, [config] * len(clips), chunksize=MAP_CHUNKSIZE)
+            yield from pool.map(render_clip, clips, [config] * len(clips), [microphone] * len(clips),
+                                chunksize=MAP_CHUNKSIZE)
         finally:
             # map() queued every clip up front; on a failure or Ctrl-C, drop the rest instead of rendering it.
             pool.shutdown(wait=True, cancel_futures=True)
 
     total = 0.0
-    for seconds in tqdm(results(), total=len(clips), desc="synth", unit="clip", disable=not progress):
+    snrs = []
+    for seconds, snr_db in tqdm(results(), total=len(clips), desc="synth", unit="clip", disable=not progress):
         total += seconds
-    return total
+        snrs.append(snr_db)
+    return total, snrs
 
 
 def _prepare_out_dir(out_dir: Path) -> Path:
@@ -251,24 +294,41 @@ def _prepare_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _write_dataset(out_dir: Path, intents: IntentSet, clips: Sequence[Clip], progress: bool) -> None:
-    """MInDS-14's columns plus `voice`, saved with save_to_disk; audio refers to the wavs under out_dir."""
+def _write_metadata(wav_dir: Path, clips: Sequence[Clip], snrs: Sequence[float]) -> None:
+    """The audio folder's index: one JSON line per clip, file names relative to wav_dir (audiofolder's convention);
+    `slots` holds only the slots the sentence captured."""
+    lines = [
+        json.dumps({
+            "file_name": Path(clip.path).name, "intent": clip.intent, "slots": clip.slots, "text": clip.text,
+            "split": clip.split, "voice": clip.voice.id, "channel": clip.channel, "snr_db": round(snr_db, 2),
+        }) + "\n"
+        for clip, snr_db in zip(clips, snrs, strict=True)
+    ]  # fmt: skip
+    (wav_dir / METADATA_FILE).write_text("".join(lines), encoding="utf-8")
+
+
+def _write_dataset(out_dir: Path, intents: IntentSet, clips: Sequence[Clip], progress: bool,
+                   audio_rate: int = channel.TELEPHONE_RATE) -> None:
+    """MInDS-14's columns plus `voice` (and `slots` when the intents capture any: each slot's value or None),
+    saved with save_to_disk; audio refers to the wavs under out_dir."""
     try:
         import datasets
     except ImportError as err:
         raise TrainError("synth needs the training extras: pip install 'intentd[train]'") from err
-    features = datasets.Features(
-        {
-            "path": datasets.Value("string"),
-            "audio": datasets.Audio(sampling_rate=channel.TELEPHONE_RATE),
-            "transcription": datasets.Value("string"),
-            "english_transcription": datasets.Value("string"),
-            "intent_class": datasets.ClassLabel(names=list(intents.names)),
-            "lang_id": datasets.ClassLabel(names=[LANG_ID]),
-            "voice": datasets.Value("string"),
-            "accent": datasets.Value("string"),
-        }
-    )
+    slot_names = list(intents.slot_values())
+    columns = {
+        "path": datasets.Value("string"),
+        "audio": datasets.Audio(sampling_rate=audio_rate),
+        "transcription": datasets.Value("string"),
+        "english_transcription": datasets.Value("string"),
+        "intent_class": datasets.ClassLabel(names=list(intents.names)),
+        "lang_id": datasets.ClassLabel(names=[LANG_ID]),
+        "voice": datasets.Value("string"),
+        "accent": datasets.Value("string"),
+    }
+    if slot_names:
+        columns[SLOTS_COLUMN] = {name: datasets.Value("string") for name in slot_names}
+    features = datasets.Features(columns)
     splits = {}
     for split in SPLITS:
         rows = [c for c in clips if c.split == split]
@@ -284,6 +344,8 @@ def _write_dataset(out_dir: Path, intents: IntentSet, clips: Sequence[Clip], pro
                 "lang_id": [0] * len(rows),
                 "voice": [c.voice.id for c in rows],
                 "accent": [",".join(c.accent) for c in rows],
+                **({SLOTS_COLUMN: [{name: c.slots.get(name) for name in slot_names} for c in rows]}
+                   if slot_names else {}),
             },
             features=features,
             split=datasets.NamedSplit(split),
@@ -317,12 +379,17 @@ def synthesize(
     progress: bool = True,
     keep_sentence: Callable[[str], bool] | None = None,
     nonspeech_clips: int = 0,
+    channel_choice: str = TELEPHONE,
+    noise_dir: str | Path | None = None,
+    snr_db: tuple[float, float] | None = None,
 ) -> Path:
-    """Render a dataset from an intents file into out_dir (wavs + DatasetDict); returns out_dir's absolute path.
+    """Render a dataset from an intents file (TOML or Rhino YAML) into out_dir (wavs, their metadata.jsonl and a
+    DatasetDict); returns out_dir's absolute path.
 
     keep_sentence filters the sentences spoken; nonspeech_clips adds that many generated non-speech clips
     (room noise, music, breathing, clicks: train/nonspeech.py) labelled as the file's last intent, as
-    the out-of-scope class wants them (train/out_of_scope.py).
+    the out-of-scope class wants them (train/out_of_scope.py). channel_choice is telephone, microphone or both;
+    the microphone mixes noise at an SNR drawn from snr_db, from generated kinds and noise_dir's recordings.
     """
     if per_intent < 1:
         raise TrainError(f"--per-intent must be at least 1, not {per_intent}")
@@ -340,6 +407,14 @@ def synthesize(
         raise TrainError(f"--trim-fraction must be in [0, 1], not {trim_fraction}")
     config = channel.ChannelConfig(codecs=tuple(codecs), low_cut_hz=low_cut_hz or DEFAULT_LOW_CUT_HZ,
                                    high_cut_hz=high_cut_hz or DEFAULT_HIGH_CUT_HZ, trim_probability=trim_fraction)
+    if channel_choice not in CHANNEL_CHOICES:
+        raise TrainError(f"--channel must be one of {', '.join(CHANNEL_CHOICES)}, not {channel_choice!r}")
+    if noise_dir is not None and channel_choice == TELEPHONE:
+        raise TrainError("--noise-dir is for the microphone channel: add --channel microphone (or both)")
+    mic_config = channel.MicrophoneConfig(
+        snr_db=snr_db or channel.MIC_SNR_DB, trim_probability=trim_fraction,
+        noise_files=tuple(str(f) for f in noise_files(noise_dir)) if noise_dir is not None else (),
+    )  # fmt: skip
     out = _prepare_out_dir(Path(out_dir))
 
     rng = np.random.default_rng(seed)
@@ -348,6 +423,7 @@ def synthesize(
     if nonspeech_clips:
         clips += plan_nonspeech(nonspeech_clips, intents.names[-1], test_fraction, rng, out / WAV_DIR, len(clips))
     clips = assign_accents(clips, accent_fraction, np.random.default_rng([seed, ACCENT_STREAM]))
+    clips = assign_channels(clips, channel_choice, np.random.default_rng([seed, CHANNEL_STREAM]))
     for engine, vs in voices.items():
         log.info(
             "%s: %d voices (%d train, %d test)",
@@ -356,14 +432,20 @@ def synthesize(
     workers = max(1, workers if workers is not None else os.cpu_count() or 1)
     log.info("rendering %d clips (%d intents) with %d workers; codecs %s", len(clips), len(intents.names),
              workers, ", ".join(codecs))  # fmt: skip
-    seconds = _render_all(clips, config, workers, progress)
-    _write_dataset(out, intents, clips, progress)
+    seconds, snrs = _render_all(clips, config, mic_config, workers, progress)
+    _write_metadata(out / WAV_DIR, clips, snrs)
+    rate = channel.TELEPHONE_RATE if channel_choice == TELEPHONE else channel.MICROPHONE_RATE
+    _write_dataset(out, intents, clips, progress, audio_rate=rate)
     info = {
         "intents_file": str(Path(intents_path).resolve()),
         "seed": seed,
         "per_intent": per_intent,
         "test_fraction": test_fraction,
+        "channel_choice": channel_choice,
         "channel": asdict(config),
+        **({"microphone": asdict(mic_config)} if channel_choice != TELEPHONE else {}),
+        "clips_by_channel": {name: sum(c.channel == name for c in clips) for name in (TELEPHONE, MICROPHONE)},
+        "slots": {name: list(values) for name, values in intents.slot_values().items()},
         "voices": {split: sorted(v.id for v, s in sides.items() if s == split) for split in SPLITS},
         "clips": {split: sum(c.split == split for c in clips) for split in SPLITS},
         "accent_fraction": accent_fraction,
@@ -376,6 +458,17 @@ def synthesize(
     return out
 
 
+def noise_files(folder: str | Path) -> list[Path]:
+    """The audio files under a --noise-dir, sorted; none is a TrainError."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise TrainError(f"--noise-dir {root} is not a folder")
+    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in NOISE_SUFFIXES)
+    if not found:
+        raise TrainError(f"--noise-dir {root} holds no audio files ({', '.join(sorted(NOISE_SUFFIXES))})")
+    return [p.resolve() for p in found]
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `synth` subcommand."""
     parser = subparsers.add_parser(
@@ -384,8 +477,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__,
     )
     parser.add_argument(
-        "--intents", type=Path, default=DEFAULT_INTENTS, help="intents TOML file (default: the MInDS-14 set)"
-    )
+        "--intents", type=Path, default=DEFAULT_INTENTS,
+        help="intents TOML file, or a Picovoice Rhino context .yaml (default: the MInDS-14 set)",
+    )  # fmt: skip
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder (wavs + load_from_disk dataset)"
     )
@@ -430,8 +524,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
              f"{'-'.join(f'{d:g}' for d in channel.TRIM_DB_RANGE)} dB below their peak, as an endpointer or "
              f"VAD cuts recordings (weak onsets like the s of 'six' go too; default {DEFAULT_TRIM_FRACTION:g})",
     )  # fmt: skip
+    parser.add_argument(
+        "--channel", choices=CHANNEL_CHOICES, default=TELEPHONE,
+        help="telephone (8 kHz line and codecs), microphone (16 kHz: room reverberation, distance, microphone "
+             "colour, background noise) or both, drawn per clip (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--noise-dir", type=Path, default=None, metavar="DIR",
+        help="your own background recordings, mixed under half the microphone clips (the rest get generated noise)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--snr-db", type=_db_range, default=channel.MIC_SNR_DB, metavar="LOW[,HIGH]",
+        help="the microphone's speech-to-noise ratio in dB, drawn per clip (default "
+             f"{','.join(f'{v:g}' for v in channel.MIC_SNR_DB)})",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
+
+
+def _db_range(text: str) -> tuple[float, float]:
+    """`10` -> (10, 10); `0,30` -> (0, 30)."""
+    try:
+        return _hz_range(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(str(err).replace("Hz like 300 or 50,300", "dB like 10 or 0,30")) from err
 
 
 def _hz_range(text: str) -> tuple[float, float]:
@@ -463,5 +579,8 @@ def run(args: argparse.Namespace) -> int:
         accent_fraction=args.accent_fraction,
         trim_fraction=args.trim_fraction,
         progress=not args.no_progress,
+        channel_choice=args.channel,
+        noise_dir=args.noise_dir,
+        snr_db=args.snr_db,
     )
     return 0
