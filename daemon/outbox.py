@@ -2,7 +2,8 @@
 
 The batcher hands every utterance's outcome here (classified, dropped, failed), and each stream's end once its
 last outcome is out; the StreamTable hands its VAD edges and discarded blips; the service publishes its `status`
-heartbeats through here too. Any thread may call it.
+heartbeats through here too. Any thread may call it. Every event also goes to `watchers` (daemon/stream_watch.py),
+so a source that answers its clients (Wyoming) hears its own streams' outcomes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from daemon.errors import IntentdError
 from daemon.events import DroppedEvent, ErrorEvent, Event, IntentEvent, StreamEndEvent
 from daemon.frames import Classified, Utterance
 from daemon.publisher import Publisher
+from daemon.stream_watch import StreamWatchers
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,11 @@ class Outbox:
     """Implements daemon.batcher.Results: builds each outcome's event, counts it and publishes it."""
 
     def __init__(self, publisher: Publisher, counters: Counters,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, watchers: StreamWatchers | None = None) -> None:
         self._publisher = publisher
         self._counters = counters
         self._clock = clock
+        self._watchers = watchers
         # The last publish error: a closed or broken publisher stops the watchdog pings, so systemd restarts us.
         self.failure: str | None = None
 
@@ -43,6 +46,8 @@ class Outbox:
         except IntentdError as err:
             self.failure = str(err)
             log.error("cannot publish %s: %s", event.topic, err)
+        if self._watchers is not None:  # even when publishing failed: the watcher's client still waits
+            self._watchers.deliver(event)
 
     def classified(self, result: Classified) -> None:
         """An intent event, made right before publishing (it measures the processing latency)."""

@@ -10,7 +10,9 @@
     5. Outbox.classified (daemon/outbox.py)                    Classified -> IntentEvent, counted
     6. Publisher.publish (daemon/publisher.py)                 [topic, json] with the next seq, never blocking
 
-Each stage hands its output to the next one it was given: nothing comes back here. A dropped utterance goes from
+Each stage hands its output to the next one it was given: nothing comes back here. The one loop: a source that
+answers its clients (Wyoming, daemon/sources/wyoming_server.py) watches its own streams' events at 5
+(daemon/stream_watch.py) to answer from them. A dropped utterance goes from
 3 and a failed batch from 4 to the Outbox as utterance.dropped / utterance.error; VAD edges and discarded blips go
 from 2 to the Outbox. A stream's end goes from 2 through 3, which hands it to the Outbox as stream.end once the
 stream's last utterance has had its outcome: after every other event of that stream. Every stage counts into one Counters (daemon/counters.py), which the `status` heartbeat and the
@@ -33,6 +35,7 @@ from collections.abc import Callable
 from daemon import security
 from daemon.batcher import MicroBatcher, UtteranceModel
 from daemon.counters import Counters
+from daemon.command_texts import CommandTexts, load_command_texts
 from daemon.errors import ConfigError, IntentdError
 from daemon.events import StatusEvent
 from daemon.metrics import CountersCollector, MetricsServer
@@ -42,6 +45,7 @@ from daemon.publisher import Publisher
 from daemon.settings import Settings
 from daemon.sources import Source, create_source
 from daemon.streams import StreamTable
+from daemon.stream_watch import StreamWatchers
 from daemon.threads import run_in_new_thread
 from daemon.utterance_classifier import UtteranceClassifier
 
@@ -79,6 +83,7 @@ class Service:
         self._streams: StreamTable | None = None
         self._sources: list[Source] = []
         self._metrics: MetricsServer | None = None
+        self._texts: CommandTexts | None = None  # see _command_texts
         self._stop: asyncio.Event | None = None  # made on the loop in _main
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reload_requested: asyncio.Event | None = None
@@ -130,9 +135,10 @@ class Service:
         guard = security.load(s)  # the [security] files: a bad one stops start-up before the model loads
         model = await run_in_new_thread(lambda: self._load(s), name="intentd-load")
         # The route (module docstring), from its end: each stage is handed the one it feeds.
+        watchers = StreamWatchers()
         publisher = self._publisher = Publisher(s.publisher.uri, sndhwm=s.publisher.sndhwm, curve=guard.curve,
                                                 counters=self.counters, instance=s.publisher.instance())  # 6
-        outbox = self._outbox = Outbox(publisher, self.counters)  # 5
+        outbox = self._outbox = Outbox(publisher, self.counters, watchers=watchers)  # 5
         batcher = self._batcher = MicroBatcher(model, outbox, s.batcher, keep_warm_s=s.model.keep_warm_s,
                                                counters=self.counters)  # 3, 4
         batcher.start()
@@ -141,7 +147,8 @@ class Service:
         streams = self._streams = StreamTable(s.vad, batcher, outbox.publish, vad_events=s.publisher.vad_events,
                                               blip_events=s.publisher.blip_events, counters=self.counters)  # 2
         for uri in s.sources.listen:  # 1
-            source = create_source(uri, streams, s.sources, security=guard.ingest, counters=self.counters)
+            source = create_source(uri, streams, s.sources, security=guard.ingest, counters=self.counters,
+                                   watchers=watchers, texts=self._command_texts)
             self._sources.append(source)
             self.bound_sources.append(await source.start())
         if s.metrics.listen:
@@ -156,6 +163,14 @@ class Service:
         self.notifier.ready(self._status_line())
 
     def _load(self, settings: Settings) -> UtteranceModel:
+    def _command_texts(self) -> CommandTexts:
+        """The serving model's labels and sentences, read from its folder once per model (Wyoming asks)."""
+        assert self._batcher is not None
+        model_id = self._batcher.model.model_id
+        if self._texts is None or self._texts.model_id != model_id:
+            self._texts = load_command_texts(self.settings.model_path(), model_id)
+        return self._texts
+
         started = time.monotonic()
         model = self._model_loader(settings)
         self.counters.model_loaded(time.monotonic() - started)

@@ -81,7 +81,9 @@ class SourceSettings(_Section):
     """Where audio comes from."""
 
     listen: tuple[str, ...] = setting(None, "audio source URIs: tcp://HOST:PORT, unix:///PATH, "
-                                      "mic://NAME_OR_INDEX, file:///PATH.wav?realtime=1",
+                                      "mic://NAME_OR_INDEX, file:///PATH.wav?realtime=1, "
+                                      "tcp+wyoming://HOST:PORT?language=en (Wyoming speech to text, for "
+                                      "Home Assistant)",
                                       default_factory=lambda: (DEFAULT_AUDIO_URI,))
     idle_timeout_s: float = setting(10.0, "seconds a socket stream may send nothing before it is ended",
                                     lo=0.1, hi=86400.0)
@@ -186,8 +188,9 @@ class SecuritySettings(_Section):
     """Who may send audio and read events (docs/security.md). Files are read at start; a change needs a restart."""
 
     # Off, a tcp:// source or publisher on any address but loopback refuses to start without authentication.
-    allow_unauthenticated: bool = setting(False, "listen on non-loopback addresses (tcp:// sources, the "
-                                          "publisher) without authentication; false refuses to start instead")
+    allow_unauthenticated: bool = setting(False, "listen on non-loopback addresses (tcp:// and tcp+wyoming:// "
+                                          "sources, the publisher) without authentication; false refuses to "
+                                          "start instead")
     tokens_file: str = setting("", "ingest tokens: lines `NAME TOKEN` (one per client) or one `TOKEN` (a shared "
                                "secret); every socket stream must carry one; empty = none")
     tls_cert: str = setting("", "certificate chain (PEM) for TLS on tcp:// audio sources; empty = plain TCP")
@@ -321,9 +324,15 @@ def _check_security(s: Settings) -> None:
             raise ConfigError(f"security.{a} is set but security.{b} is not")
     if sec.allow_unauthenticated:
         return
-    from daemon.sources.uri import TcpSpec, is_loopback_host, parse_source_uri  # stdlib only
+    from daemon.sources.uri import TcpSpec, WyomingSpec, is_loopback_host, parse_source_uri  # stdlib only
 
     hint = "(or set security.allow_unauthenticated = true to accept anyone who can reach it)"
+    for uri in s.sources.listen:
+        spec = parse_source_uri(uri)
+        # Wyoming clients (Home Assistant) send neither tokens nor client certificates: no setting guards it.
+        if isinstance(spec, WyomingSpec) and not is_loopback_host(spec.host):
+            raise ConfigError(f"sources.listen {uri!r} is not a loopback address and the Wyoming protocol has no "
+                              f"authentication (tokens and TLS do not apply to it): keep it on loopback {hint}")
     if not (sec.tokens_file or sec.tls_client_ca):
         for uri in s.sources.listen:
             spec = parse_source_uri(uri)

@@ -1,4 +1,4 @@
-"""Audio sources: socket ingest, file replay and microphone, each feeding a StreamSink.
+"""Audio sources: socket ingest, Wyoming, file replay and microphone, each feeding a StreamSink.
 
 Every source has the same lifecycle: `await start()` (returns the URI it serves), `stop_accepting()` (no new
 audio; on SIGTERM), `await close(reason)` (end open streams; the sink still closes each one).
@@ -6,13 +6,17 @@ audio; on SIGTERM), `await close(reason)` (end open streams; the sink still clos
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+from daemon.command_texts import CommandTexts
 from daemon.counters import Counters
+from daemon.errors import SourceError
 from daemon.security import IngestSecurity
 from daemon.settings import DEFAULTS, SourceSettings
 from daemon.sources.sink import StreamSink
-from daemon.sources.uri import FileSpec, MicSpec, TcpSpec, UnixSpec, parse_source_uri
+from daemon.sources.uri import FileSpec, MicSpec, TcpSpec, UnixSpec, WyomingSpec, parse_source_uri
+from daemon.stream_watch import StreamWatchers
 
 
 class Source(Protocol):
@@ -32,13 +36,23 @@ class Source(Protocol):
 
 
 def create_source(uri: str, sink: StreamSink, settings: SourceSettings = DEFAULTS.sources, *,
-                  security: IngestSecurity | None = None, counters: Counters | None = None) -> Source:
+                  security: IngestSecurity | None = None, counters: Counters | None = None,
+                  watchers: StreamWatchers | None = None,
+                  texts: Callable[[], CommandTexts] | None = None) -> Source:
     """Build the source a URI names (SourceError for a bad URI); heavy optional imports happen only here.
 
     `security` (tokens, TLS) and `counters` (refused clients) concern socket sources only: microphones and
-    files are local.
+    files are local. A Wyoming endpoint answers its clients, so it needs `watchers` (where its streams'
+    outcomes come back) and `texts` (the loaded model's labels and sentences).
     """
     spec = parse_source_uri(uri)
+    if isinstance(spec, WyomingSpec):
+        if watchers is None or texts is None:
+            raise SourceError(f"{uri}: a Wyoming endpoint needs the daemon's stream watchers and model texts")
+        from daemon.sources.wyoming_server import WyomingServer
+
+        return WyomingServer(spec, sink, watchers, texts, idle_timeout_s=settings.idle_timeout_s,
+                             max_streams=settings.max_streams, counters=counters)
     if isinstance(spec, TcpSpec | UnixSpec):
         from daemon.sources.socket_server import SocketServer
 

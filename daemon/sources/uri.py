@@ -1,8 +1,10 @@
-"""Source URIs -> typed specs: tcp://HOST:PORT, unix:///PATH, file://PATH?realtime=1, mic://NAME_OR_INDEX."""
+"""Source URIs -> typed specs: tcp://HOST:PORT, unix:///PATH, file://PATH?realtime=1, mic://NAME_OR_INDEX,
+tcp+wyoming://HOST:PORT?language=en (or wyoming://: a Wyoming speech-to-text endpoint)."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -11,7 +13,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from daemon.errors import SourceError
 
 DEFAULT_TCP_HOST: Final = "127.0.0.1"
-ACCEPTED_SCHEMES: Final = ("tcp://HOST:PORT", "unix:///PATH.sock", "file://PATH?realtime=1", "mic://NAME_OR_INDEX")
+ACCEPTED_SCHEMES: Final = ("tcp://HOST:PORT", "unix:///PATH.sock", "file://PATH?realtime=1", "mic://NAME_OR_INDEX",
+                            "tcp+wyoming://HOST:PORT?language=en")
+WYOMING_SCHEMES: Final = ("tcp+wyoming", "wyoming")
+# The languages a Wyoming listener offers unless its URI names others: Home Assistant offers a speech-to-text
+# service only to assistants whose language it lists.
+DEFAULT_WYOMING_LANGUAGES: Final = ("en",)
+_LANGUAGE: Final = re.compile(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*")
 _TRUE: Final = ("1", "true", "yes", "on")
 _FALSE: Final = ("0", "false", "no", "off")
 
@@ -63,7 +71,22 @@ class MicSpec:
         return f"mic://{'' if self.device is None else self.device}"
 
 
-SourceSpec = TcpSpec | UnixSpec | FileSpec | MicSpec
+@dataclass(frozen=True, slots=True)
+class WyomingSpec:
+    """Serve the Wyoming protocol (speech to text) on a TCP address, offering `languages` (BCP 47 codes)."""
+
+    host: str
+    port: int
+    languages: tuple[str, ...] = DEFAULT_WYOMING_LANGUAGES
+
+    def uri(self) -> str:
+        """The spec as a URI."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        query = "" if self.languages == DEFAULT_WYOMING_LANGUAGES else f"?language={','.join(self.languages)}"
+        return f"tcp+wyoming://{host}:{self.port}{query}"
+
+
+SourceSpec = TcpSpec | UnixSpec | FileSpec | MicSpec | WyomingSpec
 
 
 def is_loopback_host(host: str) -> bool:
@@ -98,6 +121,8 @@ def parse_source_uri(uri: str) -> SourceSpec:
         if port is None:
             raise _bad(uri, "missing port")
         return TcpSpec(parts.hostname or DEFAULT_TCP_HOST, port)
+    if scheme in WYOMING_SCHEMES:
+        return _parse_wyoming(uri)
     if scheme == "unix":
         path = unquote(rest)
         if not path or "?" in path:
@@ -127,3 +152,26 @@ def parse_source_uri(uri: str) -> SourceSpec:
             return MicSpec(None)
         return MicSpec(int(name) if name.isdigit() else name)
     raise _bad(uri, f"unknown scheme {scheme!r}")
+
+
+def _parse_wyoming(uri: str) -> WyomingSpec:
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as err:
+        raise _bad(uri, str(err)) from err
+    if parts.path not in ("", "/"):
+        raise _bad(uri, "wyoming takes HOST:PORT and ?language=... only")
+    if port is None:
+        raise _bad(uri, "missing port (Wyoming speech-to-text services usually listen on 10300)")
+    options = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+    unknown = set(options) - {"language"}
+    if unknown:
+        raise _bad(uri, f"unknown option(s) {sorted(unknown)}")
+    languages = DEFAULT_WYOMING_LANGUAGES
+    if "language" in options:
+        languages = tuple(code.strip() for value in options["language"] for code in value.split(",") if code.strip())
+        wrong = [code for code in languages if not _LANGUAGE.fullmatch(code)]
+        if wrong or not languages:
+            raise _bad(uri, f"language={','.join(wrong) or '(empty)'} is not a list of language codes such as en,de")
+    return WyomingSpec(parts.hostname or DEFAULT_TCP_HOST, port, languages)
