@@ -162,7 +162,6 @@ class Service:
         outbox.publish(self._status())
         self.notifier.ready(self._status_line())
 
-    def _load(self, settings: Settings) -> UtteranceModel:
     def _command_texts(self) -> CommandTexts:
         """The serving model's labels and sentences, read from its folder once per model (Wyoming asks)."""
         assert self._batcher is not None
@@ -171,6 +170,7 @@ class Service:
             self._texts = load_command_texts(self.settings.model_path(), model_id)
         return self._texts
 
+    def _load(self, settings: Settings) -> UtteranceModel:
         started = time.monotonic()
         model = self._model_loader(settings)
         self.counters.model_loaded(time.monotonic() - started)
