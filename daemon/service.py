@@ -34,8 +34,8 @@ from collections.abc import Callable
 
 from daemon import security
 from daemon.batcher import MicroBatcher, UtteranceModel
-from daemon.counters import Counters
 from daemon.command_texts import CommandTexts, load_command_texts
+from daemon.counters import Counters
 from daemon.errors import ConfigError, IntentdError
 from daemon.events import StatusEvent
 from daemon.metrics import CountersCollector, MetricsServer
@@ -44,8 +44,8 @@ from daemon.outbox import Outbox
 from daemon.publisher import Publisher
 from daemon.settings import Settings
 from daemon.sources import Source, create_source
-from daemon.streams import StreamTable
 from daemon.stream_watch import StreamWatchers
+from daemon.streams import StreamTable
 from daemon.threads import run_in_new_thread
 from daemon.utterance_classifier import UtteranceClassifier
 
@@ -82,8 +82,8 @@ class Service:
         self._batcher: MicroBatcher | None = None
         self._streams: StreamTable | None = None
         self._sources: list[Source] = []
-        self._metrics: MetricsServer | None = None
         self._texts: CommandTexts | None = None  # see _command_texts
+        self._metrics: MetricsServer | None = None
         self._stop: asyncio.Event | None = None  # made on the loop in _main
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reload_requested: asyncio.Event | None = None
@@ -134,8 +134,8 @@ class Service:
         s = self.settings
         guard = security.load(s)  # the [security] files: a bad one stops start-up before the model loads
         model = await run_in_new_thread(lambda: self._load(s), name="intentd-load")
-        # The route (module docstring), from its end: each stage is handed the one it feeds.
         watchers = StreamWatchers()
+        # The route (module docstring), from its end: each stage is handed the one it feeds.
         publisher = self._publisher = Publisher(s.publisher.uri, sndhwm=s.publisher.sndhwm, curve=guard.curve,
                                                 counters=self.counters, instance=s.publisher.instance())  # 6
         outbox = self._outbox = Outbox(publisher, self.counters, watchers=watchers)  # 5
