@@ -168,7 +168,7 @@ def _parse_wyoming(uri: str) -> WyomingSpec:
     unknown = set(options) - {"language"}
     if unknown:
         raise _bad(uri, f"unknown option(s) {sorted(unknown)}")
-    languages = DEFAULT_WYOMING_LANGUAGES
+    languages: tuple[str, ...] = DEFAULT_WYOMING_LANGUAGES
     if "language" in options:
         languages = tuple(code.strip() for value in options["language"] for code in value.split(",") if code.strip())
         wrong = [code for code in languages if not _LANGUAGE.fullmatch(code)]
