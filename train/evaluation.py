@@ -1,4 +1,6 @@
-"""`intentd-train eval`: accuracy, a per-class report and what rejection does, for a model on a split of DATA."""
+"""`intentd-train eval`: accuracy, a per-class report and what rejection does, for a model on a split of DATA; and
+command acceptance (intent and every slot right, train/commands.py) where DATA labels slots (a `slots` column:
+metadata.jsonl's, or synth's)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,18 @@ from typing import Any
 import numpy as np
 
 from daemon.audio import SAMPLE_RATE
+from train.commands import (
+    CommandPrediction,
+    CommandPredictor,
+    command_report,
+    format_command_report,
+    slot_labels,
+)
 from train.data import (
     DEFAULT_SPLIT_SEED,
     DEFAULT_TEST_FRACTION,
     LABEL_COLUMN_CANDIDATES,
+    SLOTS_COLUMN,
     detect_source,
     iter_all_clips,
     iter_clips,
@@ -29,6 +39,8 @@ from train.out_of_scope import OUT_OF_SCOPE_LABEL, accepted
 log = logging.getLogger(__name__)
 
 DEFAULT_EVAL_BATCH = 16
+# --split all: every row of DATA (a folder of labelled recordings has no held-out split of its own).
+ALL_SPLITS = "all"
 
 
 def per_class_report(truth: list[int], predicted: list[int], id2label: dict[int, str]) -> dict[str, dict[str, float]]:
@@ -72,6 +84,13 @@ class _Scorer:
         return rows
 
 
+def intent_only_predictions(probs: np.ndarray, labels: Sequence[str], threshold: float) -> list[CommandPrediction]:
+    """An intent classifier's commands: its top label where the daemon's rule accepts it (else rejected), no
+    slots."""
+    taken = accepted(probs, labels, threshold)
+    return [CommandPrediction(labels[int(row.argmax())] if ok else None) for row, ok in zip(probs, taken, strict=True)]
+
+
 def evaluate_model(
     model_dir: str,
     dataset: str,
@@ -84,6 +103,7 @@ def evaluate_model(
     batch_size: int = DEFAULT_EVAL_BATCH,
     ood_datasets: Sequence[str] = (),
     threshold: float | None = None,
+    predictor: CommandPredictor | None = None,
 ) -> dict[str, Any]:
     """The eval report as a dict: accuracy, n, per_class, and what the model's rejection does.
 
@@ -92,6 +112,9 @@ def evaluate_model(
     out-of-scope label, and every clip of each `ood_datasets` entry (all its splits, labels ignored), are out
     of domain: `out_of_domain_false_acceptance` is the share of them accepted; `in_domain_acceptance` the share
     of DATA's other clips accepted.
+
+    Command acceptance is scored on DATA's in-domain clips: by `predictor` where given (a model that also returns
+    slots), else by the model's own decisions with no slots. A rejected clip is never an accepted command.
     """
     import evaluate
 
@@ -99,17 +122,22 @@ def evaluate_model(
     for spec in ood_datasets:
         detect_source(spec)  # a wrong --ood-dataset too, before any scoring
     data = load_labelled(dataset, dataset_config, label_column, seed, test_fraction)
-    rows = data.split(split)
+    rows = _rows(data, split)
     score = _Scorer(model_dir, via, batch_size, threshold)
     label2id = {name: i for i, name in enumerate(score.labels)}
     id2label = dict(enumerate(score.labels))
     to_model = map_labels_to_model(data.label_names, label2id, dataset)
 
     truth: list[int] = []
+    truth_slots: list[dict[str, str]] = []
     probabilities = []
+    commands: list[CommandPrediction] = []
     for clips, batch in iter_clips(rows, batch_size):
         truth.extend(to_model[i] for i in batch[data.label_column])
+        truth_slots.extend(slot_labels(raw) for raw in batch.get(SLOTS_COLUMN, [None] * len(clips)))
         probabilities.append(score(clips))
+        commands += (predictor.predict(clips) if predictor is not None
+                     else intent_only_predictions(probabilities[-1], score.labels, score.threshold))
     probs = np.concatenate(probabilities) if probabilities else np.zeros((0, len(score.labels)), np.float32)
     predicted = [int(i) for i in probs.argmax(axis=1)]
     accuracy = evaluate.load(str(ACCURACY_METRIC_DIR)).compute(predictions=predicted, references=truth)["accuracy"]
@@ -123,8 +151,13 @@ def evaluate_model(
                 for a in accepted(score(clips), score.labels, score.threshold)]
         by_ood[spec] = {"n": len(hits), "false_acceptance": float(np.mean(hits)) if hits else 0.0}
         outside_taken += hits
+    in_domain = [i for i, t in enumerate(truth) if id2label[t] != OUT_OF_SCOPE_LABEL]
+    command = command_report([id2label[truth[i]] for i in in_domain], [truth_slots[i] for i in in_domain],
+                             [commands[i] for i in in_domain],
+                             predicts_slots=predictor is not None and predictor.predicts_slots)
     return {
         "accuracy": float(accuracy),
+        **command,
         "n": len(truth),
         "per_class": per_class_report(truth, predicted, id2label),
         "threshold": score.threshold,
@@ -138,6 +171,15 @@ def evaluate_model(
         "split": split,
         "via": via,
     }
+
+
+def _rows(data: Any, split: str) -> Any:
+    """One split of DATA, or with --split all every split joined."""
+    if split != ALL_SPLITS:
+        return data.split(split)
+    import datasets
+
+    return datasets.concatenate_datasets(list(data.splits.values()))
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -155,6 +197,7 @@ def format_report(report: dict[str, Any]) -> str:
     if report["out_of_domain_false_acceptance"] is not None:
         lines.append(f"out-of-domain false acceptance {report['out_of_domain_false_acceptance']:.4f} "
                      f"of {report['out_of_domain_n']} clips")
+    lines += format_command_report(report)
     return "\n".join(lines)
 
 
@@ -165,7 +208,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dataset", required=True, metavar="DATA", help="hub id, audio folder or save_to_disk folder")
     p.add_argument("--dataset-config", help="hub dataset config, e.g. en-US")
     p.add_argument("--label-column", help=f"label column (default: {' or '.join(LABEL_COLUMN_CANDIDATES)})")
-    p.add_argument("--split", default="test", help="split to evaluate (default %(default)s)")
+    p.add_argument("--split", default="test",
+                   help=f"split to evaluate, or '{ALL_SPLITS}' for every row (default %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULT_SPLIT_SEED,
                    help="seed of the train/test split when DATA has no test split (as fit drew it; default %(default)s)")
     p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
