@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libportaudio2          # sounddevice
   pulseaudio pulseaudio-utils alsa-utils libasound2-plugins  # virtual capture device for tests
   systemd                # systemd-analyze verify/security
+  haproxy                # the L4 balancer in front of several daemons (tests/test_multi_daemon.py, docs/deploy.md)
 )
 
 need_apt=0

@@ -43,7 +43,8 @@ def test_clients_and_train_use_only_the_daemon_modules_they_may() -> None:
 
 
 def test_importing_every_client_loads_no_torch() -> None:
-    code = ("import sys, clients.sub, clients.send, clients.live, clients.subscriber\n"
+    # intentd-proxy lives in daemon/ (it reuses the daemon's CURVE allow-list) but runs beside clients: torch-free.
+    code = ("import sys, clients.sub, clients.send, clients.live, clients.subscriber, daemon.proxy\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'train')))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
