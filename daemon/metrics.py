@@ -1,13 +1,18 @@
 """Prometheus metrics, read at scrape time from the service's Counters: one registry per service, so tests can
-run several daemons in one process."""
+run several daemons in one process. The same endpoint answers `/healthz` for load balancers and Kubernetes probes:
+200 while the daemon is ready and its own health check (the one that feeds the systemd watchdog) passes, 503
+otherwise (starting, reloading is still 200 as it keeps serving, draining, a stalled batcher, a dead publisher).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -15,6 +20,7 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -22,6 +28,10 @@ from daemon.counters import Counters, Histogram
 from daemon.errors import ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
+
+HEALTH_PATH: Final = "/healthz"
+# (healthy, one line saying why): what /healthz answers with.
+HealthCheck = Callable[[], tuple[bool, str]]
 
 
 def _labelled(name: str, doc: str, label: str, counts: Mapping[Any, int]) -> CounterMetricFamily:
@@ -81,13 +91,30 @@ class CountersCollector(Collector):
                                 value=c.model_load_s)
 
 
-class MetricsServer:
-    """The HTTP endpoint Prometheus scrapes, serving one collector from its own registry."""
+class _QuietHandler(WSGIRequestHandler):
+    """No access log: probes come every few seconds."""
 
-    def __init__(self, collector: CountersCollector) -> None:
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class MetricsServer:
+    """The HTTP endpoint Prometheus scrapes, serving one collector from its own registry, and `/healthz`."""
+
+    def __init__(self, collector: CountersCollector, health: HealthCheck | None = None) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(collector)
+        self._health = health
+        self._metrics_app = make_wsgi_app(self.registry)
         self._server: Any = None
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != HEALTH_PATH:
+            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        ok, why = self._health() if self._health is not None else (True, "ok")
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"{why}\n".encode()]
 
     def serve(self, listen: str) -> tuple[str, int]:
         """Start the HTTP endpoint on HOST:PORT (port 0 picks one); returns the bound address."""
@@ -95,12 +122,14 @@ class MetricsServer:
         if not sep or not port.isdigit():
             raise ConfigError(f"metrics.listen = {listen!r} is not HOST:PORT")
         try:
-            server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+            server = make_server(host or "127.0.0.1", int(port), self._app, ThreadingWSGIServer,
+                                 handler_class=_QuietHandler)
         except OSError as err:
             raise UnavailableError(f"metrics.listen = {listen!r} cannot be bound: {err.strerror}") from err
+        threading.Thread(target=server.serve_forever, name="intentd-metrics", daemon=True).start()
         self._server = server
         bound = server.server_address
-        log.info("metrics on http://%s:%d/metrics", bound[0], bound[1])
+        log.info("metrics on http://%s:%d/metrics, health on %s", bound[0], bound[1], HEALTH_PATH)
         return str(bound[0]), int(bound[1])
 
     def close(self) -> None:

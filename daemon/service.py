@@ -154,7 +154,8 @@ class Service:
         if s.metrics.listen:
             self._metrics = MetricsServer(CountersCollector(
                 self.counters, queue_depth=lambda: batcher.queue_depth,
-                active_streams=lambda: len(streams.stream_ids), model_id=lambda: batcher.model.model_id))
+                active_streams=lambda: len(streams.stream_ids), model_id=lambda: batcher.model.model_id),
+                health=self._health_report)
             self._metrics.serve(s.metrics.listen)
         self.state = "ready"
         log.info("ready: model %s, audio on %s, events on %s", model.model_id, ", ".join(self.bound_sources),
@@ -183,6 +184,14 @@ class Service:
         if self._batcher is None or not self._batcher.is_healthy(self.settings.service.stall_s):
             return False
         return self._outbox is not None and self._outbox.failure is None
+
+    def _health_report(self) -> tuple[bool, str]:
+        """What /healthz answers (load balancers, Kubernetes probes): serving and healthy, and the state in words."""
+        if self.state not in ("ready", "reloading"):  # a reload keeps serving the old model
+            return False, self.state
+        if not self.healthy():
+            return False, f"{self.state}, unhealthy: batcher stalled or publisher failed"
+        return True, self.state
 
     def _utterances_per_s(self) -> float:
         now, count = time.monotonic(), self.counters.status()["utterances"]

@@ -138,3 +138,29 @@ def test_a_failed_publish_is_kept_for_the_watchdog_not_raised(publisher: Publish
     publisher.close()
     outbox.publish(events.StatusEvent(state="ready", model_id="m", uptime_s=0.0))
     assert outbox.failure is not None and "closed" in outbox.failure
+
+
+def test_healthz_says_what_the_health_check_says_beside_the_metrics() -> None:
+    import urllib.error
+    import urllib.request
+
+    state = {"ok": True, "why": "ready"}
+    server = MetricsServer(CountersCollector(Counters(), queue_depth=lambda: 0, active_streams=lambda: 0,
+                                             model_id=lambda: "m@1"),
+                           health=lambda: (bool(state["ok"]), str(state["why"])))
+    host, port = server.serve("127.0.0.1:0")
+    try:
+        def get(path: str) -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as resp:
+                    return resp.status, resp.read().decode()
+            except urllib.error.HTTPError as err:
+                return err.code, err.read().decode()
+
+        assert get("/healthz") == (200, "ready\n")
+        state.update(ok=False, why="draining")
+        assert get("/healthz") == (503, "draining\n")
+        status, text = get("/metrics")
+        assert status == 200 and 'intentd_model_info{model_id="m@1"} 1.0' in text
+    finally:
+        server.close()
