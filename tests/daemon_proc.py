@@ -278,11 +278,14 @@ def launch(
     *,
     name: str = "intentd",
     one_thread: bool = True,
+    cwd: Path | None = None,
+    nofile: tuple[int, int] | None = None,
 ) -> DaemonProc:
     """Start intentd on free ports (config TMP/NAME.toml, output TMP/NAME.log); returns before READY.
 
     `sections` go over base_sections; `env` over the caller's environment (systemd's variables removed);
-    `one_thread` sets OMP_NUM_THREADS=1 (benchmarks pass False).
+    `one_thread` sets OMP_NUM_THREADS=1 (benchmarks pass False); `cwd` is its working folder (default TMP);
+    `nofile` its (soft, hard) RLIMIT_NOFILE, e.g. systemd's default soft 1024.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     audio_port, events_port = free_port(), free_port()
@@ -297,19 +300,22 @@ def launch(
                           **(_ONE_THREAD_ENV if one_thread else {}), **(env or {})})
     log_path = tmp / f"{name}.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 -- closed by DaemonProc.stop
-    proc = subprocess.Popen(
-        [*tool("intentd"), "--config", str(config_path), *args],
-        stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=tmp,
-    )
+    command = [*tool("intentd"), "--config", str(config_path), *args]
+    if nofile is not None:
+        # The shell sets the limits and execs intentd in its place (same pid); soft first, so it stays <= hard.
+        command = ["/bin/sh", "-c", 'ulimit -Sn "$0" && ulimit -Hn "$1" && shift && exec "$@"', *map(str, nofile), *command]
+    proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or tmp)
     return DaemonProc(proc, config_path, dict(config), f"tcp://127.0.0.1:{audio_port}",
                       f"tcp://127.0.0.1:{events_port}", notify, log_path, metrics_port, log_file)
 
 
 def start_daemon(tmp: Path, model_dir: Path, sections: Mapping[str, Mapping[str, Any]] | None = None,
                  env: Mapping[str, str] | None = None, metrics: bool = False, *, name: str = "intentd",
-                 one_thread: bool = True, ready_timeout_s: float = READY_TIMEOUT_S) -> DaemonProc:
+                 one_thread: bool = True, ready_timeout_s: float = READY_TIMEOUT_S, cwd: Path | None = None,
+                 nofile: tuple[int, int] | None = None) -> DaemonProc:
     """launch(), then return once intentd has sent READY=1 (DaemonFailed with its log if it never does)."""
-    d = launch(tmp, model_dir, sections, env, metrics=metrics, name=name, one_thread=one_thread)
+    d = launch(tmp, model_dir, sections, env, metrics=metrics, name=name, one_thread=one_thread, cwd=cwd,
+               nofile=nofile)
     try:
         d.notify.wait_for("READY", "1", ready_timeout_s, alive=d.alive)
     except AssertionError as err:

@@ -56,6 +56,27 @@ def make_tiny_whisper(out: Path, labels: list[str] | None = None) -> Path:
                            conv_std=0.2)
 
 
+def build_whisper_tiny_size(folder: Path, labels: tuple[str, ...] = TINY_LABELS, seed: int = 1) -> Path:
+    """Random weights at Whisper tiny's size (d_model 384, 4 encoder layers, a 30 s window): each forward and
+    each load costs what a real small model's does, for the tests and benchmarks where that time is the point
+    (a queue that fills, a drain that runs out of time, a reload still loading)."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
+
+    torch.manual_seed(seed)
+    config = WhisperConfig(
+        vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3,
+        num_mel_bins=80, d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
+        decoder_layers=1, decoder_attention_heads=6, decoder_ffn_dim=1536, max_source_positions=1500,
+        max_target_positions=16, classifier_proj_size=256, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    WhisperForAudioClassification(config).eval().save_pretrained(folder, safe_serialization=True)
+    WhisperFeatureExtractor(feature_size=80, sampling_rate=SAMPLE_RATE, chunk_length=30).save_pretrained(folder)
+    return folder
+
+
 def make_tiny_wav2vec2(out: Path, labels: list[str] | None = None) -> Path:
     """A 2-layer hidden=32 Wav2Vec2ForSequenceClassification folder with its feature extractor."""
     import torch
