@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # The idle worker wakes at least this often to refresh its heartbeat, so a watchdog can tell idle from dead.
 HEARTBEAT_S = 0.5
+# While a drain waits for the batch in progress, it says so this often.
+STOP_LOG_INTERVAL_S = 5.0
 MS_PER_S = 1000.0
 REASON_QUEUE_FULL = "queue_full"
 REASON_DRAINING = "draining"
@@ -254,7 +256,14 @@ class MicroBatcher:
             return len(self._live) + len(self._recorded)
 
     def drain(self, timeout_s: float) -> bool:
-        """Stop taking work, classify everything queued, stop the worker; True if nothing was left undone."""
+        """Stop taking work and classify what is queued; True if it all was.
+
+        At the deadline whatever still waits is handed on as dropped (reason `draining`), so every utterance
+        the daemon heard has an outcome. The batch in progress then finishes (its outcomes are handed on too)
+        before this returns, however long it takes: the interpreter must not exit while the worker is inside
+        the model, or torch's threads are torn down under it and the process aborts. A model that never
+        returns leaves stopping to the service manager (systemd's TimeoutStopSec, then SIGKILL).
+        """
         deadline = time.monotonic() + timeout_s
         with self._cond:
             self._draining = True
@@ -263,11 +272,23 @@ class MicroBatcher:
         if thread is not None:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
-            queued = len(self._live) + len(self._recorded)
-            done = not queued and not self._busy
-            if not done:
-                log.warning("drain timed out with %d utterances queued", queued)
-            return done
+            left = [*self._live, *self._recorded]
+            self._live.clear()
+            self._recorded.clear()
+            self._cond.notify_all()  # the worker returns after the batch it is running
+        if left:
+            log.warning("drain timed out after %g s: %d queued utterances dropped (%s)", timeout_s, len(left),
+                        REASON_DRAINING)
+            for waiting in left:
+                self._hand_on(self._results.dropped, waiting.utterance, REASON_DRAINING)
+            self._settle(left, "dropped")
+        if thread is not None and thread.is_alive():
+            log.info("waiting for the batch in progress to finish")
+            while thread.is_alive():
+                thread.join(STOP_LOG_INTERVAL_S)
+                if thread.is_alive():
+                    log.warning("still waiting for the model to finish its batch")
+        return not left
 
     # -- health --------------------------------------------------------------------------------------------
 

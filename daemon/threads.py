@@ -46,7 +46,10 @@ async def run_in_new_thread(fn: Callable[[], T], name: str) -> T:
         except RuntimeError:  # the loop closed while we worked (shutdown): nobody is waiting any more
             pass
 
-    thread = threading.Thread(target=target, name=name, daemon=True)
+    # Not a daemon thread: when the awaiting task is cancelled (SIGTERM while a reload loads its model), the
+    # interpreter waits for the load at exit instead of killing the thread inside torch, which aborts the
+    # process ("terminate called without an active exception").
+    thread = threading.Thread(target=target, name=name, daemon=False)
     thread.start()
     try:
         return await future

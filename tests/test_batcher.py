@@ -246,16 +246,30 @@ def test_drain_runs_what_is_queued_without_waiting_then_refuses(sink: Sink) -> N
     assert not b.is_healthy(10.0)  # the worker has finished
 
 
-def test_drain_reports_work_left_undone(sink: Sink) -> None:
+def test_a_drain_past_its_deadline_drops_what_waits_then_lets_the_running_batch_finish(sink: Sink) -> None:
     model = FakeModel(gated=True)
     b = make(model, sink, max_batch=1, max_wait_ms=0.0)
-    b.submit(utt("s1", 0))
-    b.submit(utt("s1", 1))
-    assert model.entered.wait(WAIT_S)
+    account = b.open_stream("s1", live=True)
+    for i in range(3):
+        b.submit(utt("s1", i), account)
+    b.end_stream(account, None, duration_s=1.0, discarded=0)
+    assert model.entered.wait(WAIT_S)  # utterance 0 is inside the model
+
+    def release_once_dropped() -> None:
+        # The model returns only after the drain has given up on the queue: drain must still wait for it.
+        with sink._cond:
+            assert sink._cond.wait_for(lambda: len(sink.drops) == 2, WAIT_S)
+        model.gate.set()
+
+    releaser = threading.Thread(target=release_once_dropped)
+    releaser.start()
     assert b.drain(0.05) is False
-    model.gate.set()
-    assert b.drain(WAIT_S) is True
-    assert sink.ids() == [("s1", 0), ("s1", 1)]
+    releaser.join()
+    assert sink.ids() == [("s1", 0)]  # the batch in progress was classified before drain returned
+    assert sorted(sink.drops) == [(("s1", 1), "draining"), (("s1", 2), "draining")]
+    assert not b.is_healthy(10.0)  # the worker has returned: nothing runs the model any more
+    assert [(e.classified, e.dropped) for e in sink.ends] == [(1, 2)]
+    assert sink.log[-1] == ("end", "s1")  # stream.end after every outcome of its stream
 
 
 def test_a_failing_batch_is_reported_and_others_go_on(
