@@ -85,7 +85,8 @@ class SourceSettings(_Section):
                                       "tcp+wyoming://HOST:PORT?language=en (Wyoming speech to text, for "
                                       "Home Assistant)",
                                       default_factory=lambda: (DEFAULT_AUDIO_URI,))
-    idle_timeout_s: float = setting(10.0, "seconds a socket stream may send nothing before it is ended",
+    idle_timeout_s: float = setting(10.0, "seconds a socket stream may send no audio before it is ended (empty "
+                                    "frames do not count)",
                                     lo=0.1, hi=86400.0)
     max_streams: int = setting(512, "concurrent streams; further connections are refused with a reason",
                                lo=1, hi=100000)

@@ -2,7 +2,8 @@
 
 A recorded stream (header `live: false`) is read no faster than the sink takes it: before each audio frame the
 connection awaits `sink.wait_room`, and while it waits nothing is read from its socket, so the kernel's buffers
-fill and the client's sends block (TCP backpressure). The idle timeout counts only time spent waiting for bytes.
+fill and the client's sends block (TCP backpressure). The idle timeout counts only time spent waiting for audio:
+empty audio frames do not reset it, so a connection cannot hold a stream slot by sending nothing.
 
 With `[security]` set (docs/security.md), a tcp:// connection first completes a TLS handshake, and a stream opens
 only if its header carries a known token: a refused client gets one `error` reply (`unauthorized: ...`), one log
@@ -326,16 +327,25 @@ class _Connection:
         idle = self._server._idle_timeout_s
         # Clients that must authenticate get the idle timeout for the whole header, not per byte.
         header_by = self._connected_monotonic + idle if self._server._security.authenticates else None
+        # Only the header and audio move the idle clock. Bytes that carry no samples (empty audio frames, a
+        # trickle that never completes a frame) would otherwise let a client hold a stream slot forever while
+        # sending nothing to classify: 512 such clients once kept every real one out.
+        heard = time.monotonic()
         while True:
-            wait_s = idle
+            now = time.monotonic()
+            wait_s = max(0.0, heard + idle - now)
             if header_by is not None and self._header is None:
-                wait_s = max(0.0, min(idle, header_by - time.monotonic()))
+                wait_s = max(0.0, min(wait_s, header_by - now))
             try:
                 data = await asyncio.wait_for(self._reader.read(READ_BYTES), wait_s)
             except TimeoutError:
-                if wait_s < idle:
+                if header_by is not None and self._header is None:
                     raise IntentdError(f"header timeout: no complete header within {idle:g} s") from None
-                raise IntentdError(f"idle timeout: no bytes for {idle:g} s") from None
+                raise IntentdError(f"idle timeout: no audio for {idle:g} s") from None
+            if self._stop_reason is not None:
+                # Python 3.11's wait_for can swallow a cancellation that lands as the read completes: without
+                # this, a stream the server is closing would run on until its client went quiet.
+                raise asyncio.CancelledError
             if not data:
                 self._decoder.finish()
                 if self._pcm is not None:
@@ -347,11 +357,14 @@ class _Connection:
                     self._asked_stream_id = frame.stream_id
                     self._server._authenticate(self, frame)
                     await self._open(frame)
+                    heard = time.monotonic()
                 elif isinstance(frame, AudioFrame):
                     assert self._header is not None  # the decoder yields the header first
                     if not self._header.live:
                         # Nothing more is read from this socket meanwhile: the sender is slowed, not dropped.
                         await self._server._sink.wait_room(self._header.stream_id)
+                    if frame.pcm:
+                        heard = time.monotonic()  # after any wait for room: that time is not the client's
                     self._push(frame.pcm)
                 elif isinstance(frame, EndFrame):
                     assert self._pcm is not None
