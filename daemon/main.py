@@ -38,12 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _from_here(uri: str) -> str:
+    """A --listen URI with a relative file:// or unix:// path made absolute against the working folder: flags are
+    the user's, typed where they stand (relative paths in the config file resolve against its folder)."""
+    from pathlib import Path
+
+    from daemon.sources.uri import FileSpec, UnixSpec, parse_source_uri, resolve_paths
+
+    try:
+        spec = parse_source_uri(uri)
+    except SourceError:
+        return uri  # the settings' checks report it, as a configuration error
+    return resolve_paths(spec, Path.cwd()).uri() if isinstance(spec, FileSpec | UnixSpec) else uri
+
+
 def _apply_flags(s: settings_mod.Settings, args: argparse.Namespace) -> settings_mod.Settings:
     overrides: dict[str, object] = {}
     if args.model:
         overrides["model.path"] = args.model
     if args.listen:
-        overrides["sources.listen"] = tuple(args.listen)
+        overrides["sources.listen"] = tuple(_from_here(uri) for uri in args.listen)
     if args.publish:
         overrides["publisher.uri"] = args.publish
     if args.metrics is not None:

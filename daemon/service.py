@@ -149,7 +149,7 @@ class Service:
                                               blip_events=s.publisher.blip_events, counters=self.counters)  # 2
         for uri in s.sources.listen:  # 1
             source = create_source(uri, streams, s.sources, security=guard.ingest, counters=self.counters,
-                                   watchers=watchers, texts=self._command_texts)
+                                   watchers=watchers, texts=self._command_texts, base_dir=s.base_dir)
             self._sources.append(source)
             self.bound_sources.append(await source.start())
         if s.metrics.listen:

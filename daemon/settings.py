@@ -83,7 +83,8 @@ class SourceSettings(_Section):
     listen: tuple[str, ...] = setting(None, "audio source URIs: tcp://HOST:PORT, unix:///PATH, "
                                       "mic://NAME_OR_INDEX, file:///PATH.wav?realtime=1, "
                                       "tcp+wyoming://HOST:PORT?language=en (Wyoming speech to text, for "
-                                      "Home Assistant)",
+                                      "Home Assistant); relative file:// and unix:// paths (file://audio/x.wav) "
+                                      "resolve against the config file's folder",
                                       default_factory=lambda: (DEFAULT_AUDIO_URI,))
     idle_timeout_s: float = setting(10.0, "seconds a socket stream may send no audio before it is ended (empty "
                                     "frames do not count)",

@@ -7,6 +7,7 @@ audio; on SIGTERM), `await close(reason)` (end open streams; the sink still clos
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from daemon.command_texts import CommandTexts
@@ -15,7 +16,15 @@ from daemon.errors import SourceError
 from daemon.security import IngestSecurity
 from daemon.settings import DEFAULTS, SourceSettings
 from daemon.sources.sink import StreamSink
-from daemon.sources.uri import FileSpec, MicSpec, TcpSpec, UnixSpec, WyomingSpec, parse_source_uri
+from daemon.sources.uri import (
+    FileSpec,
+    MicSpec,
+    TcpSpec,
+    UnixSpec,
+    WyomingSpec,
+    parse_source_uri,
+    resolve_paths,
+)
 from daemon.stream_watch import StreamWatchers
 
 
@@ -38,14 +47,17 @@ class Source(Protocol):
 def create_source(uri: str, sink: StreamSink, settings: SourceSettings = DEFAULTS.sources, *,
                   security: IngestSecurity | None = None, counters: Counters | None = None,
                   watchers: StreamWatchers | None = None,
-                  texts: Callable[[], CommandTexts] | None = None) -> Source:
+                  texts: Callable[[], CommandTexts] | None = None, base_dir: Path | None = None) -> Source:
     """Build the source a URI names (SourceError for a bad URI); heavy optional imports happen only here.
 
     `security` (tokens, TLS) and `counters` (refused clients) concern socket sources only: microphones and
     files are local. A Wyoming endpoint answers its clients, so it needs `watchers` (where its streams'
-    outcomes come back) and `texts` (the loaded model's labels and sentences).
+    outcomes come back) and `texts` (the loaded model's labels and sentences). Relative file:// and unix://
+    paths resolve against `base_dir` (Settings.base_dir: the config file's folder), else the working folder.
     """
     spec = parse_source_uri(uri)
+    if base_dir is not None:
+        spec = resolve_paths(spec, base_dir)
     if isinstance(spec, WyomingSpec):
         if watchers is None or texts is None:
             raise SourceError(f"{uri}: a Wyoming endpoint needs the daemon's stream watchers and model texts")

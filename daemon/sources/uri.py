@@ -3,6 +3,7 @@ tcp+wyoming://HOST:PORT?language=en (or wyoming://: a Wyoming speech-to-text end
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -87,6 +88,14 @@ class WyomingSpec:
 
 
 SourceSpec = TcpSpec | UnixSpec | FileSpec | MicSpec | WyomingSpec
+
+
+def resolve_paths(spec: SourceSpec, base_dir: Path) -> SourceSpec:
+    """The spec with a relative file:// or unix:// path resolved against `base_dir`: the config file's folder for
+    the URIs it lists (under systemd the working folder is /), the working folder for --listen flags."""
+    if isinstance(spec, FileSpec | UnixSpec) and not spec.path.is_absolute():
+        return dataclasses.replace(spec, path=base_dir / spec.path)
+    return spec
 
 
 def is_loopback_host(host: str) -> bool:
