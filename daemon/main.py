@@ -21,6 +21,8 @@ EXIT_USAGE = 2  # bad input to a subcommand (argparse's own code)
 EXIT_NO_MODEL = 66  # EX_NOINPUT
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a socket could not be bound, a device could not be opened
 EXIT_CONFIG = 78  # EX_CONFIG
+# The soft open-files limit we raise to when the hard one is unlimited (the kernel's nr_open default is 2^20).
+FILE_LIMIT_CAP = 1 << 20
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +76,23 @@ def _apply_flags(s: settings_mod.Settings, args: argparse.Namespace) -> settings
 
         updated = settings_mod.replace(updated, **{"model.path": str(Path(args.model).resolve())})
     return updated
+
+
+def _raise_file_limit() -> None:
+    """Raise the soft limit on open files to the hard one: every stream, subscriber and scrape holds a descriptor,
+    and the soft default (1024, also under systemd) runs out at a few hundred clients while the hard limit is
+    often far higher. Python does not do this for us; systemd/intentd.service sets both with LimitNOFILE."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FILE_LIMIT_CAP if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as err:
+            log.warning("open files limit stays %d: cannot raise it to %d: %s", soft, target, err)
+            return
+        log.info("open files limit raised from %d to %d", soft, target)
 
 
 def _devices() -> int:
@@ -130,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("configuration error: %s", err)
         return EXIT_CONFIG
     logs.configure(settings.service.log_level)
+    _raise_file_limit()
     # transformers draws "Loading weights" progress bars on stderr: noise in a daemon's log, and lines without
     # a priority prefix under journald. Set before transformers is imported (it reads this once).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

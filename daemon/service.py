@@ -39,6 +39,7 @@ from daemon.command_texts import CommandTexts, load_command_texts
 from daemon.counters import Counters
 from daemon.errors import ConfigError, IntentdError
 from daemon.events import StatusEvent
+from daemon.loop_errors import AcceptErrorLog
 from daemon.metrics import CountersCollector, MetricsServer
 from daemon.notify import Notifier, watchdog_interval_s
 from daemon.outbox import Outbox
@@ -115,6 +116,7 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+        loop.set_exception_handler(AcceptErrorLog())  # out of file descriptors: a line per interval, not a flood
         try:
             await self._start()
         except BaseException:

@@ -52,5 +52,5 @@ def test_unit_promises_the_lifecycle() -> None:
     assert f"RestartPreventExitStatus={EXIT_CONFIG} {EXIT_NO_MODEL}" in text
     for line in ("Type=notify", "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
                  "TimeoutStopSec=", "DynamicUser=yes", "SupplementaryGroups=audio",
-                 "StateDirectory=intentd", "ConfigurationDirectory=intentd"):
+                 "StateDirectory=intentd", "ConfigurationDirectory=intentd", "LimitNOFILE=65536"):
         assert line in text, line
