@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +98,15 @@ def vanish_scenario(root: Path) -> dict[str, object]:
             await asyncio.to_thread(pulse.stop)  # the device vanishes mid-stream
             await asyncio.wait_for(sink.wait_until(lambda: sink.streams[0].closed), TIMEOUT_S)
             await asyncio.to_thread(pulse.start)
+            # sessions counts once PortAudio's start() has returned, which on a loaded host can come after the
+            # first blocks have already reached the sink: wait for both.
             await asyncio.wait_for(
                 sink.wait_until(lambda: len(sink.streams) >= 2 and len(sink.streams[-1].chunks) > 5),
                 TIMEOUT_S,
             )
+            deadline = time.monotonic() + TIMEOUT_S
+            while mic.sessions < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
             await mic.close()
             return mic
 
