@@ -4,6 +4,11 @@ Starts from the HF audio-classification tutorial (MInDS-14, Wav2Vec2, Trainer, a
 (head/top/full, see train.frozen), a frozen-prefix cache for speed, metrics.json and plots. The output folder
 loads with AutoModelForAudioClassification and pipeline("audio-classification"); checkpoints live in
 OUT/checkpoints so they never shadow the final model.
+
+Runs unchanged under `torchrun --nproc_per_node N` or `accelerate launch` (Trainer's DDP, gloo on CPUs): each
+process trains on its share of every batch; the per-node main process prepares the data (and the out-of-scope
+cache) first, the others then read it; only global rank 0 writes the model folder, calibrates it and writes
+metrics.json and the plots, and every process returns once it has.
 """
 
 from __future__ import annotations
@@ -243,12 +248,14 @@ def from_arguments(args: argparse.Namespace) -> FitSettings:
 
 @dataclass(slots=True)
 class FitResult:
-    """What a fit produced: the final accuracy and the test-set logits of the trained (possibly cached) path."""
+    """What a fit produced: the final accuracy and the test-set logits of the trained (possibly cached) path.
+    Under DDP every process gets one; only the writer's (global rank 0) has `metrics` and `wrote` set."""
 
     accuracy: float
     test_logits: np.ndarray
     test_labels: np.ndarray
     metrics: dict[str, Any] = field(default_factory=dict)
+    wrote: bool = True
 
 
 def load_base_model(name: str, label_names: list[str], weighted_layer_sum: bool = False) -> tuple[Any, Any]:
@@ -484,7 +491,7 @@ def _last_checkpoint(checkpoints: Path) -> str | None:
 
 def fit(settings: FitSettings) -> FitResult:
     """Train, keep the best epoch by accuracy, and write the model folder, metrics.json and plots."""
-    import torch
+    from accelerate import PartialState
     from transformers import Trainer, default_data_collator, set_seed
 
     from train import frozen, plots
@@ -494,18 +501,24 @@ def fit(settings: FitSettings) -> FitResult:
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / CHECKPOINTS_DIR
     set_seed(s.seed)
+    # Made first: under torchrun it joins the process group, which says which process writes and on which
+    # device each trains (cuda:LOCAL_RANK, not every process on cuda:0).
+    args = _training_arguments(s, checkpoints)
+    writer = args.process_index == 0
 
-    data = load_data(s)
-    model, extractor = load_base_model(s.base_model, data.label_names, s.weighted_layer_sum)
-    counts = frozen.apply_train_mode(model, s.train_mode, s.unfreeze_top)
-    log.info("train mode %s: %d of %d parameters trainable", s.train_mode, counts["trainable"], counts["total"])
-    # Before the slow feature pass, so an unsupported model fails at once; the cache runs in eval mode, unmasked.
-    mask_hook = install_time_mask(model, s) if s.time_mask else None
-
-    windows = serving_windows(s, model, extractor)
-    features = training_features(s, data, extractor, windows)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    # The main process of each node loads first, so the out-of-scope clips and the datasets caches are written
+    # once, then read by the others.
+    with args.main_process_first(desc="loading the data"):
+        data = load_data(s)
+        model, extractor = load_base_model(s.base_model, data.label_names, s.weighted_layer_sum)
+        counts = frozen.apply_train_mode(model, s.train_mode, s.unfreeze_top)
+        log.info("train mode %s: %d of %d parameters trainable", s.train_mode, counts["trainable"], counts["total"])
+        # Before the slow feature pass, so an unsupported model fails at once; the cache runs in eval mode,
+        # unmasked.
+        mask_hook = install_time_mask(model, s) if s.time_mask else None
+        windows = serving_windows(s, model, extractor)
+        features = training_features(s, data, extractor, windows)
+    model.to(args.device)
 
     cached = s.cache and frozen.can_cache(model, s.train_mode)
     cache_speed: dict[str, float] = {}
@@ -519,7 +532,7 @@ def fit(settings: FitSettings) -> FitResult:
 
     trainer = Trainer(
         model=trained,
-        args=_training_arguments(s, checkpoints),
+        args=args,
         data_collator=collator,
         train_dataset=train_set,
         eval_dataset=test_set,
@@ -543,6 +556,9 @@ def fit(settings: FitSettings) -> FitResult:
     labels = np.asarray(prediction.label_ids)
     predicted = np.argmax(logits, axis=1)
     accuracy = float(np.mean(predicted == labels)) if len(labels) else 0.0
+    if not writer:  # rank 0 writes the folder; this process returns once it has
+        PartialState().wait_for_everyone()
+        return FitResult(accuracy=accuracy, test_logits=np.asarray(logits), test_labels=labels, wrote=False)
 
     model.to("cpu")
     (out / CALIBRATION_FILE).unlink(missing_ok=True)  # an earlier fit's threshold and windows are not this one's
@@ -568,6 +584,7 @@ def fit(settings: FitSettings) -> FitResult:
         "parameters": counts,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "resumed_from": resume_from,
+        "processes": args.world_size,  # > 1 under torchrun / accelerate launch (DDP)
     }
     if windows:  # written before calibrating: the calibration scores the held-out clips as served
         out_of_scope.write_serving_meta(out, {"windows_s": [w / SAMPLE_RATE for w in windows[:-1]]})
@@ -579,6 +596,7 @@ def fit(settings: FitSettings) -> FitResult:
 
     if s.push_to_hub:
         _push(model, extractor, s.hub_model_id or out.name)
+    PartialState().wait_for_everyone()
     return FitResult(accuracy=accuracy, test_logits=np.asarray(logits), test_labels=labels, metrics=metrics)
 
 
@@ -614,5 +632,6 @@ def run(args: argparse.Namespace) -> int:
     """CLI entry: build FitSettings from flags and fit."""
     settings = from_arguments(args)
     result = fit(settings)
-    print(f"accuracy {result.accuracy:.4f} ({len(result.test_labels)} test clips); model in {settings.out}")
+    if result.wrote:  # under DDP, one line from the process that wrote the folder
+        print(f"accuracy {result.accuracy:.4f} ({len(result.test_labels)} test clips); model in {settings.out}")
     return 0
