@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from daemon.audio import SAMPLE_RATE
 from train.errors import TrainError
 
 TELEPHONE_RATE = 8000
@@ -284,7 +285,7 @@ def telephone(
 
 # ---------------------------------------------------------------------------------------------- microphone
 
-MICROPHONE_RATE = 16_000  # wideband, the models' own rate (daemon.audio.SAMPLE_RATE)
+MICROPHONE_RATE = SAMPLE_RATE  # wideband, the models' own rate
 SPEED_OF_SOUND_M_S = 343.0
 # Sabine's critical distance, where direct and reverberant sound are equally loud: 0.057 * sqrt(V / RT60).
 CRITICAL_DISTANCE_FACTOR = 0.057
