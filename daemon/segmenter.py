@@ -29,6 +29,11 @@ class SegmenterSettings:
     # so no FSDD digit splits even at 60 ms; espeak-ng sentences with 100 ms extra pauses between words need
     # 270 ms at -50 dBFS noise (aggressiveness 2), so 300 ms is the fastest with a margin.
     hangover_ms: int = 300
+    # Once an utterance has this much voice (onset -> last voiced frame), a pause may last long_hangover_ms
+    # before it closes: a short command (a digit, "lights on") still ends after hangover_ms, while a long one
+    # survives a hesitation ("can I get a... large mocha"). At or below hangover_ms it is off.
+    long_hangover_ms: int = 800
+    long_hangover_after_ms: int = 1000
     min_utterance_ms: int = 200  # voiced part (onset -> end, pre-roll excluded); shorter is dropped
     max_utterance_ms: int = 8000  # whole utterance, pre-roll included; longer speech is cut and continues
 
@@ -47,6 +52,8 @@ class SegmenterSettings:
             raise ConfigError(
                 f"vad.hangover_ms must be at least one frame ({self.frame_ms} ms), got {self.hangover_ms}"
             )
+        if self.long_hangover_after_ms < 0:
+            raise ConfigError(f"vad.long_hangover_after_ms must be >= 0, got {self.long_hangover_after_ms}")
         if self.min_utterance_ms < 0:
             raise ConfigError(f"vad.min_utterance_ms must be >= 0, got {self.min_utterance_ms}")
         # A fresh utterance spans at most pre-roll + onset window when it opens; the cap must leave room after.
@@ -101,6 +108,8 @@ class Segmenter:
         self.window_frames = max(settings.frames(settings.start_window_ms), self.start_frames)
         self.preroll_frames = settings.frames(settings.preroll_ms)
         self.hangover_frames = settings.frames(settings.hangover_ms)
+        self.long_hangover_frames = max(settings.frames(settings.long_hangover_ms), self.hangover_frames)
+        self.long_after_frames = settings.frames(settings.long_hangover_after_ms)
         self.min_frames = settings.frames(settings.min_utterance_ms)
         self.max_frames = settings.frames(settings.max_utterance_ms)
         # The last window_frames decisions; bounded, so endless silence costs nothing.
@@ -134,6 +143,12 @@ class Segmenter:
         """Frames before the current one that a start could still reach back to (pre-roll + onset window)."""
         return self.preroll_frames + self.window_frames
 
+    @property
+    def current_hangover_frames(self) -> int:
+        """Unvoiced frames that close the open utterance: the long hangover once it has enough voice."""
+        voiced = self._last_voiced + 1 - self._onset
+        return self.long_hangover_frames if voiced >= self.long_after_frames else self.hangover_frames
+
     def push(self, is_speech: bool) -> SegmentEvent | None:
         """Advance by one frame; return the transition it caused, if any."""
         i = self._frame
@@ -161,7 +176,7 @@ class Segmenter:
             self._silence = 0
         else:
             self._silence += 1
-            if self._silence >= self.hangover_frames:
+            if self._silence >= self.current_hangover_frames:
                 return self._close(truncated=False)
         if i + 1 - self._start >= self.max_frames:
             # The window still holds the speech just heard, so if it goes on the next voiced frame reopens at

@@ -112,6 +112,12 @@ class VadSettings(_Section):
                               "not cut, in ms", lo=0, hi=2000)
     hangover_ms: int = setting(_SEGMENTER.hangover_ms, "silence after speech before the utterance is closed, "
                                "in ms", lo=30, hi=5000)
+    long_hangover_ms: int = setting(_SEGMENTER.long_hangover_ms, "silence that closes an utterance once it has "
+                                    "long_hangover_after_ms of voice, so a long command survives a hesitation "
+                                    "(at or below hangover_ms: off), in ms", lo=30, hi=5000)
+    long_hangover_after_ms: int = setting(_SEGMENTER.long_hangover_after_ms, "voice (onset to last voiced frame) "
+                                          "after which long_hangover_ms applies; shorter commands close after "
+                                          "hangover_ms, in ms", lo=0, hi=60000)
     min_utterance_ms: int = setting(_SEGMENTER.min_utterance_ms, "shorter voiced blips are discarded, in ms",
                                     lo=0, hi=10000)
     max_utterance_ms: int = setting(_SEGMENTER.max_utterance_ms, "longer speech is cut here, classified and "
@@ -120,7 +126,9 @@ class VadSettings(_Section):
     def segmenter(self) -> SegmenterSettings:
         """The segmenter's view of this section; it checks the rules between keys (ConfigError naming them)."""
         return SegmenterSettings(frame_ms=self.frame_ms, start_ms=self.start_ms, preroll_ms=self.preroll_ms,
-                                 hangover_ms=self.hangover_ms, min_utterance_ms=self.min_utterance_ms,
+                                 hangover_ms=self.hangover_ms, long_hangover_ms=self.long_hangover_ms,
+                                 long_hangover_after_ms=self.long_hangover_after_ms,
+                                 min_utterance_ms=self.min_utterance_ms,
                                  max_utterance_ms=self.max_utterance_ms)
 
 

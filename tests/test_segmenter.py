@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import tracemalloc
 
@@ -83,6 +84,37 @@ def test_a_gap_as_long_as_the_hangover_splits() -> None:
         SpeechStarted(20),  # pre-roll stops at the previous utterance's end (onset 25 - 5 = 20 anyway)
         SpeechEnded(20, 35, False, 5),
     ]
+
+
+# SMALL plus a long hangover of 12 frames once an utterance has 15 frames of voice, and room for it under max.
+LONG = dataclasses.replace(SMALL, long_hangover_ms=120, long_hangover_after_ms=150, max_utterance_ms=1000)
+
+
+def test_a_short_command_still_closes_after_the_short_hangover() -> None:
+    events = run([F] * 10 + [T] * 14 + [F] * 20, LONG)
+    assert events == [(12, SpeechStarted(5)), (28, SpeechEnded(5, 24, False, 5))]
+
+
+def test_a_long_command_survives_a_pause_the_short_hangover_would_split() -> None:
+    decisions = [F] * 10 + [T] * 15 + [F] * 11 + [T] * 8 + [F] * 20
+    assert [e for _, e in run(decisions, LONG)] == [SpeechStarted(5), SpeechEnded(5, 44, False, 12)]
+    off = dataclasses.replace(LONG, long_hangover_ms=SMALL.hangover_ms)
+    assert [e for _, e in run(decisions, off)] == [
+        SpeechStarted(5), SpeechEnded(5, 25, False, 5), SpeechStarted(31), SpeechEnded(31, 44, False, 5)
+    ]
+
+
+def test_a_pause_as_long_as_the_long_hangover_still_splits() -> None:
+    events = run([F] * 10 + [T] * 15 + [F] * 12 + [T] * 8 + [F] * 20, LONG)
+    assert [e for _, e in events][:2] == [SpeechStarted(5), SpeechEnded(5, 25, False, 12)]
+    assert len(events) == 4
+
+
+def test_a_long_hangover_below_the_hangover_changes_nothing() -> None:
+    decisions = [F] * 10 + [T] * 20 + [F] * 8 + [T] * 8 + [F] * 20
+    below = run(decisions, dataclasses.replace(LONG, long_hangover_ms=30))
+    assert below == run(decisions, dataclasses.replace(LONG, long_hangover_ms=50)) != run(decisions, LONG)
+    assert len(below) == 4
 
 
 def test_preroll_never_reaches_into_the_previous_utterance() -> None:
@@ -187,6 +219,7 @@ def test_random_decisions_give_well_formed_events() -> None:
         ({"start_ms": 10}, "vad.start_ms"),
         ({"preroll_ms": -1}, "vad.preroll_ms"),
         ({"hangover_ms": 20}, "vad.hangover_ms"),
+        ({"long_hangover_after_ms": -1}, "vad.long_hangover_after_ms"),
         ({"min_utterance_ms": -5}, "vad.min_utterance_ms"),
         ({"max_utterance_ms": 400}, "vad.max_utterance_ms"),
         ({"min_utterance_ms": 9000, "max_utterance_ms": 8000}, "vad.min_utterance_ms"),

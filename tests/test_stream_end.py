@@ -260,7 +260,9 @@ def test_recorded_files_wait_for_a_stuck_model_live_goes_first_and_a_live_flood_
     })
     model, notify = HeldModel(), NotifySocket()
     service = Service(settings, model_loader=lambda s: model, notifier=Notifier(notify.path))
-    files = {kind: [write_speech_wav(tmp_path / f"{kind}{i}.wav", clips[i : i + 3], gap_s=0.6) for i in range(4)]
+    # Phrases 1 s apart: separate commands (a 0.6 s pause after a phrase of 1 s or more is a hesitation that
+    # vad.long_hangover_ms bridges).
+    files = {kind: [write_speech_wav(tmp_path / f"{kind}{i}.wav", clips[i : i + 3], gap_s=1.0) for i in range(4)]
              for kind in ("recorded", "flood")}
     one_phrase = write_speech_wav(tmp_path / "mic.wav", clips[5:6])
 

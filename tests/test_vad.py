@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import wave
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def test_any_chunking_gives_bit_identical_utterances(rate: int) -> None:
             ("voice", 0.5),
             ("gap", 0.15),
             ("voice", 0.4),
-            ("gap", 0.8),
+            ("gap", 1.2),  # longer than the long hangover the first utterance (1 s of voice) earns
             ("voice", 0.7),
             ("gap", 0.9),
         ],
@@ -160,7 +161,8 @@ def test_other_rates_decide_on_the_nearest_supported_rate() -> None:
 
 def test_max_length_cuts_and_continues() -> None:
     rate = 8000
-    audio, _ = scene(rate, [("gap", 0.5), ("voice", 5.0), ("gap", 1.0)])
+    # The last piece has under 1 s of voice, so the short hangover ends it well inside the cap.
+    audio, _ = scene(rate, [("gap", 0.5), ("voice", 4.5), ("gap", 1.0)])
     settings = SegmenterSettings(max_utterance_ms=2000)
     seg = StreamSegmenter("s1", rate, settings)
     got = utterances(run(seg, chunks(audio, rate, 800)))
@@ -278,3 +280,46 @@ def test_fsdd_digits_give_one_utterance_each(aggressiveness: int) -> None:
         peak = lo + int(np.argmax(np.abs(stream[lo:hi])))
         assert u.start_sample <= peak < u.end_sample
         assert spans[0][0] - gap.size <= u.start_sample and u.end_sample <= hi + gap.size // 2
+
+
+def hesitation_stream(pause_s: float) -> tuple[np.ndarray, int]:
+    """Real speech with a hesitation: three FSDD digits said in a row, a pause, two more, in a quiet room."""
+    rate = 8000
+    first = [read_wav(FSDD / f"{d}_jackson_0.wav")[0] for d in (3, 7, 9)]
+    second = [read_wav(FSDD / f"{d}_jackson_0.wav")[0] for d in (4, 2)]
+    edge = np.zeros(int(0.5 * rate), np.float32)
+    stream = np.concatenate([edge, *first, np.zeros(int(pause_s * rate), np.float32), *second, edge, edge])
+    stream += (NOISE_RMS * np.random.default_rng(0).standard_normal(stream.size)).astype(np.float32)
+    return stream, rate
+
+
+@pytest.mark.skipif(not FSDD.is_dir(), reason="../shared/data/fsdd is absent")
+@pytest.mark.parametrize("pause_s", [0.6, 0.7])
+def test_a_hesitation_in_a_long_command_stays_one_utterance(pause_s: float) -> None:
+    stream, rate = hesitation_stream(pause_s)
+    on = SegmenterSettings()
+    off = dataclasses.replace(on, long_hangover_ms=on.hangover_ms)
+    got = {name: utterances(run(StreamSegmenter("s", rate, s), chunks(stream, rate, 160, "s")))
+           for name, s in (("on", on), ("off", off))}
+    assert len(got["off"]) == 2  # without the long hangover the pause splits the command
+    assert len(got["on"]) == 1
+    whole = got["on"][0]
+    assert whole.start_sample == got["off"][0].start_sample and whole.end_sample == got["off"][1].end_sample
+
+
+@pytest.mark.skipif(not FSDD.is_dir(), reason="../shared/data/fsdd is absent")
+def test_a_single_word_ends_exactly_as_before() -> None:
+    rate = 8000
+    word = read_wav(FSDD / "5_george_3.wav")[0]
+    stream = np.concatenate([np.zeros(rate // 2, np.float32), word, np.zeros(2 * rate, np.float32)])
+    stream += (NOISE_RMS * np.random.default_rng(1).standard_normal(stream.size)).astype(np.float32)
+    on = SegmenterSettings()
+    off = dataclasses.replace(on, long_hangover_ms=on.hangover_ms)
+    got = [utterances(run(StreamSegmenter("s", rate, s), chunks(stream, rate, 160, "s"), flush=False))
+           for s in (on, off)]
+    assert len(got[0]) == len(got[1]) == 1
+    (a,), (b,) = got
+    # Same span, same audio, closed by the same (short) hangover rather than the stream's end.
+    assert (a.start_sample, a.end_sample, a.hangover_samples) == (b.start_sample, b.end_sample, b.hangover_samples)
+    assert np.array_equal(a.samples, b.samples)
+    assert a.hangover_samples == on.frames(on.hangover_ms) * on.frame_ms * rate // 1000
