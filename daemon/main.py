@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from daemon import logs
 from daemon import settings as settings_mod
 from daemon.errors import ConfigError, IntentdError, ModelError, SourceError, UnavailableError
+from daemon.version import version_text
 
 log = logging.getLogger("intentd")
 
@@ -27,8 +28,14 @@ FILE_LIMIT_CAP = 1 << 20
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags for the few things people change per run; everything else lives in config.toml."""
-    p = argparse.ArgumentParser(prog="intentd", description="Streaming speech-intent daemon. "
-                                "Also: `intentd devices` lists microphones; `intentd keys` makes CURVE keys.")
+    p = argparse.ArgumentParser(
+        prog="intentd",
+        description="Listen for audio (sockets, microphones, files), cut it into utterances, recognise each "
+        "one's intent and publish the results as ZeroMQ events (watch them with intentd-sub).",
+        epilog="other commands: `intentd devices` lists the microphones mic:// can open; `intentd keys NAME` "
+        "makes a CURVE key pair. Exit status: 0 ok, 66 no usable model, 69 a port or device is unavailable, "
+        "78 bad configuration.")
+    p.add_argument("--version", action="version", version=version_text("intentd"))
     p.add_argument("--config", help="TOML configuration (see config.toml); default: built-in defaults")
     p.add_argument("--model", help="model folder (overrides model.path)")
     p.add_argument("--listen", action="append", metavar="URI",
@@ -95,13 +102,25 @@ def _raise_file_limit() -> None:
         log.info("open files limit raised from %d to %d", soft, target)
 
 
-def _devices() -> int:
+def fatal(message: str) -> None:
+    """A fatal error as one `error: ...` line on stderr, like every other intentd command (with journald's
+    priority prefix under systemd, so `journalctl -p err` finds it)."""
+    print(f"{'<3>' if logs.under_systemd() else ''}error: {message}", file=sys.stderr, flush=True)
+
+
+def _devices(argv: Sequence[str]) -> int:
+    """`intentd devices`: list the input devices mic:// can open."""
+    p = argparse.ArgumentParser(
+        prog="intentd devices",
+        description="List the audio input devices (microphones) this machine has: index, name, channels and "
+        "default rate. Use one as a source with mic://INDEX or mic://NAME (part of the name is enough).")
+    p.parse_args(argv)
     from daemon.sources.microphone import list_devices
 
     try:
         devices = list_devices()
     except SourceError as err:
-        print(f"error: {err}", file=sys.stderr)
+        fatal(str(err))
         return EXIT_UNAVAILABLE
     if not devices:
         print("no input devices found")
@@ -128,7 +147,7 @@ def _keys(argv: Sequence[str]) -> int:
     try:
         public, secret = create_key_pair(Path(args.out), args.name)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        fatal(str(err))
         return EXIT_USAGE
     print(f"public key: {public}\nsecret key: {secret}")
     return EXIT_OK
@@ -138,15 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["devices"]:
-        return _devices()
+        return _devices(argv[1:])
     if argv[:1] == ["keys"]:
         return _keys(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = _apply_flags(settings_mod.load(args.config), args)
     except ConfigError as err:
-        logs.configure("INFO")
-        log.error("configuration error: %s", err)
+        fatal(f"configuration error: {err}")
         return EXIT_CONFIG
     logs.configure(settings.service.log_level)
     _raise_file_limit()
@@ -165,21 +183,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         return service.run()
     except ConfigError as err:
-        log.error("configuration error: %s", err)
+        fatal(f"configuration error: {err}")
         return EXIT_CONFIG
     except ModelError as err:
-        log.error("model error: %s", err)
+        fatal(f"model error: {err}")
         return EXIT_NO_MODEL
     except SourceError as err:
-        log.error("audio source error: %s", err)
+        fatal(f"audio source error: {err}")
         return EXIT_UNAVAILABLE
     except UnavailableError as err:  # a busy event or metrics port: a restart may succeed later
-        log.error("%s", err)
+        fatal(str(err))
         return EXIT_UNAVAILABLE
     except IntentdError as err:
-        log.error("%s", err)
+        fatal(str(err))
         return EXIT_FAILURE
-
 
 if __name__ == "__main__":
     sys.exit(main())

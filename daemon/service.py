@@ -19,7 +19,7 @@ stream's last utterance has had its outcome: after every other event of that str
 Prometheus endpoint (daemon/metrics.py) both read. `_start` builds the route from its end, so each stage exists
 before the one that feeds it.
 
-Lifecycle: load and warm the model, bind the publisher and sources, then READY=1. SIGHUP reloads the config and
+Lifecycle: bind the publisher and metrics, load and warm the model, bind the sources, then READY=1. SIGHUP reloads the config and
 model beside the running ones and swaps between batches. SIGTERM stops accepting audio, ends every open utterance
 as if speech ended, drains the queue (what the drain's deadline cannot reach is published as utterance.dropped,
 reason draining), lets the batch in progress finish, publishes, and exits 0.
@@ -136,11 +136,19 @@ class Service:
     async def _start(self) -> None:
         s = self.settings
         guard = security.load(s)  # the [security] files: a bad one stops start-up before the model loads
-        model = await run_in_new_thread(lambda: self._load(s), name="intentd-load")
-        watchers = StreamWatchers()
+        # The event and metrics ports are bound before the model loads (seconds): a busy port fails at once, not
+        # after every load, and /healthz answers 503 "starting" meanwhile (a Kubernetes startup probe's view).
         # The route (module docstring), from its end: each stage is handed the one it feeds.
         publisher = self._publisher = Publisher(s.publisher.uri, sndhwm=s.publisher.sndhwm, curve=guard.curve,
                                                 counters=self.counters, instance=s.publisher.instance())  # 6
+        if s.metrics.listen:
+            self._metrics = MetricsServer(CountersCollector(
+                self.counters, queue_depth=lambda: self._batcher.queue_depth if self._batcher else 0,
+                active_streams=lambda: len(self._streams.stream_ids) if self._streams else 0,
+                model_id=self._model_id), health=self._health_report)
+            self._metrics.serve(s.metrics.listen)
+        model = await run_in_new_thread(lambda: self._load(s), name="intentd-load")
+        watchers = StreamWatchers()
         outbox = self._outbox = Outbox(publisher, self.counters, watchers=watchers)  # 5
         batcher = self._batcher = MicroBatcher(model, outbox, s.batcher, keep_warm_s=s.model.keep_warm_s,
                                                counters=self.counters)  # 3, 4
@@ -154,12 +162,6 @@ class Service:
                                    watchers=watchers, texts=self._command_texts, base_dir=s.base_dir)
             self._sources.append(source)
             self.bound_sources.append(await source.start())
-        if s.metrics.listen:
-            self._metrics = MetricsServer(CountersCollector(
-                self.counters, queue_depth=lambda: batcher.queue_depth,
-                active_streams=lambda: len(streams.stream_ids), model_id=lambda: batcher.model.model_id),
-                health=self._health_report)
-            self._metrics.serve(s.metrics.listen)
         self.state = "ready"
         log.info("ready: model %s, audio on %s, events on %s", model.model_id, ", ".join(self.bound_sources),
                  publisher.endpoint)

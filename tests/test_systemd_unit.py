@@ -50,6 +50,17 @@ def test_unit_promises_the_lifecycle() -> None:
     text = UNIT.read_text()
     # A restart cannot fix a bad config or a missing model: the unit must not loop on the daemon's codes for them.
     assert f"RestartPreventExitStatus={EXIT_CONFIG} {EXIT_NO_MODEL}" in text
+    # Other failures (a busy port: 69) are retried, but not forever: a start limit in [Unit] ends the loop.
+    unit_section = text.split("[Service]", 1)[0]
+    assert "StartLimitIntervalSec=" in unit_section and "StartLimitBurst=" in unit_section
+    def value(key: str) -> int:
+        match = re.search(rf"^{key}=(\d+)s?$", text, re.MULTILINE)
+        assert match, key
+        return int(match.group(1))
+
+    interval, burst, restart_s = value("StartLimitIntervalSec"), value("StartLimitBurst"), value("RestartSec")
+    # The limit must be reachable: `burst` restarts, `restart_s` apart, fit inside the interval.
+    assert 1 < burst and burst * restart_s < interval
     for line in ("Type=notify", "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
                  "TimeoutStopSec=", "DynamicUser=yes", "SupplementaryGroups=audio",
                  "StateDirectory=intentd", "ConfigurationDirectory=intentd", "LimitNOFILE=65536"):
