@@ -30,6 +30,7 @@ from clients.subscriber import DEFAULT_CONNECT, Subscriber
 from daemon import events
 from daemon.errors import IntentdError
 from daemon.protocol import DEFAULT_AUDIO_URI, StreamHeader
+from daemon.version import version_text
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,7 @@ async def _run(args: argparse.Namespace, view: LiveView, term: Terminal, sub: Su
 def build_parser() -> argparse.ArgumentParser:
     """The intentd-live command line."""
     p = argparse.ArgumentParser(prog="intentd-live", description="Live microphone tester for intentd.")
+    p.add_argument("--version", action="version", version=version_text("intentd-live"))
     p.add_argument("--to", default=DEFAULT_AUDIO_URI, metavar="URI",
                    help=f"the daemon's audio socket (default {DEFAULT_AUDIO_URI})")  # fmt: skip
     p.add_argument("--connect", default=DEFAULT_CONNECT, metavar="URI",

@@ -53,6 +53,7 @@ from daemon.protocol import (
     encode_header,
     encode_pcm,
 )
+from daemon.version import version_text
 
 if TYPE_CHECKING:
     from clients.subscriber import CurveKeys
@@ -426,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(--mic) and --realtime files are live streams, whose utterances the daemon drops by its policy when it "
         "falls behind.",
     )
+    p.add_argument("--version", action="version", version=version_text("intentd-send"))
     p.add_argument(
         "--to", required=True, metavar="URI", help="the daemon's socket: tcp://HOST:PORT or unix:///PATH"
     )

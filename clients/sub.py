@@ -15,6 +15,7 @@ from clients.credentials import add_curve_arguments, curve_keys
 from clients.subscriber import DEFAULT_CONNECT, Subscriber
 from daemon.errors import IntentdError
 from daemon.events import Event
+from daemon.version import version_text
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ EXIT_IDLE = 3  # --idle-timeout passed without a matching event
 def build_parser() -> argparse.ArgumentParser:
     """The intentd-sub command line."""
     p = argparse.ArgumentParser(prog="intentd-sub", description="Print intentd events as they are published.")
+    p.add_argument("--version", action="version", version=version_text("intentd-sub"))
     p.add_argument(
         "--connect", metavar="URI", action="append",
         help=f"publisher, repeatable: one socket takes several daemons (or one intentd-proxy) at once "

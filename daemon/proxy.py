@@ -34,6 +34,7 @@ import zmq
 from daemon.errors import ConfigError, IntentdError, UnavailableError
 from daemon.security import CurveAllowList, CurveServer, load_curve_server
 from daemon.sources.uri import is_loopback_host
+from daemon.version import version_text
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The intentd-proxy command line."""
     p = argparse.ArgumentParser(prog="intentd-proxy", description="One event bus in front of several intentd "
                                 "daemons: a ZeroMQ XSUB/XPUB proxy. Apps connect to --bind as to one daemon.")
+    p.add_argument("--version", action="version", version=version_text("intentd-proxy"))
     p.add_argument("--upstream", metavar="URI", action="append", required=True,
                    help="a daemon's publisher.uri, repeatable; a name is connected at each of its addresses")
     p.add_argument("--bind", metavar="URI", default=DEFAULT_BIND, help=f"where apps subscribe (default {DEFAULT_BIND})")
