@@ -52,6 +52,7 @@ class LabelledSplits:
     label_names: list[str]
     source: str  # "saved", "audiofolder", "hub", "combined", or a folder an out-of-scope part came from
     parts: tuple[str, ...] = ()  # what a "combined" set joined: each part's DATA (or folder)
+    own_test: bool = False  # DATA came with a held-out split (test, validation...), not one drawn here
 
     def split(self, name: str) -> Any:
         """One split by name, or a TrainError listing the splits that exist."""
@@ -81,8 +82,13 @@ def load_labelled(
     label_column: str | None = None,
     seed: int = DEFAULT_SPLIT_SEED,
     test_fraction: float = DEFAULT_TEST_FRACTION,
+    *,
+    draw_test: bool = True,
 ) -> LabelledSplits:
-    """Load DATA into train/test splits with a ClassLabel label column (string labels are class-encoded)."""
+    """Load DATA into train/test splits with a ClassLabel label column (string labels are class-encoded).
+
+    DATA's own held-out split is its test split; without one, `draw_test` draws it from train (as fit does),
+    else DATA stays whole in "train" (eval of a folder of recordings scores every one of them)."""
     import datasets
 
     source = detect_source(spec)
@@ -95,9 +101,12 @@ def load_labelled(
     column = _pick_label_column(first.column_names, label_column, spec)
     _find_audio_column(first, spec)
     raw, names = _encode_labels(raw, column, spec)
-    raw = _ensure_test_split(raw, column, seed, test_fraction)
+    own_test = any(alias in raw for alias in HELD_OUT_ALIASES)
+    if own_test or draw_test:
+        raw = _ensure_test_split(raw, column, seed, test_fraction)
     log.info("dataset %s (%s): %s, %d labels", spec, source, {k: len(v) for k, v in raw.items()}, len(names))
-    return LabelledSplits(splits=raw, label_column=column, label_names=names, source=source, parts=(spec,))
+    return LabelledSplits(splits=raw, label_column=column, label_names=names, source=source, parts=(spec,),
+                          own_test=own_test)
 
 
 def load_combined(
@@ -158,8 +167,9 @@ def _load_raw(spec: str, source: str, config: str | None) -> Any:
         except (FileNotFoundError, ValueError, OSError, IndexError) as err:  # IndexError: a split with no data
             raise TrainError(f"cannot load saved dataset {spec}: {err}") from err
     if source == "audiofolder":
+        kwargs = _audiofolder_options(Path(spec).expanduser(), spec)
         try:
-            return datasets.load_dataset("audiofolder", data_dir=spec)
+            return datasets.load_dataset("audiofolder", data_dir=spec, **kwargs)
         except Exception as err:  # the builder raises ValueError/FileNotFoundError/DatasetGenerationError alike
             raise TrainError(f"cannot load audio folder {spec}: {_first_line(err)}") from err
     try:
@@ -169,6 +179,26 @@ def _load_raw(spec: str, source: str, config: str | None) -> Any:
             f"cannot load dataset {spec!r} (config {config!r}) from the hub and no such local folder exists: "
             f"{_first_line(err)}"
         ) from err
+
+
+def _audiofolder_options(root: Path, spec: str) -> dict[str, Any]:
+    """Check a folder holds audio before `datasets` reads it (its own message for none is "Instruction 'train'
+    corresponds to no data!"); labels come from subfolder names even when there is only one, which `datasets`
+    otherwise drops without a word (an eval of one intent's recordings is legitimate)."""
+    from datasets.packaged_modules.audiofolder.audiofolder import AudioFolder
+
+    files = [f for f in root.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts)]
+    audio = [f for f in files if f.suffix.lower() in AudioFolder.EXTENSIONS]
+    if not audio:
+        others = sorted({f.suffix or f.name for f in files})
+        found = f"only {len(files)} other files ({', '.join(others[:5])})" if files else "it is empty"
+        raise TrainError(f"dataset folder {spec} has no audio files: {found}; expected WAV/FLAC/MP3/OGG files in "
+                         "one subfolder per intent (DATA/INTENT/x.wav) or beside a metadata.jsonl/csv")
+    has_metadata = any(f.name in AudioFolder.METADATA_FILENAMES for f in files)
+    split_names = {"train", *HELD_OUT_ALIASES}
+    if has_metadata or any(f.parent == root or f.parent.name in split_names for f in audio):
+        return {}
+    return {"drop_labels": False}
 
 
 def _first_line(err: BaseException) -> str:
@@ -233,6 +263,8 @@ def _ensure_test_split(raw: Any, column: str, seed: int, test_fraction: float) -
             return raw
     if "train" not in raw:
         raise TrainError(f"dataset has neither a train nor a test split; splits found: {sorted(raw)}")
+    if not 0.0 < test_fraction < 1.0:
+        raise TrainError(f"--test-fraction must be between 0 and 1 (the share held out to test), got {test_fraction:g}")
     train = raw["train"]
     try:
         parts = train.train_test_split(test_size=test_fraction, seed=seed, stratify_by_column=column)

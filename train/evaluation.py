@@ -94,7 +94,7 @@ def intent_only_predictions(probs: np.ndarray, labels: Sequence[str], threshold:
 def evaluate_model(
     model_dir: str,
     dataset: str,
-    split: str = "test",
+    split: str | None = None,
     dataset_config: str | None = None,
     label_column: str | None = None,
     seed: int = DEFAULT_SPLIT_SEED,
@@ -121,7 +121,12 @@ def evaluate_model(
     check_model_dir(model_dir)  # a wrong --model says so before the dataset is read
     for spec in ood_datasets:
         detect_source(spec)  # a wrong --ood-dataset too, before any scoring
-    data = load_labelled(dataset, dataset_config, label_column, seed, test_fraction)
+    # No split named: DATA's own test split where it has one (synth's, a hub set's), else every row (a folder of
+    # your recordings: it was never split, so all of it is yours to score). `--split test` draws fit's split.
+    data = load_labelled(dataset, dataset_config, label_column, seed, test_fraction, draw_test=split is not None)
+    if split is None:
+        split = "test" if data.own_test else ALL_SPLITS
+        log.info("evaluating %s split of %s", "its test" if data.own_test else "every clip", dataset)
     rows = _rows(data, split)
     score = _Scorer(model_dir, via, batch_size, threshold)
     label2id = {name: i for i, name in enumerate(score.labels)}
@@ -203,17 +208,25 @@ def format_report(report: dict[str, Any]) -> str:
 
 def register(subparsers: Any) -> None:
     """Add the `eval` subcommand."""
-    p = subparsers.add_parser("eval", help="accuracy and per-class report of a model on a dataset split")
+    p = subparsers.add_parser(
+        "eval", help="accuracy and per-class report of a model on labelled audio",
+        description="Score a model on labelled audio: accuracy, a per-class table, how much rejection keeps and "
+        "how much it wrongly accepts, and whole commands (intent and slots) where DATA labels slots. DATA is "
+        "a folder of your recordings (every clip is scored), the output of `intentd-train synth` or a hub data "
+        "set (their test split is scored), or a save_to_disk folder.")
     p.add_argument("--model", required=True, metavar="DIR", help="model folder written by fit")
     p.add_argument("--dataset", required=True, metavar="DATA", help="hub id, audio folder or save_to_disk folder")
     p.add_argument("--dataset-config", help="hub dataset config, e.g. en-US")
     p.add_argument("--label-column", help=f"label column (default: {' or '.join(LABEL_COLUMN_CANDIDATES)})")
-    p.add_argument("--split", default="test",
-                   help=f"split to evaluate, or '{ALL_SPLITS}' for every row (default %(default)s)")
+    p.add_argument("--split", default=None,
+                   help=f"split to evaluate, or '{ALL_SPLITS}' for every row (default: DATA's own test split if "
+                   f"it has one, else {ALL_SPLITS}); 'test' on DATA without one scores the part fit held out")
     p.add_argument("--seed", type=int, default=DEFAULT_SPLIT_SEED,
-                   help="seed of the train/test split when DATA has no test split (as fit drew it; default %(default)s)")
+                   help="with --split test/train on DATA without a test split: the seed fit drew it with "
+                   "(default %(default)s)")
     p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
-                   help="held-out fraction when DATA has no test split (as fit drew it; default %(default)s)")
+                   help="with --split test/train on DATA without a test split: the held-out share fit drew "
+                   "(default %(default)s)")
     p.add_argument("--via", choices=VIA_CHOICES, default="manual", help="manual (batched) or the HF pipeline")
     p.add_argument("--batch-size", type=int, default=DEFAULT_EVAL_BATCH,
                    help="clips per forward (default %(default)s)")

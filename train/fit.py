@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 
 from daemon.audio import SAMPLE_RATE
 from daemon.classifier import CALIBRATION_FILE
-from train import out_of_scope
+from train import out_of_scope, progress
 from train.data import (
     DEFAULT_MAX_SECONDS,
     DEFAULT_SPLIT_SEED,
@@ -336,7 +337,8 @@ def _training_arguments(s: FitSettings, checkpoints: Path) -> Any:
         report_to="none",
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        disable_tqdm=not log.isEnabledFor(logging.INFO),
+        # Off a terminal, Trainer prints one plain line of losses per epoch instead of a bar.
+        disable_tqdm=not log.isEnabledFor(logging.INFO) or not progress.on_terminal(),
     )
 
 
@@ -410,6 +412,10 @@ def load_data(s: FitSettings) -> LabelledSplits:
         data = join_labelled(parts, " + ".join([*specs, out_of_scope.OUT_OF_SCOPE_LABEL]))
     if "train" not in data.splits:
         raise TrainError(f"dataset {' + '.join(specs)} has no train split; splits found: {sorted(data.splits)}")
+    if len(data.label_names) < 2:
+        raise TrainError(
+            f"dataset {' + '.join(specs)} has one class only ({', '.join(data.label_names)}): a classifier needs "
+            "two or more (one subfolder per intent), or keep the out-of-scope class (drop --no-out-of-scope)")
     return data
 
 
@@ -490,14 +496,26 @@ def _last_checkpoint(checkpoints: Path) -> str | None:
 
 
 def fit(settings: FitSettings) -> FitResult:
-    """Train, keep the best epoch by accuracy, and write the model folder, metrics.json and plots."""
+    """Train, keep the best epoch by accuracy, and write the model folder, metrics.json and plots.
+
+    A fit that fails before writing a file removes the --out folder it made, so no empty folder looks like a
+    model (checkpoints, once written, stay for --resume)."""
+    out = Path(settings.out)
+    made = not out.exists()
+    try:
+        return _fit(settings.resolved(), out)
+    except BaseException:
+        if made and out.is_dir() and not any(f.is_file() for f in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _fit(s: FitSettings, out: Path) -> FitResult:
     from accelerate import PartialState
     from transformers import Trainer, default_data_collator, set_seed
 
     from train import frozen, plots
 
-    s = settings.resolved()
-    out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / CHECKPOINTS_DIR
     set_seed(s.seed)
@@ -612,10 +630,19 @@ def _push(model: Any, extractor: Any, repo_id: str) -> None:
         ) from err
 
 
+# What `intentd-train fit --help` tells users (the module docstring is for developers).
+FIT_DESCRIPTION = (
+    "Train an intent model on labelled audio and write a model folder that `intentd --model DIR` serves. DATA "
+    "is a folder of recordings (one subfolder per intent, or a metadata.jsonl), the output of `intentd-train "
+    "synth`, or a Hugging Face dataset. A part of DATA is held out to measure accuracy (its test split, else "
+    "--test-fraction); DIR gets the model, metrics.json, plots and a README.md model card. Runs under torchrun "
+    "for several processes."
+)
+
+
 def register(subparsers: Any) -> None:
     """Add the `fit` subcommand: its flags are FitSettings' fields."""
-    p = subparsers.add_parser("fit", help="fine-tune an audio classifier", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("fit", help="fine-tune an audio classifier", description=FIT_DESCRIPTION)
     add_arguments(p)
     p.set_defaults(func=run)
 

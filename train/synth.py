@@ -34,6 +34,7 @@ from train.audio_io import SOUNDFILE_SUFFIXES
 from train.data import SLOTS_COLUMN
 from train.errors import TrainError
 from train.intents import IntentSet, load_intents
+from train.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +249,6 @@ def _render_all(clips: Sequence[Clip], config: channel.ChannelConfig, microphone
                 workers: int, progress: bool) -> tuple[float, list[float]]:
     """Render in a pool (spawned workers: safe even when the caller has torch threads running); total seconds and
     each clip's drawn SNR."""
-    from tqdm import tqdm
-
     def results() -> Iterator[tuple[float, float]]:
         if workers <= 1:
             yield from (render_clip(c, config, microphone) for c in clips)
@@ -265,7 +264,7 @@ def _render_all(clips: Sequence[Clip], config: channel.ChannelConfig, microphone
 
     total = 0.0
     snrs = []
-    for seconds, snr_db in tqdm(results(), total=len(clips), desc="synth", unit="clip", disable=not progress):
+    for seconds, snr_db in track(results(), total=len(clips), desc="synth", unit="clip", enabled=progress):
         total += seconds
         snrs.append(snr_db)
     return total, snrs

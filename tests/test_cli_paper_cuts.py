@@ -1,0 +1,109 @@
+"""Issue 19's paper cuts, each through the real console scripts as subprocesses: --version everywhere, help written
+for users, `eval` scoring a whole folder of recordings, clear one-line errors for data a new user gets wrong,
+and no carriage-return progress bars when output is not a terminal."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import write_tone_folder
+
+from daemon.version import version
+from tests.daemon_proc import run_cli
+
+CONSOLE_SCRIPTS = ("intentd", "intentd-train", "intentd-sub", "intentd-send", "intentd-live", "intentd-proxy")
+# The tiny models' labels (tests/tiny_models.py).
+TINY_LABELS = {"a": 300.0, "b": 2500.0}
+PER_LABEL = 5
+
+
+def error_lines(text: str) -> list[str]:
+    """The `error: ...` lines of a command's stderr."""
+    return [line for line in text.splitlines() if line.startswith("error: ")]
+
+
+@pytest.mark.parametrize("name", CONSOLE_SCRIPTS)
+def test_every_command_has_version(name: str) -> None:
+    done = run_cli(name, "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{name} (intentd) {version()}", done.stdout
+    assert version() != "unknown"  # the tests run from an installed checkout
+
+
+def test_intentd_devices_help_helps_instead_of_listing() -> None:
+    done = run_cli("intentd", "devices", "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: intentd devices"), done.stdout
+    assert "mic://" in done.stdout
+
+
+def test_help_is_written_for_users() -> None:
+    top = run_cli("intentd-train", "--help")
+    fit = run_cli("intentd-train", "fit", "--help")
+    assert top.returncode == fit.returncode == 0
+    # The developer docstrings ("one parser, one subcommand per module", "Starts from the HF ... tutorial") are gone.
+    assert "one subcommand per module" not in top.stdout
+    assert "tutorial" not in fit.stdout.split("options:")[0]
+    flags = re.findall(r"^  (--[a-z-]+)(.*)$", fit.stdout, re.MULTILINE)
+    assert len(flags) > 20
+    # Every flag says what it does, and the numeric ones their default.
+    options = fit.stdout.split("options:")[1]
+    for flag in ("--batch-size", "--epochs", "--warmup-ratio", "--weight-decay", "--seed"):
+        block = options.split(f"  {flag} ", 1)[1].split("\n  --", 1)[0]
+        assert "default" in block and len(block.split()) > 4, (flag, block)
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of labelled recordings as a user has them: one subfolder per intent, no test split."""
+    return write_tone_folder(tmp_path_factory.mktemp("recordings"), per_label=PER_LABEL, labels=TINY_LABELS)
+
+
+def test_eval_scores_every_clip_of_a_folder_without_a_test_split(recordings: Path, tiny_whisper_dir: Path) -> None:
+    whole = run_cli("intentd-train", "eval", "--model", str(tiny_whisper_dir), "--dataset", str(recordings), "--json")
+    assert whole.returncode == 0, whole.stderr
+    report = json.loads(whole.stdout)
+    assert report["n"] == PER_LABEL * len(TINY_LABELS) and report["split"] == "all", report
+    # stderr is a pipe here: datasets' "Generating train split" bars must not draw carriage returns into it.
+    assert "\r" not in whole.stderr, whole.stderr
+    held_out = run_cli("intentd-train", "eval", "--model", str(tiny_whisper_dir), "--dataset", str(recordings),
+                       "--split", "test", "--json")
+    assert held_out.returncode == 0, held_out.stderr
+    assert 0 < json.loads(held_out.stdout)["n"] < report["n"]
+
+
+def test_eval_with_a_test_fraction_of_one_is_an_error_line(recordings: Path, tiny_whisper_dir: Path) -> None:
+    done = run_cli("intentd-train", "eval", "--model", str(tiny_whisper_dir), "--dataset", str(recordings),
+                   "--split", "test", "--test-fraction", "1.0")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1 and "--test-fraction" in lines[0], done.stderr
+
+
+def test_eval_of_one_intents_recordings_works(tmp_path: Path, tiny_whisper_dir: Path) -> None:
+    one = write_tone_folder(tmp_path / "only-a", per_label=3, labels={"a": 300.0})
+    done = run_cli("intentd-train", "eval", "--model", str(tiny_whisper_dir), "--dataset", str(one), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["n"] == 3 and set(report["per_class"]) <= set(TINY_LABELS), report
+
+
+def test_fit_on_bad_folders_says_why_and_leaves_no_empty_out(tmp_path: Path, tiny_whisper_dir: Path) -> None:
+    one = write_tone_folder(tmp_path / "one-class", per_label=3, labels={"a": 300.0})
+    text = tmp_path / "notes"
+    for label in TINY_LABELS:
+        (text / label).mkdir(parents=True)
+        (text / label / "said.txt").write_text("turn on the lights\n")
+    for data, needles in ((one, ("one class", "a")), (text, ("no audio files", ".txt"))):
+        out = tmp_path / f"model-{data.name}"
+        done = run_cli("intentd-train", "fit", "--dataset", str(data), "--base-model", str(tiny_whisper_dir),
+                       "--out", str(out), "--epochs", "1", "--no-out-of-scope")
+        assert done.returncode == 2, done.stderr
+        lines = error_lines(done.stderr)
+        assert len(lines) == 1 and all(n in lines[0] for n in needles), done.stderr
+        assert "Traceback" not in done.stderr
+        assert not out.exists(), f"a failed fit left {out}"
