@@ -21,7 +21,7 @@ $(BACKBONE)/config.json: | setup
 # 250 clips per intent (200 to train): 79.9% on the held-out voices vs 55.7% with synth's default 50, in 11-14 min
 # on 2 CPU cores (bench/README.md, "Default 14-intent model").
 $(DATA)/dataset_dict.json: | setup
-	$(BIN)/intentd-train synth --intents train/intents/minds14.toml --out $(DATA) --seed $(SEED) --per-intent 250
+	$(BIN)/intentd-train synth --intents train/intents/minds14.toml --out $(DATA) --seed $(SEED) --per-intent 250 --force
 
 # The backbone and data are made inside the recipe, not as prerequisites: an existing model is kept even when
 # the backbone or data it came from were deleted.

@@ -222,5 +222,5 @@ def synth_digits(out: Path, seed: int, per_intent: int, log_file: Path | None = 
     if (out / "synth.json").is_file():
         return 0.0
     seconds, _ = run_step(["synth", "--intents", str(DIGITS_INTENTS), "--out", str(out), "--seed", str(seed),
-                           "--per-intent", str(per_intent), "--no-progress", *extra], log_file)
+                           "--per-intent", str(per_intent), "--no-progress", "--force", *extra], log_file)
     return seconds

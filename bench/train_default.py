@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import_s, _ = fsdd.run_step(["import-backbone", "whisper-tiny.en", "--out", str(backbone), "--force"], log_file)
     synth_s, _ = fsdd.run_step(["synth", "--intents", str(MINDS14_INTENTS), "--out", str(data), "--seed",
-                                str(args.seed), "--per-intent", makefile_per_intent(), "--no-progress"], log_file)
+                                str(args.seed), "--per-intent", makefile_per_intent(), "--no-progress",
+                                "--force"], log_file)
     fit_s, _ = fsdd.run_step(fsdd.fit_args(data, backbone, model, ["--seed", str(args.seed), *fit_flags]), log_file)
     metrics = json.loads((model / "metrics.json").read_text())
     sizes = metrics["dataset"]["sizes"]

@@ -107,3 +107,25 @@ def test_fit_on_bad_folders_says_why_and_leaves_no_empty_out(tmp_path: Path, tin
         assert len(lines) == 1 and all(n in lines[0] for n in needles), done.stderr
         assert "Traceback" not in done.stderr
         assert not out.exists(), f"a failed fit left {out}"
+
+
+def test_synth_refuses_a_one_intent_file_and_keeps_an_earlier_output_without_force(tmp_path: Path) -> None:
+    one = tmp_path / "one.toml"
+    one.write_text('[intents]\nlights_on = ["turn on the lights"]\n')
+    done = run_cli("intentd-train", "synth", "--intents", str(one), "--out", str(tmp_path / "one-out"))
+    assert done.returncode == 2, done.stderr
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1 and "one intent" in lines[0] and "lights_on" in lines[0], done.stderr
+    assert not (tmp_path / "one-out").exists()
+
+    two = tmp_path / "two.toml"
+    two.write_text('[intents]\nlights_on = ["turn on the lights"]\nlights_off = ["turn off the lights"]\n')
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    marker = earlier / "dataset_dict.json"  # what marks a synth output (train/synth.py DATASET_MARKER)
+    marker.write_text('{"splits": ["train", "test"]}')
+    done = run_cli("intentd-train", "synth", "--intents", str(two), "--out", str(earlier), "--per-intent", "1")
+    assert done.returncode == 2, done.stderr
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1 and "--force" in lines[0] and str(earlier) in lines[0], done.stderr
+    assert marker.read_text() == '{"splits": ["train", "test"]}'

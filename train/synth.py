@@ -270,8 +270,8 @@ def _render_all(clips: Sequence[Clip], config: channel.ChannelConfig, microphone
     return total, snrs
 
 
-def _prepare_out_dir(out_dir: Path) -> Path:
-    """Create out_dir, or clear an earlier synth output there; refuse to mix into anything else."""
+def _prepare_out_dir(out_dir: Path, replace: bool) -> Path:
+    """Create out_dir, or clear an earlier synth output there when `replace`; refuse to mix into anything else."""
     out_dir = out_dir.expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise TrainError(f"--out {out_dir} exists and is not a directory")
@@ -280,6 +280,10 @@ def _prepare_out_dir(out_dir: Path) -> Path:
             raise TrainError(
                 f"--out {out_dir} is not empty and holds no earlier synth output; choose another"
             )
+        if not replace:  # rendering took minutes to hours: never replaced without being asked
+            raise TrainError(f"--out {out_dir} holds an earlier synth output; pass --force to replace it, "
+                             "or choose another folder")
+        log.info("replacing the earlier synth output in %s", out_dir)
         for name in (WAV_DIR, *SPLITS):
             shutil.rmtree(out_dir / name, ignore_errors=True)
         for name in (DATASET_MARKER, INFO_FILE):
@@ -381,6 +385,7 @@ def synthesize(
     channel_choice: str = TELEPHONE,
     noise_dir: str | Path | None = None,
     snr_db: tuple[float, float] | None = None,
+    replace: bool = True,
 ) -> Path:
     """Render a dataset from an intents file (TOML or Rhino YAML) into out_dir (wavs, their metadata.jsonl and a
     DatasetDict); returns out_dir's absolute path.
@@ -389,6 +394,7 @@ def synthesize(
     (room noise, music, breathing, clicks: train/nonspeech.py) labelled as the file's last intent, as
     the out-of-scope class wants them (train/out_of_scope.py). channel_choice is telephone, microphone or both;
     the microphone mixes noise at an SNR drawn from snr_db, from generated kinds and noise_dir's recordings.
+    An earlier synth output in out_dir is replaced only with `replace` (the CLI's --force).
     """
     if per_intent < 1:
         raise TrainError(f"--per-intent must be at least 1, not {per_intent}")
@@ -414,7 +420,7 @@ def synthesize(
         snr_db=snr_db or channel.MIC_SNR_DB, trim_probability=trim_fraction,
         noise_files=tuple(str(f) for f in noise_files(noise_dir)) if noise_dir is not None else (),
     )  # fmt: skip
-    out = _prepare_out_dir(Path(out_dir))
+    out = _prepare_out_dir(Path(out_dir), replace)
 
     rng = np.random.default_rng(seed)
     sides = split_voices(voices, test_fraction, rng)
@@ -473,7 +479,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "synth",
         help="render a speech dataset from an intents file with local TTS engines",
-        description=__doc__,
+        description="Render a spoken data set from an intents file (TOML phrase templates, or a Rhino context "
+        ".yaml) with the text-to-speech engines installed here: many voices, speeds and pitches, through a "
+        "telephone line or a room microphone. --out gets WAV files with a metadata.jsonl (intent and slots per "
+        "clip) and a data set split by voice, ready for `intentd-train fit --dataset OUT`.",
     )
     parser.add_argument(
         "--intents", type=Path, default=DEFAULT_INTENTS,
@@ -537,6 +546,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the microphone's speech-to-noise ratio in dB, drawn per clip (default "
              f"{','.join(f'{v:g}' for v in channel.MIC_SNR_DB)})",
     )  # fmt: skip
+    parser.add_argument("--force", action="store_true",
+                        help="replace an earlier synth output in --out (without it, synth refuses)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -562,6 +573,10 @@ def _hz_range(text: str) -> tuple[float, float]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `synth` from parsed arguments."""
+    names = load_intents(args.intents).names
+    if len(names) < 2:
+        raise TrainError(f"{args.intents}: one intent ({', '.join(names)}); a model tells intents apart, so an "
+                         "intents file needs two or more")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else None
     synthesize(
@@ -581,5 +596,6 @@ def run(args: argparse.Namespace) -> int:
         channel_choice=args.channel,
         noise_dir=args.noise_dir,
         snr_db=args.snr_db,
+        replace=args.force,
     )
     return 0
