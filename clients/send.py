@@ -234,6 +234,8 @@ async def send_file(
     `live` (default: `realtime`) marks the stream live: its utterances may then be dropped under load.
     """
     sf = _soundfile()
+    if not Path(path).is_file():  # libsndfile says only "System error." for a missing file
+        raise SendError(f"audio file {path} {'is not a file' if Path(path).exists() else 'does not exist'}")
     try:
         snd = sf.SoundFile(str(path))
     except (OSError, RuntimeError) as err:

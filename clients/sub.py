@@ -98,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The reader (e.g. `| head`) went away; point stdout at /dev/null so the exit flush stays quiet.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_OK
+        if status == EXIT_IDLE:
+            where = ", ".join(args.connect or [DEFAULT_CONNECT])
+            hint = "" if sub.received else "; nothing arrived at all: is intentd publishing there (publisher.uri)?"
+            print(f"error: no event for {args.idle_timeout:g} s (--idle-timeout) from {where}{hint}", file=sys.stderr)
         log.info(
             "received %d messages, missed %d, publisher restarts %d", sub.received, sub.missed, sub.restarts
         )

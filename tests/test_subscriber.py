@@ -392,6 +392,9 @@ def test_intentd_sub_takes_several_publishers(two_publishers: tuple[Publisher, P
 
 def test_intentd_sub_count_and_idle_timeout(publisher: Publisher, capsys: pytest.CaptureFixture[str]) -> None:
     assert sub_cli.main(["--connect", "tcp://127.0.0.1:1", "--idle-timeout", "0.2"]) == sub_cli.EXIT_IDLE
+    # Exit 3 says why on stderr: nothing arrived, and from where.
+    idle = capsys.readouterr().err.splitlines()
+    assert len(idle) == 1 and idle[0].startswith("error: no event for 0.2 s") and "tcp://127.0.0.1:1" in idle[0], idle
     assert sub_cli.main(["--connect", "nope://x"]) == sub_cli.EXIT_USAGE
     assert "nope://x" in capsys.readouterr().err
 
