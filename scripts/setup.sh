@@ -31,7 +31,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 mkdir -p "$STAMPS"
-# torch first and pinned: torchaudio and torchcodec pin it exactly (see README "Why these versions").
+# torch first and pinned: torchaudio and torchcodec pin it exactly (the comments in pyproject.toml say why).
 if [ ! -f "$STAMPS/torch" ]; then
   echo "setup: installing torch (large download, a few minutes)" >&2
   .venv/bin/pip install -q --upgrade pip

@@ -129,3 +129,21 @@ def test_synth_refuses_a_one_intent_file_and_keeps_an_earlier_output_without_for
     lines = error_lines(done.stderr)
     assert len(lines) == 1 and "--force" in lines[0] and str(earlier) in lines[0], done.stderr
     assert marker.read_text() == '{"splits": ["train", "test"]}'
+
+
+def test_every_readme_section_the_repository_points_to_exists() -> None:
+    """`see README "Section"` in scripts and docs names a heading that is there (setup.sh named a missing one)."""
+    repo = Path(__file__).resolve().parents[1]
+    headings = {line.lstrip("#").strip() for line in (repo / "README.md").read_text().splitlines()
+                if line.startswith("#")}
+    pointers = []
+    # The top-level README only: bench/README.md and docs are other files with other headings.
+    top_readme = re.compile(r'(?<![/\w])README(?:\.md)?[,:]? "([^"]+)"')
+    sources = [*repo.glob("scripts/*"), *repo.glob("docs/*.md"), *repo.glob("systemd/*"), repo / "Makefile",
+               repo / "pyproject.toml", *(p for d in ("daemon", "train", "clients", "bench") for p in repo.glob(f"{d}/*.py"))]
+    for path in sources:
+        if path.is_file():
+            pointers += [(path.name, name) for name in top_readme.findall(path.read_text())]
+    assert ("setup.sh", "Why these versions") not in pointers
+    missing = [(where, name) for where, name in pointers if not any(h.startswith(name) for h in headings)]
+    assert not missing, missing
