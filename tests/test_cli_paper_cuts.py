@@ -147,3 +147,20 @@ def test_every_readme_section_the_repository_points_to_exists() -> None:
     assert ("setup.sh", "Why these versions") not in pointers
     missing = [(where, name) for where, name in pointers if not any(h.startswith(name) for h in headings)]
     assert not missing, missing
+
+
+def test_the_daemon_logs_a_streams_open_and_end_once(tmp_path: Path, tiny_whisper_dir: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from daemon.audio import SAMPLE_RATE
+    from tests.daemon_proc import running_daemon, send_files
+
+    wav = tmp_path / "one.wav"
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    sf.write(str(wav), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), SAMPLE_RATE)
+    with running_daemon(tmp_path / "d", tiny_whisper_dir) as d:
+        send_files(d.audio_uri, [wav], stream_id="paper-cut")
+    lines = [line for line in d.log_text().splitlines() if "paper-cut" in line]
+    assert len([line for line in lines if "opened" in line]) == 1, lines
+    assert len([line for line in lines if " ended" in line or " closed" in line]) == 1, lines

@@ -296,13 +296,14 @@ class _Connection:
             return
         if not ended:
             # A plain close at a frame boundary is a normal end (docs/protocol.md); nobody reads a final frame.
-            log.info("%s: ended by close without end marker after %d samples", self._describe(), self._next_sample)
+            # The StreamTable logs every stream's open and end once, for all sources; the details go to DEBUG.
+            log.debug("%s: ended by close without end marker after %d samples", self._describe(), self._next_sample)
             if self._finish_stream(None):
                 await self._close_writer()
             return
         sid = self._stream_id
         if self._finish_stream(None):
-            log.info("%s: ended after %d samples", self._describe(), self._next_sample)
+            log.debug("%s: ended after %d samples", self._describe(), self._next_sample)
             await self._send(encode_reply(REPLY_FINAL, stream_id=sid, samples=self._next_sample))
         else:
             await self._send(encode_reply(REPLY_ERROR, reason="internal error closing the stream", stream_id=sid))
@@ -377,7 +378,7 @@ class _Connection:
         self._header = header
         self.open_stream_id = header.stream_id
         self._pcm = PcmDecoder(header.sample_format, header.channels)
-        log.info(
+        log.debug(  # the StreamTable logs the open at INFO
             "%s: opened at %d Hz, %s, %d channel(s), %s",
             self._describe(),
             header.sample_rate,
