@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from daemon.audio import SAMPLE_RATE, check_clip
 from daemon.errors import AudioError, ModelError
 from daemon.events import UNKNOWN_LABEL
 from daemon.frames import Prediction
-from daemon.windows import parse_windows, whisper_logits, window_for, window_step
+from daemon.slot_heads import SLOTS_KEY, SlotHeads, SlotSchema, decode_slots, for_intent
+from daemon.windows import encoder_states, parse_windows, whisper_logits, window_for, window_step
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class Classifier:
     max_samples: int | None = None  # the fixed window (longer clips are cut); None: the clip's own length
     windows: tuple[int, ...] = ()  # shorter windows the model was trained at, then max_samples (daemon/windows.py)
     onnx: Any = None  # an OnnxForward when the forward runs on ONNX Runtime (daemon/onnx_forward.py)
+    slot_heads: SlotHeads | None = None  # the folder's slot heads (daemon/slot_heads.py), None: intents only
 
     @classmethod
     def load(
@@ -172,7 +174,8 @@ class Classifier:
 
         threshold None: the model's own calibrated threshold (CALIBRATION_FILE), none if it has no such file;
         a number overrides it (0 rejects nothing by score). runtime: torch, onnx (ONNX Runtime), or auto (ONNX
-        Runtime where it applies: a Whisper classifier in float32 on the CPU with onnxruntime installed).
+        Runtime where it applies: a Whisper classifier in float32 on the CPU with onnxruntime installed; a model
+        with slot heads runs on PyTorch, whose encoder states the heads read).
         """
         folder = check_model_folder(model_dir)
         meta = serving_meta(folder)
@@ -217,6 +220,12 @@ class Classifier:
             )
 
         model.to(torch_device).eval()
+        heads = _slot_heads(folder, meta, model, extractor)
+        if heads is not None:
+            if runtime == "onnx":
+                raise ModelError(f"{folder}: a model with slot heads runs on PyTorch; set model.runtime = \"torch\"")
+            runtime = "torch"
+            heads.to(device=torch_device, dtype=torch_dtype)
         chosen = onnx_forward.choose(runtime, model, torch_device, torch_dtype)
         full = fixed_window(extractor)
         onnx = onnx_forward.OnnxForward(model, full // int(extractor.hop_length), torch.get_num_threads()) \
@@ -227,7 +236,8 @@ class Classifier:
         except (OSError, ValueError, KeyError) as err:
             raise ModelError(f"{folder}: cannot hash the weights for the model id: {err}") from err
         model_id = f"{folder.resolve().name}@{digest[:MODEL_ID_HASH_CHARS]}"
-        log.info("loaded %s on %s as %s (%d labels, %s runtime)", model_id, torch_device, torch_dtype, len(labels),
+        log.info("loaded %s on %s as %s (%d labels, %s slots, %s runtime)", model_id, torch_device, torch_dtype,
+                 len(labels), len(heads.schema.values) if heads is not None else 0,
                  "ONNX" if onnx is not None else "PyTorch")
         return cls(
             model=model,
@@ -241,6 +251,7 @@ class Classifier:
             max_samples=fixed_window(extractor),
             windows=_windows(folder, meta, model, extractor),
             onnx=onnx,
+            slot_heads=heads,
         )
 
     @property
@@ -248,25 +259,48 @@ class Classifier:
         """Label name -> the model's class index."""
         return {label: i for i, label in enumerate(self.labels)}
 
+    @property
+    def slot_schema(self) -> SlotSchema | None:
+        """The slots this model predicts, or None for an intent-only model."""
+        return self.slot_heads.schema if self.slot_heads is not None else None
+
     def probabilities(self, clips: Sequence[np.ndarray], max_batch: int | None = None) -> np.ndarray:
         """(clips, labels) float32 softmax scores of 16 kHz mono float32 clips, in order.
 
         Clips run in as few forwards as `batch_groups` allows (at most `max_batch` clips each when given).
         """
+        return self.scores(clips, max_batch)[0]
+
+    def scores(self, clips: Sequence[np.ndarray], max_batch: int | None = None
+               ) -> tuple[np.ndarray, list[dict[str, tuple[str, float]]]]:
+        """The intent scores (as `probabilities`) and, per clip, each slot the heads hear as {slot: (value,
+        score)} ({} for every clip of an intent-only model), from the same forwards."""
         batch = [check_clip(clip, f"clip {i}", allow_silence=True) for i, clip in enumerate(clips)]
         out = np.zeros((len(batch), len(self.labels)), dtype=np.float32)
+        schema = self.slot_schema
+        slot_out = [np.zeros((len(batch), 1 + len(v)), dtype=np.float32) for v in schema.values.values()] \
+            if schema is not None else []
         keys = [self.input_length(len(c)) for c in batch]
         with torch.inference_mode():
             for idx in batch_groups(keys, max_batch):
                 features = self._features([batch[i] for i in idx], keys[idx[0]] if self.windows else None)
-                if self.onnx is not None:
+                if self.slot_heads is not None:
+                    # One encoder pass feeds both heads: the intent head through transformers' own projector and
+                    # mean, the slot heads over the same per-frame states (at the full window equal to
+                    # transformers' encoder output: tests/test_windows.py).
+                    hidden = encoder_states(self.model.encoder, features["input_features"])
+                    logits = self.model(encoder_outputs=(hidden,)).logits
+                    for rows, slot_logits in zip(slot_out, self.slot_heads(hidden), strict=True):
+                        rows[idx] = torch.softmax(slot_logits.float(), dim=-1).cpu().numpy()
+                elif self.onnx is not None:
                     logits = self.onnx(features["input_features"])
                 elif self.windows:
                     logits = whisper_logits(self.model, features["input_features"], self._full_frames)
                 else:
                     logits = self.model(**features).logits
                 out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        return out
+        slots = decode_slots(slot_out, schema) if schema is not None else [{} for _ in batch]
+        return out, slots
 
     def input_length(self, samples: int) -> int:
         """Samples the model's input has for a clip of `samples`: its window (the shortest stated window that
@@ -284,8 +318,18 @@ class Classifier:
         """One Prediction per clip, in order: top-k labels, and `unknown` below the threshold."""
         if not clips:
             return []
-        ranked = top_k_of(self.probabilities(clips), self.labels, self.top_k)
-        return [self._prediction(top_k) for top_k in ranked]
+        probabilities, slots = self.scores(clips)
+        ranked = top_k_of(probabilities, self.labels, self.top_k)
+        return [self.answer(top_k, heard) for top_k, heard in zip(ranked, slots, strict=True)]
+
+    def answer(self, top_k: tuple[tuple[str, float], ...], slots: dict[str, tuple[str, float]]) -> Prediction:
+        """The daemon's answer for one clip's ranked intents and heard slots: `decide`, then the slots the answered
+        intent can take (none for `unknown`)."""
+        prediction = self._prediction(top_k)
+        schema = self.slot_schema
+        if schema is None:
+            return prediction
+        return replace(prediction, slots=for_intent(slots, prediction.label, schema, UNKNOWN_LABEL))
 
     def warmup(self) -> None:
         """Run a dummy batch so the first real request does not pay for lazy initialisation."""
@@ -342,6 +386,19 @@ def _windows(folder: Path, meta: dict[str, Any], model: Any, extractor: Any) -> 
     if not isinstance(stated, list):
         raise ModelError(f"{where}: windows_s must be a list of seconds, got {stated!r}")
     return parse_windows(stated, full, window_step(extractor), where)
+
+
+def _slot_heads(folder: Path, meta: dict[str, Any], model: Any, extractor: Any) -> SlotHeads | None:
+    """The slot heads the folder states (SLOTS_KEY in intentd.json), checked against the model; None if none."""
+    raw = meta.get(SLOTS_KEY)
+    if not raw:
+        return None
+    where = str(folder / CALIBRATION_FILE)
+    if fixed_window(extractor) is None or type(model).__name__ != "WhisperForAudioClassification":
+        raise ModelError(f"{where}: slot heads need a Whisper classifier")
+    if model.config.use_weighted_layer_sum:
+        raise ModelError(f"{where}: slot heads cannot serve a weighted layer sum")
+    return SlotHeads.load(folder, SlotSchema.from_json(raw, where), int(model.config.d_model))
 
 
 def check_model_folder(model_dir: str | Path) -> Path:

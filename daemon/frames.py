@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,11 +47,13 @@ class Utterance:
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """A classifier's answer for one clip: the top label, its score and the top-k (label, score) pairs."""
+    """A classifier's answer for one clip: the top label, its score, the top-k (label, score) pairs and, for a
+    model with slot heads, each slot it heard as {slot: (value, score)}."""
 
     label: str
     score: float
     top_k: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    slots: Mapping[str, tuple[str, float]] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ A DATA argument is detected as one of three sources:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ LABEL_COLUMN_CANDIDATES = ("intent_class", "label", "intent")
 AUDIO_COLUMN = "audio"
 # A command's slot values ({name: value}, None or missing where absent): metadata.jsonl's `slots`, synth's column.
 SLOTS_COLUMN = "slots"
+# fit's per-clip slot classes (daemon/slot_heads.py), one per slot; carried through prepare_features and the cache.
+SLOT_TARGETS = "slot_targets"
 # The column name Trainer and every HF classifier's forward() expect.
 LABELS = "labels"
 # With length-aware windows: the samples of the window each feature row was padded to (daemon/windows.py).
@@ -136,25 +139,39 @@ def join_labelled(parts: Sequence[LabelledSplits], name: str) -> LabelledSplits:
     names = list(parts[0].label_names)
     for part in parts[1:]:
         names.extend(n for n in part.label_names if n not in names)
+    # Slot labels survive as JSON text (parts' slot structs differ); None for a part that labels none.
+    with_slots = any(SLOTS_COLUMN in ds.column_names for part in parts for ds in part.splits.values())
     features = datasets.Features({
         AUDIO_COLUMN: datasets.Audio(sampling_rate=SAMPLE_RATE),
         column: datasets.ClassLabel(names=names),
+        **({SLOTS_COLUMN: datasets.Value("string")} if with_slots else {}),
     })
     joined: dict[str, list[Any]] = {}
     for part in parts:
         mapping = [names.index(n) for n in part.label_names]
         for split, ds in part.splits.items():
-            ds = ds.select_columns([AUDIO_COLUMN, part.label_column])
+            has_slots = SLOTS_COLUMN in ds.column_names
+            ds = ds.select_columns([AUDIO_COLUMN, part.label_column, *([SLOTS_COLUMN] if has_slots else [])])
             if part.label_column != column:
                 ds = ds.rename_column(part.label_column, column)
             ds = ds.cast_column(AUDIO_COLUMN, datasets.Audio(sampling_rate=SAMPLE_RATE))
-            ds = ds.map(lambda batch, m=mapping: {column: [m[i] for i in batch[column]]}, batched=True,
-                        features=features, desc=f"labels of {part.source} ({split})")
+            ds = ds.map(lambda batch, m=mapping, h=has_slots: {
+                column: [m[i] for i in batch[column]],
+                **({SLOTS_COLUMN: [_slots_text(v) for v in batch[SLOTS_COLUMN]] if h else
+                    [None] * len(batch[column])} if with_slots else {}),
+            }, batched=True, features=features, desc=f"labels of {part.source} ({split})")
             joined.setdefault(split, []).append(ds)
     splits = datasets.DatasetDict({k: datasets.concatenate_datasets(v) for k, v in joined.items()})
     log.info("combined %s: %s, %d labels", name, {k: len(v) for k, v in splits.items()}, len(names))
     return LabelledSplits(splits=splits, label_column=column, label_names=names, source="combined",
                           parts=tuple(p for part in parts for p in (part.parts or (part.source,))))
+
+
+def _slots_text(value: Any) -> str | None:
+    """A row's slot labels as JSON text ({slot: value}, absent slots dropped); None stays None."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps({k: v for k, v in dict(value).items() if v is not None}, ensure_ascii=False)
 
 
 def _load_raw(spec: str, source: str, config: str | None) -> Any:
@@ -405,6 +422,8 @@ def prepare_features(
         variants += [channel.trim_edges(clip, SAMPLE_RATE, db) for db in trims for clip in clips]
         features = extract(extractor, variants, max_samples, windows)
         features[LABELS] = list(batch[label_column]) * (len(speeds) + len(trims))
+        if SLOT_TARGETS in batch:  # each perturbed copy says the same slot values as its clip
+            features[SLOT_TARGETS] = list(batch[SLOT_TARGETS]) * (len(speeds) + len(trims))
         return features
 
     return plain.map(

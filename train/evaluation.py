@@ -33,7 +33,13 @@ from train.data import (
     map_labels_to_model,
 )
 from train.fit import ACCURACY_METRIC_DIR
-from train.inference import VIA_CHOICES, PipelineClassifier, check_model_dir, load_classifier
+from train.inference import (
+    VIA_CHOICES,
+    ClassifierCommands,
+    PipelineClassifier,
+    check_model_dir,
+    load_classifier,
+)
 from train.out_of_scope import OUT_OF_SCOPE_LABEL, accepted
 
 log = logging.getLogger(__name__)
@@ -113,8 +119,9 @@ def evaluate_model(
     of domain: `out_of_domain_false_acceptance` is the share of them accepted; `in_domain_acceptance` the share
     of DATA's other clips accepted.
 
-    Command acceptance is scored on DATA's in-domain clips: by `predictor` where given (a model that also returns
-    slots), else by the model's own decisions with no slots. A rejected clip is never an accepted command.
+    Command acceptance is scored on DATA's in-domain clips: by `predictor` where given, else by the model's own
+    answers: with its slots when the folder has slot heads (`--via manual`: the daemon's core), else intents with
+    no slots. A rejected clip is never an accepted command.
     """
     import evaluate
 
@@ -133,6 +140,9 @@ def evaluate_model(
     id2label = dict(enumerate(score.labels))
     to_model = map_labels_to_model(data.label_names, label2id, dataset)
 
+    # A folder with slot heads answers commands itself, from the same forwards as its intent scores.
+    own = ClassifierCommands(score.manual, batch_size) \
+        if predictor is None and score.manual is not None and score.manual.slot_schema is not None else None
     truth: list[int] = []
     truth_slots: list[dict[str, str]] = []
     probabilities = []
@@ -140,6 +150,11 @@ def evaluate_model(
     for clips, batch in iter_clips(rows, batch_size):
         truth.extend(to_model[i] for i in batch[data.label_column])
         truth_slots.extend(slot_labels(raw) for raw in batch.get(SLOTS_COLUMN, [None] * len(clips)))
+        if own is not None:
+            scored, heard = own.classifier.scores(clips, batch_size)
+            probabilities.append(scored)
+            commands += own.from_scores(scored, heard)
+            continue
         probabilities.append(score(clips))
         commands += (predictor.predict(clips) if predictor is not None
                      else intent_only_predictions(probabilities[-1], score.labels, score.threshold))
@@ -159,7 +174,7 @@ def evaluate_model(
     in_domain = [i for i, t in enumerate(truth) if id2label[t] != OUT_OF_SCOPE_LABEL]
     command = command_report([id2label[truth[i]] for i in in_domain], [truth_slots[i] for i in in_domain],
                              [commands[i] for i in in_domain],
-                             predicts_slots=predictor is not None and predictor.predicts_slots)
+                             predicts_slots=bool(own is not None or predictor is not None and predictor.predicts_slots))
     return {
         "accuracy": float(accuracy),
         **command,

@@ -27,7 +27,8 @@ import numpy as np
 
 from daemon.audio import SAMPLE_RATE
 from daemon.classifier import CALIBRATION_FILE
-from train import out_of_scope, progress
+from daemon.slot_heads import SLOT_HEADS_FILE, SLOTS_KEY
+from train import out_of_scope, progress, slot_training
 from train.data import (
     DEFAULT_MAX_SECONDS,
     DEFAULT_SPLIT_SEED,
@@ -113,6 +114,9 @@ class FitSettings:
     weighted_layer_sum: bool = option(
         False, "classify a learned weighted sum of every encoder layer, not only the last "
         "(config.use_weighted_layer_sum)")
+    slots: bool = option(
+        True, "where DATA labels slots (a `slots` column, as synth writes for captured slots), also train a head "
+        "per slot that returns its value (daemon/slot_heads.py; Whisper, head or top mode)")
     base_model: str = option("facebook/wav2vec2-base", "hub id or local HF model folder", metavar="MODEL")
     dataset_config: str | None = option(None, "hub dataset config, e.g. en-US for PolyAI/minds14")
     label_column: str | None = option(None, "label column", default_doc=" or ".join(LABEL_COLUMN_CANDIDATES))
@@ -535,15 +539,26 @@ def _fit(s: FitSettings, out: Path) -> FitResult:
         # unmasked.
         mask_hook = install_time_mask(model, s) if s.time_mask else None
         windows = serving_windows(s, model, extractor)
+        slot_schema = slot_training.schema_of(data) if s.slots else None
+        if slot_schema is not None:
+            slot_training.check_run(model, s.train_mode, s.cache, s.weighted_layer_sum)
+            data = slot_training.with_targets(data, slot_schema)
+            log.info("training slot heads beside the intent: %s",
+                     ", ".join(f"{name} ({len(v)} values)" for name, v in slot_schema.values.items()))
         features = training_features(s, data, extractor, windows)
     model.to(args.device)
 
     cached = s.cache and frozen.can_cache(model, s.train_mode)
     cache_speed: dict[str, float] = {}
+    slot_heads = slot_training.new_heads(model, slot_schema, s.seed) if slot_schema is not None else None
     if cached:
-        train_set, cache_speed = frozen.build_cache(model, features["train"], s.train_mode, s.unfreeze_top)
-        test_set, _ = frozen.build_cache(model, features["test"], s.train_mode, s.unfreeze_top)
-        trained: Any = frozen.small_module(model, s.train_mode, s.unfreeze_top)
+        # Slot heads attend over frames, so in head mode the cache keeps the final states per frame ("top" with no
+        # trained layer) instead of their mean.
+        mode, top = ("top", 0) if slot_heads is not None and s.train_mode == "head" else (s.train_mode,
+                                                                                           s.unfreeze_top)
+        train_set, cache_speed = frozen.build_cache(model, features["train"], mode, top)
+        test_set, _ = frozen.build_cache(model, features["test"], mode, top)
+        trained: Any = frozen.small_module(model, mode, top, slot_heads)
         collator: Any = default_data_collator
     else:
         train_set, test_set, trained, collator = features["train"], features["test"], model, None
@@ -582,6 +597,10 @@ def _fit(s: FitSettings, out: Path) -> FitResult:
     (out / CALIBRATION_FILE).unlink(missing_ok=True)  # an earlier fit's threshold and windows are not this one's
     model.save_pretrained(str(out))
     extractor.save_pretrained(str(out))
+    (out / SLOT_HEADS_FILE).unlink(missing_ok=True)
+    if slot_heads is not None and slot_schema is not None:  # beside the HF classifier, which stays pipeline-loadable
+        slot_heads.to("cpu").save(out)
+        out_of_scope.write_serving_meta(out, {SLOTS_KEY: slot_schema.to_json()})
     history = _history(trainer.state.log_history)
     epochs_run = max((row["epoch"] for row in history), default=0.0)
     metrics = {

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from train.data import WINDOW
+from train.data import SLOT_TARGETS, WINDOW
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -163,9 +163,13 @@ class WhisperTop(nn.Module):
     With a weighted layer sum it also takes `frozen_pooled` (batch, L-N+1, d): the mean-pooled embeddings and
     frozen layer outputs, i.e. the first entries of WhisperEncoder's hidden_states; the trainable layers add the
     rest (the last one after the final layer norm, as transformers records it).
+
+    With `slot_heads` (daemon/slot_heads.py) it also trains them on the same per-frame states the intent head
+    averages, adding their loss over `slot_targets` to the intent's (N may be 0: head mode with slots, where
+    the cache holds the states entering the final norm).
     """
 
-    def __init__(self, model: Any, unfreeze_top: int) -> None:
+    def __init__(self, model: Any, unfreeze_top: int, slot_heads: nn.Module | None = None) -> None:
         super().__init__()
         layers = model.encoder.layers
         self.layers = nn.ModuleList(layers[len(layers) - unfreeze_top :])
@@ -173,6 +177,7 @@ class WhisperTop(nn.Module):
         self.projector = model.projector
         self.classifier = model.classifier
         self.layer_weights = model.layer_weights if model.config.use_weighted_layer_sum else None
+        self.slot_heads = slot_heads
 
     def encode(self, hidden: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The trained layers and the final norm: per-frame states (batch, T, d), and the frame mean of each
@@ -189,23 +194,34 @@ class WhisperTop(nn.Module):
         """Clips of several windows padded to one length: each clip's frame mean over its own `frames` positions,
         equal to running it alone at its window (the padding is masked out of every attention; padded positions
         are left out of the mean)."""
+        hidden, valid = self.window_states(hidden, frames)
+        return self.window_mean(hidden, valid, frames)
+
+    def window_states(self, hidden: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame states of clips padded to one length (padding masked out of every attention) and which
+        frames are each clip's own (batch, T)."""
         valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frames[:, None]  # (batch, T)
         mask = torch.zeros(valid.shape, dtype=hidden.dtype, device=hidden.device)
         mask = mask.masked_fill(~valid, torch.finfo(hidden.dtype).min)[:, None, None, :]  # keys only
         for layer in self.layers:
             out = layer(hidden, mask)
             hidden = out[0] if isinstance(out, tuple) else out
-        hidden = self.layer_norm(hidden) * valid[..., None]
-        return hidden.sum(dim=1) / frames[:, None].to(hidden.dtype)
+        return self.layer_norm(hidden), valid
+
+    @staticmethod
+    def window_mean(hidden: torch.Tensor, valid: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Each clip's mean over its own frames."""
+        return (hidden * valid[..., None]).sum(dim=1) / frames[:, None].to(hidden.dtype)
 
     def forward(
         self, hidden: torch.Tensor, frozen_pooled: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-        frames: torch.Tensor | None = None,
+        frames: torch.Tensor | None = None, slot_targets: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         if frames is not None:  # length-aware windows (no weighted layer sum: fit refuses the two together)
-            logits = self.classifier(self.projector(self.encode_windows(hidden, frames)))
+            states, valid = self.window_states(hidden, frames)
+            logits = self.classifier(self.projector(self.window_mean(states, valid, frames)))
             loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-            return _output(loss, logits)
+            return _output(self._with_slot_loss(loss, states, valid, slot_targets), logits)
         hidden, pooled = self.encode(hidden)
         if self.layer_weights is None:
             mixed = hidden.mean(dim=1)
@@ -217,15 +233,25 @@ class WhisperTop(nn.Module):
             mixed = (states * weights.view(1, -1, 1)).sum(dim=1)
         logits = self.classifier(self.projector(mixed))
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return _output(loss, logits)
+        return _output(self._with_slot_loss(loss, hidden, None, slot_targets), logits)
+
+    def _with_slot_loss(self, loss: torch.Tensor | None, states: torch.Tensor, valid: torch.Tensor | None,
+                        slot_targets: torch.Tensor | None) -> torch.Tensor | None:
+        """The intent loss plus the slot heads' (summed over slots: each slot is a task of its own)."""
+        if self.slot_heads is None or slot_targets is None:
+            return loss
+        slot_loss = self.slot_heads.loss(self.slot_heads(states, valid), slot_targets)
+        if slot_loss is None:
+            return loss
+        return slot_loss if loss is None else loss + slot_loss
 
 
-def small_module(model: Any, mode: str, unfreeze_top: int) -> nn.Module:
-    """The module Trainer trains on the cache for a cacheable mode."""
-    if mode == "head":
+def small_module(model: Any, mode: str, unfreeze_top: int, slot_heads: nn.Module | None = None) -> nn.Module:
+    """The module Trainer trains on the cache for a cacheable mode (slot heads: top mode's, N may be 0)."""
+    if mode == "head" and slot_heads is None:
         return PooledHead(model)
     if mode == "top":
-        return WhisperTop(model, unfreeze_top)
+        return WhisperTop(model, unfreeze_top, slot_heads)
     raise ValueError(f"no cached module for mode {mode!r}")
 
 
@@ -343,6 +369,8 @@ def build_cache(
         extra["frames"] = torch.tensor([r.shape[0] for r in rows], dtype=torch.long)
         rows = [nn.functional.pad(r, (0, 0, 0, max(extra["frames"]) - r.shape[0])) for r in rows]
     inputs = torch.stack(rows) if rows else torch.empty(0)
+    if SLOT_TARGETS in features.column_names:
+        extra[SLOT_TARGETS] = torch.as_tensor(features[SLOT_TARGETS], dtype=torch.long)
     if mode == "top" and model.config.use_weighted_layer_sum:
         extra["frozen_pooled"] = torch.stack([frozen_means[i] for i in range(len(labels))]) if rows \
             else torch.empty(0)

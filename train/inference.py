@@ -5,6 +5,7 @@ which shows that a folder fit made works wherever a Hugging Face user loads it, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from daemon.errors import IntentdError
 from daemon.frames import Prediction
+from train.commands import CommandPrediction
 from train.errors import TrainError
 
 if TYPE_CHECKING:
@@ -39,6 +41,32 @@ def load_classifier(model_dir: str | Path, top_k: int = 3, threshold: float | No
         return Classifier.load(model_dir, top_k=top_k, threshold=threshold)
     except IntentdError as err:
         raise TrainError(str(err)) from err
+
+
+class ClassifierCommands:
+    """A model folder with slot heads as eval's CommandPredictor (train/commands.py): each clip's answer as the
+    daemon gives it (`Classifier.answer`: intent or rejected, and the slots that intent takes)."""
+
+    predicts_slots = True
+
+    def __init__(self, classifier: Classifier, max_batch: int | None = None) -> None:
+        self.classifier = classifier
+        self.max_batch = max_batch
+
+    def predict(self, clips: Sequence[np.ndarray]) -> list[CommandPrediction]:
+        """One command per clip, in order."""
+        return self.from_scores(*self.classifier.scores(clips, self.max_batch))
+
+    def from_scores(self, probabilities: np.ndarray, slots: Sequence[dict[str, tuple[str, float]]]
+                    ) -> list[CommandPrediction]:
+        """The commands for scores `Classifier.scores` returned (so eval runs each forward once)."""
+        from daemon.classifier import top_k_of
+        from daemon.events import UNKNOWN_LABEL
+
+        ranked = top_k_of(probabilities, self.classifier.labels, 1)
+        answers = [self.classifier.answer(top, heard) for top, heard in zip(ranked, slots, strict=True)]
+        return [CommandPrediction(None if a.label == UNKNOWN_LABEL else a.label,
+                                  {name: value for name, (value, _score) in a.slots.items()}) for a in answers]
 
 
 class PipelineClassifier:

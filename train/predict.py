@@ -58,12 +58,15 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "predictions": [
                 {"file": f, "label": p.label, "score": p.score,
-                 "top": [{"label": label, "score": score} for label, score in p.top_k]}
+                 "top": [{"label": label, "score": score} for label, score in p.top_k],
+                 **({"slots": {name: {"value": value, "score": score} for name, (value, score) in p.slots.items()}}
+                    if p.slots else {})}
                 for f, p in zip(args.files, results)
             ],
         }
         print(json.dumps(doc))
     else:
         for f, p in zip(args.files, results):
-            print(f"{f}\t{p.label}\t" + "  ".join(f"{label} {score:.3f}" for label, score in p.top_k))
+            slots = "".join(f"\t{name}={value} {score:.3f}" for name, (value, score) in p.slots.items())
+            print(f"{f}\t{p.label}\t" + "  ".join(f"{label} {score:.3f}" for label, score in p.top_k) + slots)
     return 0
