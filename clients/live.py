@@ -98,7 +98,7 @@ class LiveView:
 
     def _intent(self, event: events.IntentEvent) -> str:
         self.intents += 1
-        text = f"{event.label} {event.score:.2f}"
+        text = f"{event.label} {event.score:.2f}{event.slots_text()}"
         self.last_intent = text
         shade = YELLOW if event.label == events.UNKNOWN_LABEL else GREEN
         alts = "  ".join(f"{label} {score:.2f}" for label, score in event.top_k[1:])

@@ -4,7 +4,10 @@ No torch, no numpy: only pyzmq and daemon.events.
 
     with Subscriber("tcp://127.0.0.1:5556", topics=("intent.",)) as sub:
         for event in sub:
-            print(event.label, event.score)
+            print(event.label, event.score, {name: slot.value for name, slot in event.slots.items()})
+
+An intent event's `slots` ({slot: SlotValue(value, score)}) is {} unless the model has slot heads and the intent
+took slots; events from a daemon without slots parse the same.
 
 One socket takes several daemons at once (`Subscriber(["tcp://a:5556", "tcp://b:5556"])`, ZeroMQ connects to each
 and interleaves their messages fairly), or one `intentd-proxy` in front of them. Each event names the daemon that

@@ -57,6 +57,9 @@ TIME_DECIMALS: Final = 6
 MS_DECIMALS: Final = 3
 SCORE_DECIMALS: Final = 6
 
+# Field metadata key: the field is left out of the JSON while its value is empty (a field added within a schema
+# version that most events never fill, e.g. an intent's `slots`, so events without it stay as they were).
+OMIT_EMPTY: Final = "omit_empty"
 # The envelope's own keys; no event field may take one of these names.
 _ENVELOPE_KEYS: Final = frozenset({"schema", "seq", "instance", "type", "published_wall"})
 # Registered event types by their `type`: filled by Event.__init_subclass__.
@@ -114,8 +117,11 @@ class Event:
         return self.TYPE
 
     def data(self) -> dict[str, Any]:
-        """The event's own fields as JSON values, in declaration order (the envelope's keys excluded)."""
-        return {name: _to_json(getattr(self, name)) for name, _hint, _required in _shape(type(self))}
+        """The event's own fields as JSON values, in declaration order (the envelope's keys excluded; an empty
+        OMIT_EMPTY field left out)."""
+        omit = _omit_empty(type(self))
+        values = ((name, getattr(self, name)) for name, _hint, _required in _shape(type(self)))
+        return {name: _to_json(value) for name, value in values if value or name not in omit}
 
     @property
     def topic(self) -> str:
@@ -192,6 +198,13 @@ class LabelScore(NamedTuple):
     score: float
 
 
+class SlotValue(NamedTuple):
+    """A slot's canonical value and its score; `{"value": ..., "score": ...}` on the wire."""
+
+    value: str
+    score: float
+
+
 @dataclass(frozen=True, slots=True)
 class Latency:
     """Latencies in milliseconds; see docs/events.md for where each one starts and stops."""
@@ -255,6 +268,9 @@ class IntentEvent(UtteranceEvent):
     label: str
     score: float
     top_k: tuple[LabelScore, ...]
+    # The command's slots as the model heard them, {slot: {value, score}}; absent from the JSON (and {} here) for
+    # a model without slot heads, an intent without slots and `unknown`. Added within schema 1.
+    slots: Mapping[str, SlotValue] = field(default_factory=dict, hash=False, metadata={OMIT_EMPTY: True})
     model_id: str
     latency_ms: Latency
     batch_size: int
@@ -277,6 +293,7 @@ class IntentEvent(UtteranceEvent):
             label=p.label,
             score=round(p.score, SCORE_DECIMALS),
             top_k=tuple(LabelScore(label, round(score, SCORE_DECIMALS)) for label, score in p.top_k),
+            slots={name: SlotValue(value, round(score, SCORE_DECIMALS)) for name, (value, score) in p.slots.items()},
             model_id=c.model_id,
             latency_ms=Latency(
                 queue_wait=round(c.queue_wait_ms, MS_DECIMALS),
@@ -288,9 +305,14 @@ class IntentEvent(UtteranceEvent):
         )
 
     def summary(self) -> str:
-        """`stream=a.wav #3 balance 0.97 (1.21-2.80 s) 23 ms`: the last number is the processing latency."""
-        return (self.said(f"{self.label} {self.score:.2f}") + f" {self.latency_ms.processing:.0f} ms"
+        """`stream=a.wav #3 balance 0.97 (1.21-2.80 s) 23 ms`: the last number is the processing latency; a
+        command's slots follow its label: `order 0.97 size=large milk=oat`."""
+        return (self.said(f"{self.label} {self.score:.2f}{self.slots_text()}") + f" {self.latency_ms.processing:.0f} ms"
                 + (" truncated" if self.truncated else ""))
+
+    def slots_text(self) -> str:
+        """` size=large milk=oat` (each slot and its value, a leading space), or "" without slots."""
+        return "".join(f" {name}={slot.value}" for name, slot in self.slots.items())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -474,6 +496,17 @@ class UnknownEvent(Event):
 _BASE_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Event))
 # (name, type, required) of each wire field, per class: see _shape.
 _SHAPES: dict[type, list[tuple[str, Any, bool]]] = {}
+
+
+_OMIT: dict[type, frozenset[str]] = {}
+
+
+def _omit_empty(cls: type) -> frozenset[str]:
+    """Names of the OMIT_EMPTY fields of an event class."""
+    names = _OMIT.get(cls)
+    if names is None:
+        names = _OMIT[cls] = frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get(OMIT_EMPTY))
+    return names
 
 
 def _required(f: dataclasses.Field[Any]) -> bool:
