@@ -49,7 +49,7 @@ install-service: model
 	install -d $(DESTDIR)$(PREFIX) $(DESTDIR)/etc/intentd $(DESTDIR)$(SYSTEMD_DIR)
 	python3 -m venv $(DESTDIR)$(PREFIX)/.venv
 	$(DESTDIR)$(PREFIX)/.venv/bin/pip install -q "torch==2.9.1" "torchaudio==2.9.*"
-	$(DESTDIR)$(PREFIX)/.venv/bin/pip install -q .
+	$(DESTDIR)$(PREFIX)/.venv/bin/pip install -q ".[daemon]"
 	rm -rf $(DESTDIR)$(PREFIX)/model && cp -r $(MODEL) $(DESTDIR)$(PREFIX)/model
 	install -m 0644 README.md $(DESTDIR)$(PREFIX)/README.md
 	test -e $(DESTDIR)/etc/intentd/config.toml || \

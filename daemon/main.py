@@ -22,6 +22,8 @@ EXIT_USAGE = 2  # bad input to a subcommand (argparse's own code)
 EXIT_NO_MODEL = 66  # EX_NOINPUT
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a socket could not be bound, a device could not be opened
 EXIT_CONFIG = 78  # EX_CONFIG
+# What the `daemon` extra installs (pyproject.toml): a plain `pip install intentd` is the torch-free clients.
+DAEMON_EXTRA_MODULES = ("torch", "transformers", "webrtcvad", "prometheus_client", "onnxruntime")
 # The soft open-files limit we raise to when the hard one is unlimited (the kernel's nr_open default is 2^20).
 FILE_LIMIT_CAP = 1 << 20
 
@@ -161,6 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["keys"]:
         return _keys(argv[1:])
     args = build_parser().parse_args(argv)
+    import importlib.util
+
+    missing = [name for name in DAEMON_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        fatal(f"the daemon needs {', '.join(missing)}, which this install lacks (it has the clients only): "
+              "pip install 'intentd[daemon]'")
+        return EXIT_FAILURE
     try:
         settings = _apply_flags(settings_mod.load(args.config), args)
     except ConfigError as err:

@@ -41,6 +41,6 @@ fi
 # Reinstall the project whenever pyproject.toml changes.
 if [ ! -f "$STAMPS/project" ] || [ pyproject.toml -nt "$STAMPS/project" ]; then
   echo "setup: installing intentd and its extras" >&2
-  .venv/bin/pip install -q -e ".[train,dev]"
+  .venv/bin/pip install -q -e ".[daemon,train,dev]"
   touch "$STAMPS/project"
 fi
