@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    make_wsgi_app,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -24,8 +30,12 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from daemon.counters import Counters, Histogram
+from daemon.batcher import REASON_DRAINING, REASON_QUEUE_FULL
+from daemon.counters import RELOAD_FAILED, RELOAD_OK, Counters, Histogram
 from daemon.errors import ConfigError, UnavailableError
+from daemon.outbox import KIND_CLASSIFY
+from daemon.security import REFUSED_CURVE, REFUSED_MAX_STREAMS, REFUSED_TLS, REFUSED_TOKEN
+from daemon.version import version
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +44,36 @@ HEALTH_PATH: Final = "/healthz"
 HealthCheck = Callable[[], tuple[bool, str]]
 
 
-def _labelled(name: str, doc: str, label: str, counts: Mapping[Any, int]) -> CounterMetricFamily:
+# Label values every scrape shows from the start, at 0 until they happen: an alert on a rate (drops, refusals,
+# failed reloads) sees zero, not an absent series. The model's labels are added for intentd_events.
+KNOWN_DROP_REASONS: Final = (REASON_QUEUE_FULL, REASON_DRAINING)
+KNOWN_ERROR_KINDS: Final = (KIND_CLASSIFY,)
+KNOWN_RELOAD_RESULTS: Final = (RELOAD_OK, RELOAD_FAILED)
+KNOWN_REFUSALS: Final = (REFUSED_TOKEN, REFUSED_TLS, REFUSED_CURVE, REFUSED_MAX_STREAMS)
+
+
+def _labelled(name: str, doc: str, label: str, counts: Mapping[Any, int],
+              known: Iterable[Any] = ()) -> CounterMetricFamily:
     family = CounterMetricFamily(name, doc, labels=[label])
-    for value, count in sorted(counts.items(), key=lambda kv: str(kv[0])):
+    every = {value: 0 for value in known} | dict(counts)
+    for value, count in sorted(every.items(), key=lambda kv: str(kv[0])):
         family.add_metric([str(value).lower() if isinstance(value, bool) else str(value)], count)
     return family
+
+
+def build_info() -> dict[str, str]:
+    """What intentd_build_info labels: intentd's version and the versions that decide its numbers."""
+    import platform
+    from importlib import metadata
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "none"
+
+    return {"version": version(), "python": platform.python_version(), "torch": installed("torch"),
+            "transformers": installed("transformers"), "onnxruntime": installed("onnxruntime")}
 
 
 def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
@@ -59,23 +94,26 @@ class CountersCollector(Collector):
         queue_depth: Callable[[], int],
         active_streams: Callable[[], int],
         model_id: Callable[[], str],
+        labels: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         self._counters = counters
         self._queue_depth = queue_depth
         self._active_streams = active_streams
         self._model_id = model_id
+        self._labels = labels
+        self._build = build_info()
 
     def collect(self) -> Iterator[Metric]:
         """Called by prometheus_client at every scrape."""
         c = self._counters.snapshot()
-        yield _labelled("intentd_utterances", "Utterances segmented", "truncated", c.utterances)
+        yield _labelled("intentd_utterances", "Utterances segmented", "truncated", c.utterances, (False, True))
         yield CounterMetricFamily("intentd_discarded", "Voiced blips shorter than vad.min_utterance_ms, discarded "
                                   "unclassified", value=c.discarded)
-        yield _labelled("intentd_events", "Intent events published", "label", c.events)
-        yield _labelled("intentd_drops", "Utterances dropped", "reason", c.drops)
-        yield _labelled("intentd_errors", "Errors by kind", "kind", c.errors)
-        yield _labelled("intentd_reloads", "Reloads by result", "result", c.reloads)
-        yield _labelled("intentd_refused", "Clients refused, by reason", "reason", c.refused)
+        yield _labelled("intentd_events", "Intent events published", "label", c.events, self._labels())
+        yield _labelled("intentd_drops", "Utterances dropped", "reason", c.drops, KNOWN_DROP_REASONS)
+        yield _labelled("intentd_errors", "Errors by kind", "kind", c.errors, KNOWN_ERROR_KINDS)
+        yield _labelled("intentd_reloads", "Reloads by result", "result", c.reloads, KNOWN_RELOAD_RESULTS)
+        yield _labelled("intentd_refused", "Clients refused, by reason", "reason", c.refused, KNOWN_REFUSALS)
         yield GaugeMetricFamily("intentd_queue_depth", "Utterances waiting for the model", value=self._queue_depth())
         yield GaugeMetricFamily("intentd_active_streams", "Audio streams open now", value=self._active_streams())
         yield _histogram("intentd_batch_size", "Utterances per model call", c.batch_size)
@@ -84,6 +122,9 @@ class CountersCollector(Collector):
         yield _histogram("intentd_end_of_speech_to_publish_seconds",
                          "Last voiced sample -> event published, hangover included", c.end_of_speech_s)
         yield _histogram("intentd_processing_seconds", "Utterance closed -> event published", c.processing_s)
+        build = InfoMetricFamily("intentd_build", "intentd's version and the versions of what it runs on")
+        build.add_metric([], self._build)
+        yield build
         info = InfoMetricFamily("intentd_model", "The model serving now")
         info.add_metric([], {"model_id": self._model_id()})
         yield info
@@ -104,6 +145,10 @@ class MetricsServer:
     def __init__(self, collector: CountersCollector, health: HealthCheck | None = None) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(collector)
+        # The standard process_* (CPU, memory, open descriptors: the limit issue 18 ran into) and python_info series.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self._health = health
         self._metrics_app = make_wsgi_app(self.registry)
         self._server: Any = None

@@ -145,7 +145,7 @@ class Service:
             self._metrics = MetricsServer(CountersCollector(
                 self.counters, queue_depth=lambda: self._batcher.queue_depth if self._batcher else 0,
                 active_streams=lambda: len(self._streams.stream_ids) if self._streams else 0,
-                model_id=self._model_id), health=self._health_report)
+                model_id=self._model_id, labels=self._serving_labels), health=self._health_report)
             self._metrics.serve(s.metrics.listen)
         model = await run_in_new_thread(lambda: self._load(s), name="intentd-load")
         watchers = StreamWatchers()
@@ -175,6 +175,10 @@ class Service:
         if self._texts is None or self._texts.model_id != model_id:
             self._texts = load_command_texts(self.settings.model_path(), model_id)
         return self._texts
+
+    def _serving_labels(self) -> tuple[str, ...]:
+        """The serving model's labels (none before it loads): /metrics shows each one's intent count from 0."""
+        return self._command_texts().labels if self._batcher is not None else ()
 
     def _load(self, settings: Settings) -> UtteranceModel:
         started = time.monotonic()

@@ -164,3 +164,19 @@ def test_the_daemon_logs_a_streams_open_and_end_once(tmp_path: Path, tiny_whispe
     lines = [line for line in d.log_text().splitlines() if "paper-cut" in line]
     assert len([line for line in lines if "opened" in line]) == 1, lines
     assert len([line for line in lines if " ended" in line or " closed" in line]) == 1, lines
+
+
+def test_the_daemons_metrics_show_build_process_and_every_models_label_at_zero(tmp_path: Path,
+                                                                                tiny_whisper_dir: Path) -> None:
+    import urllib.request
+
+    from tests.daemon_proc import running_daemon
+
+    with (running_daemon(tmp_path / "d", tiny_whisper_dir, metrics=True) as d,
+          urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=30) as reply):
+        lines = reply.read().decode().splitlines()
+    for line in ('intentd_events_total{label="a"} 0.0', 'intentd_events_total{label="b"} 0.0',
+                 'intentd_drops_total{reason="queue_full"} 0.0', 'intentd_reloads_total{result="failed"} 0.0'):
+        assert line in lines, line
+    assert any(line.startswith("intentd_build_info{") and f'version="{version()}"' in line for line in lines)
+    assert any(line.startswith("process_open_fds ") for line in lines)

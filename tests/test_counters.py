@@ -164,3 +164,25 @@ def test_healthz_says_what_the_health_check_says_beside_the_metrics() -> None:
         assert status == 200 and 'intentd_model_info{model_id="m@1"} 1.0' in text
     finally:
         server.close()
+
+
+def test_every_known_label_value_is_exported_at_zero_with_build_and_process_metrics() -> None:
+    from daemon.version import version
+
+    server = MetricsServer(CountersCollector(Counters(), queue_depth=lambda: 0, active_streams=lambda: 0,
+                                             model_id=lambda: "m@1", labels=lambda: ("balance", "unknown")))
+    lines = generate_latest(server.registry).decode().splitlines()
+    for line in (
+        'intentd_utterances_total{truncated="false"} 0.0', 'intentd_utterances_total{truncated="true"} 0.0',
+        'intentd_events_total{label="balance"} 0.0', 'intentd_events_total{label="unknown"} 0.0',
+        'intentd_drops_total{reason="queue_full"} 0.0', 'intentd_drops_total{reason="draining"} 0.0',
+        'intentd_errors_total{kind="classify"} 0.0',
+        'intentd_reloads_total{result="ok"} 0.0', 'intentd_reloads_total{result="failed"} 0.0',
+        'intentd_refused_total{reason="token"} 0.0', 'intentd_refused_total{reason="tls"} 0.0',
+        'intentd_refused_total{reason="curve"} 0.0', 'intentd_refused_total{reason="max_streams"} 0.0',
+    ):  # fmt: skip
+        assert line in lines, line
+    build = [line for line in lines if line.startswith("intentd_build_info{")]
+    assert len(build) == 1 and f'version="{version()}"' in build[0] and 'torch="' in build[0], build
+    for prefix in ("process_open_fds ", "process_max_fds ", "process_resident_memory_bytes ", "python_info{"):
+        assert any(line.startswith(prefix) for line in lines), prefix
