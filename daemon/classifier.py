@@ -28,6 +28,9 @@ WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PICKLE_WEIGHTS_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
+# config.json `architectures` that classify audio clips (Whisper's is ...ForAudioClassification, wav2vec2's and
+# most others' ...ForSequenceClassification); a backbone alone (WhisperModel, Wav2Vec2Model) is not one.
+CLASSIFIER_ARCHITECTURES = ("ForAudioClassification", "ForSequenceClassification")
 # Written by `intentd-train fit` (train/out_of_scope.py): the rejection threshold calibrated on held-out data.
 CALIBRATION_FILE = "intentd.json"
 MODEL_ID_HASH_CHARS = 8
@@ -401,6 +404,19 @@ def _slot_heads(folder: Path, meta: dict[str, Any], model: Any, extractor: Any) 
     return SlotHeads.load(folder, SlotSchema.from_json(raw, where), int(model.config.d_model))
 
 
+def _check_architecture(folder: Path) -> None:
+    """A ModelError when config.json names a model that is no audio classifier (a backbone), before transformers
+    loads it with a fresh random head and prints its load report."""
+    try:
+        architectures = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: the load itself says so, naming the file
+    if architectures and not any(str(a).endswith(CLASSIFIER_ARCHITECTURES) for a in architectures):
+        raise ModelError(
+            f"{folder}: not an audio classifier ({CONFIG_FILE} says {', '.join(map(str, architectures))}); a "
+            "backbone like this is a --base-model for `intentd-train fit`, which writes a classifier folder")
+
+
 def check_model_folder(model_dir: str | Path) -> Path:
     """The folder, if it can hold a usable model; else a ModelError saying what is missing (before transformers
     gives a vaguer one)."""
@@ -411,6 +427,7 @@ def check_model_folder(model_dir: str | Path) -> Path:
         raise ModelError(f"{folder}: model path is not a folder")
     if not (folder / CONFIG_FILE).is_file():
         raise ModelError(f"{folder}: no {CONFIG_FILE} (not a folder made by `intentd-train fit`)")
+    _check_architecture(folder)
     if not (folder / PREPROCESSOR_FILE).is_file():
         raise ModelError(
             f"{folder}: no {PREPROCESSOR_FILE} (the feature extractor was not saved with the model)"

@@ -180,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # transformers draws "Loading weights" progress bars on stderr: noise in a daemon's log, and lines without
     # a priority prefix under journald. Set before transformers is imported (it reads this once).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # transformers' warnings and load reports are multi-line tables meant for notebooks; the daemon says what
+    # matters about a model itself, in one line.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
     from daemon.service import Service  # heavy imports (torch) only once the config is known to be good
 

@@ -180,3 +180,20 @@ def test_the_daemons_metrics_show_build_process_and_every_models_label_at_zero(t
         assert line in lines, line
     assert any(line.startswith("intentd_build_info{") and f'version="{version()}"' in line for line in lines)
     assert any(line.startswith("process_open_fds ") for line in lines)
+
+
+def test_check_on_a_backbone_that_is_no_classifier_is_one_error_line(tmp_path: Path) -> None:
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    backbone = tmp_path / "wav2vec2-base-like"
+    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                            conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=2)
+    Wav2Vec2Model(config).save_pretrained(backbone)
+    Wav2Vec2FeatureExtractor().save_pretrained(backbone)
+    done = run_cli("intentd", "--check", "--model", str(backbone))
+    assert done.returncode == 66, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    # One line, no transformers load report table before it.
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not an audio classifier" in lines[0], lines
+    assert "Wav2Vec2Model" in lines[0]
