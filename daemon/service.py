@@ -45,7 +45,7 @@ from daemon.notify import Notifier, watchdog_interval_s
 from daemon.outbox import Outbox
 from daemon.publisher import Publisher
 from daemon.settings import Settings
-from daemon.sources import Source, create_source
+from daemon.sources import Source, check_source, create_source
 from daemon.stream_watch import StreamWatchers
 from daemon.streams import StreamTable
 from daemon.threads import run_in_new_thread
@@ -96,10 +96,8 @@ class Service:
 
     def check(self) -> None:
         """Validate sources and model without serving (intentd --check)."""
-        from daemon.sources.uri import parse_source_uri
-
         for uri in self.settings.sources.listen:
-            parse_source_uri(uri)
+            check_source(uri, self.settings.base_dir)
         security.load(self.settings)
         self._model_loader(self.settings)
 
@@ -136,6 +134,8 @@ class Service:
     async def _start(self) -> None:
         s = self.settings
         guard = security.load(s)  # the [security] files: a bad one stops start-up before the model loads
+        for uri in s.sources.listen:  # a bad URI or an empty file:// source too
+            check_source(uri, s.base_dir)
         # The event and metrics ports are bound before the model loads (seconds): a busy port fails at once, not
         # after every load, and /healthz answers 503 "starting" meanwhile (a Kubernetes startup probe's view).
         # The route (module docstring), from its end: each stage is handed the one it feeds.

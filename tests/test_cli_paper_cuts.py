@@ -197,3 +197,18 @@ def test_check_on_a_backbone_that_is_no_classifier_is_one_error_line(tmp_path: P
     # One line, no transformers load report table before it.
     assert len(lines) == 1 and lines[0].startswith("error: ") and "not an audio classifier" in lines[0], lines
     assert "Wav2Vec2Model" in lines[0]
+
+
+def test_an_empty_wav_source_fails_before_the_model_loads(tmp_path: Path, tiny_whisper_dir: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros(0, dtype=np.float32), 16000)
+    for extra in ((), ("--check",)):
+        done = run_cli("intentd", "--model", str(tiny_whisper_dir), "--listen", f"file://{empty}",
+                       "--publish", "tcp://127.0.0.1:*", *extra)
+        assert done.returncode == 69, done.stderr
+        lines = error_lines(done.stderr)
+        assert len(lines) == 1 and str(empty) in lines[0] and "no audio" in lines[0], done.stderr
+        assert "loaded" not in done.stderr, done.stderr  # the model never loaded

@@ -44,6 +44,18 @@ class Source(Protocol):
         ...
 
 
+def check_source(uri: str, base_dir: Path | None = None) -> None:
+    """What can be known of a source without serving it (SourceError otherwise): its URI parses and a file://
+    source's file holds audio. The service calls it before the model loads, so such errors cost no load."""
+    spec = parse_source_uri(uri)
+    if base_dir is not None:
+        spec = resolve_paths(spec, base_dir)
+    if isinstance(spec, FileSpec):
+        from daemon.sources.file_replay import probe_file
+
+        probe_file(Path(spec.path))
+
+
 def create_source(uri: str, sink: StreamSink, settings: SourceSettings = DEFAULTS.sources, *,
                   security: IngestSecurity | None = None, counters: Counters | None = None,
                   watchers: StreamWatchers | None = None,

@@ -148,8 +148,19 @@ def _soundfile() -> Any:
 
 
 def _probe(path: Path) -> Any:
+    return probe_file(path)
+
+
+def probe_file(path: Path) -> Any:
+    """soundfile's info on a file worth replaying; SourceError naming it when it is missing, unreadable or holds
+    no audio. Cheap (no model needed): the service calls it before loading the model."""
+    if not path.is_file():
+        raise SourceError(f"file://{path}: {'not a file' if path.exists() else 'no such file'}")
     sf = _soundfile()
     try:
-        return sf.info(str(path))
+        info = sf.info(str(path))
     except (OSError, RuntimeError, sf.LibsndfileError) as err:
         raise SourceError(f"cannot read audio file {path}: {err}") from err
+    if info.frames == 0:
+        raise SourceError(f"file://{path}: the file holds no audio (0 samples)")
+    return info
