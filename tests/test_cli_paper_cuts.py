@@ -212,3 +212,26 @@ def test_an_empty_wav_source_fails_before_the_model_loads(tmp_path: Path, tiny_w
         lines = error_lines(done.stderr)
         assert len(lines) == 1 and str(empty) in lines[0] and "no audio" in lines[0], done.stderr
         assert "loaded" not in done.stderr, done.stderr  # the model never loaded
+
+
+def test_fit_writes_a_model_card_and_loadable_checkpoints(tmp_path: Path, recordings: Path,
+                                                          tiny_whisper_dir: Path) -> None:
+    from transformers import AutoModelForAudioClassification
+
+    out = tmp_path / "model"
+    done = run_cli("intentd-train", "fit", "--dataset", str(recordings), "--base-model", str(tiny_whisper_dir),
+                   "--out", str(out), "--epochs", "2", "--batch-size", "4", "--train-mode", "head",
+                   "--no-out-of-scope", timeout_s=600)
+    assert done.returncode == 0, done.stderr
+    card = (out / "README.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert card.startswith("---\n") and "pipeline_tag: \"audio-classification\"" in card
+    assert f"base_model: {json.dumps(str(tiny_whisper_dir))}" in card
+    assert "`a`, `b`" in card and f"{metrics['accuracy']:.4f}" in card and str(recordings) in card
+    assert "--no-out-of-scope" in card and "--epochs 2" in card and "--train-mode head" in card
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*/model"))
+    assert checkpoints, list((out / "checkpoints").rglob("*"))
+    model = AutoModelForAudioClassification.from_pretrained(str(checkpoints[-1]))
+    assert sorted(model.config.label2id) == ["a", "b"]
+    served = run_cli("intentd", "--check", "--model", str(checkpoints[-1]))
+    assert served.returncode == 0, served.stderr

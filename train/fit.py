@@ -28,7 +28,7 @@ import numpy as np
 from daemon.audio import SAMPLE_RATE
 from daemon.classifier import CALIBRATION_FILE
 from daemon.slot_heads import SLOT_HEADS_FILE, SLOTS_KEY
-from train import out_of_scope, progress, slot_training
+from train import model_card, out_of_scope, progress, slot_training
 from train.data import (
     DEFAULT_MAX_SECONDS,
     DEFAULT_SPLIT_SEED,
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
+# Inside each OUT/checkpoints/checkpoint-N of a cached fit: that epoch's whole classifier, loadable on its own.
+CHECKPOINT_MODEL_DIR = "model"
 CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 ACCURACY_METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
@@ -492,6 +494,34 @@ def serving_windows(s: FitSettings, model: Any, extractor: Any) -> tuple[int, ..
         raise TrainError(str(err)) from err
 
 
+def _loadable_checkpoints() -> Any:
+    """A TrainerCallback class (transformers imported only when fit runs)."""
+    from transformers import TrainerCallback
+
+    class LoadableCheckpoints(TrainerCallback):  # type: ignore[misc]
+        """Where Trainer trains a small module (the cached frozen prefix), its checkpoints hold only that module's
+        tensors; beside them, CHECKPOINT/model gets the whole classifier as a Hugging Face folder (config,
+        weights, feature extractor) that from_pretrained, pipeline() and `intentd --model` load. The full model
+        shares the trained module's parameters, so it holds the checkpoint's weights at save time."""
+
+        def __init__(self, model: Any, extractor: Any) -> None:
+            self._model = model
+            self._extractor = extractor
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_MODEL_DIR
+            self._model.save_pretrained(str(folder))
+            self._extractor.save_pretrained(str(folder))
+
+    return LoadableCheckpoints
+
+
+def _checkpoint_saver(model: Any, extractor: Any) -> Any:
+    return _loadable_checkpoints()(model, extractor)
+
+
 def _last_checkpoint(checkpoints: Path) -> str | None:
     """The newest checkpoint-N folder, or None."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -571,6 +601,7 @@ def _fit(s: FitSettings, out: Path) -> FitResult:
         eval_dataset=test_set,
         processing_class=extractor,
         compute_metrics=_accuracy_fn(),
+        callbacks=[_checkpoint_saver(model, extractor)] if trained is not model else None,
     )
     resume_from = _last_checkpoint(checkpoints) if s.resume else None
     if s.resume and resume_from is None:
@@ -627,6 +658,7 @@ def _fit(s: FitSettings, out: Path) -> FitResult:
         out_of_scope.write_serving_meta(out, {"windows_s": [w / SAMPLE_RATE for w in windows[:-1]]})
     metrics["calibration"] = asdict(calibrate_saved(s, data))
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    model_card.write(out, metrics, FitSettings)
     plots.training_curves(history, out / CURVES_FILE)
     plots.confusion_matrix(labels.tolist(), predicted.tolist(), data.label_names, out / CONFUSION_FILE)
     log.info("accuracy %.3f on %d test clips; model written to %s", accuracy, len(labels), out)
