@@ -1,7 +1,8 @@
 """intentd-live: talk into the local microphone and watch level, VAD state and intents in the terminal.
 
 Streams the mic to the daemon's audio socket (clients.send.send_stream, the ingest protocol) and subscribes to
-its events for this stream id. VAD state needs the daemon's `publisher.vad_events = true`. Credentials as
+its events for this stream id. VAD state needs the daemon's `publisher.vad_events = true` (once an utterance's
+outcome arrives without any vad event, the view says so instead of waiting). Credentials as
 intentd-send takes them (docs/security.md). No torch here.
 """
 
@@ -75,6 +76,7 @@ class LiveView:
     speaking: bool | None = None  # None until the daemon publishes a vad event for this stream
     last_intent: str = ""
     intents: int = 0
+    outcomes: int = 0  # intent, dropped and error events: an outcome before any vad event means vad events are off
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def on_level(self, db: float) -> None:
@@ -88,6 +90,8 @@ class LiveView:
         if react is None:
             return None
         with self.lock:
+            if not isinstance(event, events.VadStartEvent | events.VadEndEvent):
+                self.outcomes += 1
             return react(self, event)
 
     def _speech_started(self, event: events.VadStartEvent) -> None:
@@ -118,7 +122,8 @@ class LiveView:
         """The one line redrawn in place: meter, level, VAD state, last intent."""
         with self.lock:
             if self.speaking is None:
-                vad = "vad ?"
+                # An utterance ended without a vad event: the daemon does not publish them (the default).
+                vad = "vad off (publisher.vad_events)" if self.outcomes else "vad ?"
             else:
                 vad = self._paint(GREEN, "SPEECH") if self.speaking else "silence"
             return (
@@ -178,7 +183,7 @@ def watch_events(sub: Subscriber, view: LiveView, term: Terminal, stop: threadin
 
 async def stream_microphone(
     audio_uri: str, device: str, stream_id: str, view: LiveView, stop: asyncio.Event,
-    credentials: IngestCredentials | None = None,
+    credentials: IngestCredentials | None = None, opened: Callable[[str], None] | None = None,
 ) -> int:
     """Capture the mic, meter it into `view`, and stream it with the ingest protocol until `stop` is set.
 
@@ -217,6 +222,8 @@ async def stream_microphone(
                              blocksize=max(1, rate * DEFAULT_CHUNK_MS // 1000), callback=callback)  # fmt: skip
     except Exception as err:  # sounddevice raises PortAudioError, ValueError...
         raise SendError(f"cannot open microphone {info['name']!r}: {err}") from err
+    if opened is not None:  # which of several inputs is the first thing to check when nothing is heard
+        opened(f"microphone {index}: {info['name']} ({rate} Hz, {channels} channel(s))")
     with mic:
         result = await send_stream(audio_uri, header, blocks(), credentials)
     return result.samples
@@ -242,7 +249,7 @@ async def _run(args: argparse.Namespace, view: LiveView, term: Terminal, sub: Su
         f"streaming the microphone as {view.stream_id!r} to {args.to}; events from {args.connect}; Ctrl-C ends"
     )
     try:
-        samples = await stream_microphone(args.to, args.mic, view.stream_id, view, stop, credentials)
+        samples = await stream_microphone(args.to, args.mic, view.stream_id, view, stop, credentials, term.line)
     except IntentdError as err:
         term.line(f"error: {err}")
         return EXIT_FAILED
@@ -257,7 +264,10 @@ async def _run(args: argparse.Namespace, view: LiveView, term: Terminal, sub: Su
 
 def build_parser() -> argparse.ArgumentParser:
     """The intentd-live command line."""
-    p = argparse.ArgumentParser(prog="intentd-live", description="Live microphone tester for intentd.")
+    p = argparse.ArgumentParser(
+        prog="intentd-live",
+        description="Talk into this machine's microphone and watch what intentd makes of it: the input level, "
+        "speech/silence (with the daemon's publisher.vad_events = true) and each intent as it is recognised.")
     p.add_argument("--version", action="version", version=version_text("intentd-live"))
     p.add_argument("--to", default=DEFAULT_AUDIO_URI, metavar="URI",
                    help=f"the daemon's audio socket (default {DEFAULT_AUDIO_URI})")  # fmt: skip

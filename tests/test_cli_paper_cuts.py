@@ -18,6 +18,7 @@ CONSOLE_SCRIPTS = ("intentd", "intentd-train", "intentd-sub", "intentd-send", "i
 # The tiny models' labels (tests/tiny_models.py).
 TINY_LABELS = {"a": 300.0, "b": 2500.0}
 PER_LABEL = 5
+LIVE_TIMEOUT_S = 60.0
 
 
 def error_lines(text: str) -> list[str]:
@@ -235,3 +236,36 @@ def test_fit_writes_a_model_card_and_loadable_checkpoints(tmp_path: Path, record
     assert sorted(model.config.label2id) == ["a", "b"]
     served = run_cli("intentd", "--check", "--model", str(checkpoints[-1]))
     assert served.returncode == 0, served.stderr
+
+
+def test_intentd_live_names_the_microphone_it_opened(tmp_path: Path, tiny_whisper_dir: Path) -> None:
+    import signal
+    import subprocess
+    import threading
+
+    from tests import pulse
+    from tests.daemon_proc import clean_env, running_daemon, tool
+
+    if (reason := pulse.skip_reason()) is not None:
+        pytest.skip(reason)
+    with running_daemon(tmp_path / "d", tiny_whisper_dir) as d, pulse.private_pulse(tmp_path / "p"):
+        proc = subprocess.Popen([*tool("intentd-live"), "--to", d.audio_uri, "--connect", d.events_uri,
+                                 "--mic", pulse.PULSE_DEVICE, "--stream-id", "live-test"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
+        assert proc.stdout is not None
+        seen = []
+        # Ctrl-C after LIVE_TIMEOUT_S at the latest, so a live that never names its microphone ends (EOF below).
+        deadline = threading.Timer(LIVE_TIMEOUT_S, proc.send_signal, [signal.SIGINT])
+        deadline.start()
+        try:
+            for line in proc.stdout:
+                seen.append(line.rstrip())
+                if line.startswith("microphone "):
+                    break
+        finally:
+            deadline.cancel()
+            proc.send_signal(signal.SIGINT)
+            rest, _ = proc.communicate(timeout=60)
+        seen += rest.splitlines()
+    opened = [line for line in seen if line.startswith("microphone ")]
+    assert opened and pulse.PULSE_DEVICE in opened[0] and "Hz" in opened[0], seen

@@ -428,3 +428,10 @@ def test_live_view_follows_vad_and_intents() -> None:
     error = view.on_event(parsed(ErrorEvent(stream_id="mic0", error="AudioError", message="bad audio")))
     assert error is not None and "AudioError bad audio" in error
     assert view.on_event(parsed(status())) is None  # not about the stream: nothing to show
+
+
+def test_live_view_says_vad_is_off_once_an_outcome_came_without_vad_events() -> None:
+    view = live.LiveView("mic0", color=False)
+    assert "vad ?" in view.status_line()  # nothing heard yet: it may still come
+    view.on_event(events.decode(events.encode(_intent("mic0", 0, label="stop"), seq=1, published_wall=1.0)))
+    assert "vad off (publisher.vad_events)" in view.status_line()
