@@ -134,8 +134,8 @@ class Service:
     async def _start(self) -> None:
         s = self.settings
         guard = security.load(s)  # the [security] files: a bad one stops start-up before the model loads
-        for uri in s.sources.listen:  # a bad URI or an empty file:// source too
-            check_source(uri, s.base_dir)
+        for uri in s.sources.listen:  # a bad URI, an empty file:// source or a busy audio port too
+            check_source(uri, s.base_dir, ports=True)
         # The event and metrics ports are bound before the model loads (seconds): a busy port fails at once, not
         # after every load, and /healthz answers 503 "starting" meanwhile (a Kubernetes startup probe's view).
         # The route (module docstring), from its end: each stage is handed the one it feeds.

@@ -44,9 +44,10 @@ class Source(Protocol):
         ...
 
 
-def check_source(uri: str, base_dir: Path | None = None) -> None:
-    """What can be known of a source without serving it (SourceError otherwise): its URI parses and a file://
-    source's file holds audio. The service calls it before the model loads, so such errors cost no load."""
+def check_source(uri: str, base_dir: Path | None = None, *, ports: bool = False) -> None:
+    """What can be known of a source without serving it (SourceError otherwise): its URI parses, a file://
+    source's file holds audio and, with `ports`, a fixed TCP port is free now. The service calls it before the
+    model loads, so such errors cost no load (--check leaves ports alone: the running daemon holds them)."""
     spec = parse_source_uri(uri)
     if base_dir is not None:
         spec = resolve_paths(spec, base_dir)
@@ -54,6 +55,26 @@ def check_source(uri: str, base_dir: Path | None = None) -> None:
         from daemon.sources.file_replay import probe_file
 
         probe_file(Path(spec.path))
+    elif ports and isinstance(spec, TcpSpec | WyomingSpec) and spec.port:
+        _check_port_free(spec.host, spec.port, spec.uri())
+
+
+def _check_port_free(host: str, port: int, uri: str) -> None:
+    """Bind and release the address as the server will (SO_REUSEADDR), so a port another program holds fails
+    before the model loads. A check, not a reservation: the server's own bind still reports a later loss."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as err:
+        raise SourceError(f"cannot listen on {uri}: {err}") from err
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as err:
+                raise SourceError(f"cannot listen on {uri}: {err.strerror or err}") from err
 
 
 def create_source(uri: str, sink: StreamSink, settings: SourceSettings = DEFAULTS.sources, *,
