@@ -39,7 +39,9 @@ def test_fit_under_torchrun_with_two_cpu_processes(tmp_path: Path, tiny_whisper_
     # The same folder a single process writes, written once.
     assert {p.name for p in out.iterdir()} == {
         "config.json", "model.safetensors", "preprocessor_config.json", CALIBRATION_FILE, "metrics.json",
-        "training_curves.png", "confusion_matrix.png", "checkpoints"}
+        "training_curves.png", "confusion_matrix.png", "checkpoints", "README.md"}
+    # Each checkpoint holds the whole classifier once (rank 0 writes it), loadable on its own.
+    assert all((c / "model" / "config.json").is_file() for c in (out / "checkpoints").glob("checkpoint-*"))
     assert said.count("calibrated threshold") == 1 and said.count("model written to") == 1
     assert done.stdout.count("accuracy ") == 1
     metrics = json.loads((out / "metrics.json").read_text())
