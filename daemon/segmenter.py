@@ -179,6 +179,10 @@ class Segmenter:
             if self._silence >= self.current_hangover_frames:
                 return self._close(truncated=False)
         if i + 1 - self._start >= self.max_frames:
+            if self._silence >= self.hangover_frames:
+                # The cap fell inside a long hangover after a pause the short hangover already ends on: the
+                # command was over, not cut off (a 2 s command near a 2.5 s cap must not come out truncated).
+                return self._close(truncated=False)
             # The window still holds the speech just heard, so if it goes on the next voiced frame reopens at
             # once, at the cut (the floor), without pre-roll: endless speech gives back-to-back utterances.
             return self._close(truncated=True)

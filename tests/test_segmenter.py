@@ -110,6 +110,14 @@ def test_a_pause_as_long_as_the_long_hangover_still_splits() -> None:
     assert len(events) == 4
 
 
+def test_the_cap_inside_a_long_hangover_ends_the_command_instead_of_cutting_it() -> None:
+    """Voice then a pause the short hangover closes on: reaching max_utterance_ms in the long hangover's extra
+    wait is the command's end, not a cut; a cap inside a shorter dip still cuts."""
+    capped = dataclasses.replace(LONG, max_utterance_ms=300)
+    assert run([T] * 20 + [F] * 15, capped) == [(2, SpeechStarted(0)), (29, SpeechEnded(0, 20, False, 10))]
+    assert run([T] * 26 + [F] * 10, capped)[1] == (29, SpeechEnded(0, 26, True, 4))
+
+
 def test_a_long_hangover_below_the_hangover_changes_nothing() -> None:
     decisions = [F] * 10 + [T] * 20 + [F] * 8 + [T] * 8 + [F] * 20
     below = run(decisions, dataclasses.replace(LONG, long_hangover_ms=30))
