@@ -575,8 +575,10 @@ def run(args: argparse.Namespace) -> int:
     """Run `synth` from parsed arguments."""
     names = load_intents(args.intents).names
     if len(names) < 2:
-        raise TrainError(f"{args.intents}: one intent ({', '.join(names)}); a model tells intents apart, so an "
-                         "intents file needs two or more")
+        # One command (Rhino's coffee maker context is one `orderBeverage` intent with slots) is a model when
+        # fit adds its out-of-scope class: the model tells the command from everything else.
+        log.warning("%s has one intent (%s): fit must keep its out-of-scope class (no --no-out-of-scope) to tell "
+                    "it from other speech", args.intents, ", ".join(names))
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else None
     synthesize(
