@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from clients.subscriber import CurveKeys, Subscriber, load_curve_keys
-from daemon import events
 from daemon import main as daemon_main
 from daemon import proxy as proxy_mod
 from daemon.proxy import EventProxy
 from daemon.publisher import Publisher
 from daemon.security import CurveServer, load_curve_server
 from tests.test_publisher import _intent, probe
+from tests.test_subscriber import _drain_sentinels
 
 SYNC_TIMEOUT_S = 10.0
 RECV_TIMEOUT_S = 5.0
@@ -46,19 +46,6 @@ def _pokes(*publishers: Publisher) -> Callable[[], int]:
     return lambda: max(probe(p) for p in publishers)
 
 
-def _until_sentinels(sub: Subscriber, *publishers: Publisher) -> list[events.Event]:
-    """Publish a sentinel on each publisher, receive until all arrived; what arrived."""
-    ends = {p.instance: p.publish(_intent("end", 999)) for p in publishers}
-    got: list[events.Event] = []
-    while ends:
-        event = sub.recv()
-        assert event is not None, f"sentinels {ends} never arrived through the proxy; got {len(got)} events"
-        got.append(event)
-        if event.raw.get("stream_id") == "end" and ends.get(event.instance) == event.seq:
-            del ends[event.instance]
-    return got
-
-
 @pytest.fixture
 def daemons() -> Iterator[tuple[Publisher, Publisher]]:
     a, b = Publisher("tcp://127.0.0.1:*", instance="d-a"), Publisher("tcp://127.0.0.1:*", instance="d-b")
@@ -76,7 +63,7 @@ def test_two_daemons_behind_the_proxy_are_one_bus_with_seq_per_instance(
         for i in range(30):
             a.publish(_intent("from-a", i))
             b.publish(_intent("from-b", i))
-        got = _until_sentinels(sub, a, b)
+        got = _drain_sentinels(sub, a, b)
     assert (sub.missed, sub.restarts, sorted(sub.instances)) == (0, 0, ["d-a", "d-b"])
     for stream, instance in (("from-a", "d-a"), ("from-b", "d-b")):
         mine = [e for e in got if e.raw.get("stream_id") == stream]
@@ -126,7 +113,7 @@ def test_curve_holds_on_both_hops(keys: Path) -> None:
                     Subscriber(a.endpoint, recv_timeout_s=0.1,
                                curve=load_curve_keys(k / "app.key_secret", k / "daemon.key")) as direct:
                 assert sub.wait_connected(SYNC_TIMEOUT_S, poke=_pokes(a, b), instances=2)
-                got = _until_sentinels(sub, a, b)
+                got = _drain_sentinels(sub, a, b)
                 assert {e.instance for e in got} == {"d-a", "d-b"}
                 # Neither a key the proxy does not allow, nor the app's key straight at a daemon, gets through.
                 assert stranger.wait_connected(REFUSED_WATCH_S, poke=_pokes(a, b)) is False
@@ -166,7 +153,7 @@ def test_resolved_upstreams_are_followed_as_they_change(daemons: tuple[Publisher
             answer.discard(a.endpoint)  # the first one went away
             start = asked[0]
             resolved.wait_for(lambda: asked[0] >= start + 2, SYNC_TIMEOUT_S)  # asked again, and acted on
-        _until_sentinels(sub, b)
+        _drain_sentinels(sub, b)
         assert proxy.connected == {b.endpoint}
 
 
