@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CLIENT_MAY_USE = {"daemon.protocol", "daemon.events", "daemon.audio", "daemon.errors", "daemon.version"}
 TRAIN_MAY_USE = CLIENT_MAY_USE | {"daemon.resample", "daemon.classifier", "daemon.windows", "daemon.frames",
-                                   "daemon.slot_heads"}
+                                   "daemon.slot_heads", "daemon.grammar", "daemon.grammar_decoder"}
 
 
 def imports(package: str) -> dict[str, set[str]]:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon.grammar import EMPTY, Alt, Grammar, Node, Seq, Slot, Text
 from train.errors import TrainError
 
 # A phrase expanding to more sentences than this is sampled by index instead of being listed; keeps a careless
@@ -44,38 +45,9 @@ _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.?!;:'])")
 RHINO_SUFFIXES = (".yaml", ".yml")
 
 
-# The template tree. A Seq is a list of parts; Alt picks one Seq; Slot is looked up at expansion time.
-@dataclass(frozen=True, slots=True)
-class Text:
-    """Literal text."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Alt:
-    """One of several sequences; an optional part is an Alt whose last option is empty."""
-
-    options: tuple[Seq, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """A reference to a slot list; `capture` names the command slot that takes its value (None: text only)."""
-
-    name: str
-    capture: str | None = None
-    column: int = 0  # 1-based, in the phrase's source text, for error messages
-
-
-@dataclass(frozen=True, slots=True)
-class Seq:
-    """Parts spoken one after another."""
-
-    parts: tuple[Text | Alt | Slot, ...]
-
-
-_EMPTY = Seq(())
+# The template tree (Seq, Alt, Text, Slot) is daemon/grammar.py's, so a model folder can carry a grammar that serving
+# reads without training code (the constrained decoder's automaton).
+_EMPTY = EMPTY
 _CLOSERS = {"(": ")", "[": "]"}
 
 
@@ -167,9 +139,6 @@ def _check_options(options: list[Seq], src: str, start: int, end: int) -> None:
 def _normalise(sentence: str) -> str:
     """Collapse the spaces left behind by empty optional parts; no space before punctuation."""
     return _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(sentence.split()))
-
-
-Node = Seq | Text | Alt | Slot
 
 
 class _Expander:
@@ -292,6 +261,10 @@ class IntentSet:
             if intent.name == name:
                 return intent
         raise TrainError(f"{self.source}: no intent named {name!r}")
+
+    def grammar(self) -> Grammar:
+        """The intents and slot tables as the serving side's Grammar (daemon/grammar.py), for a model folder."""
+        return Grammar({i.name: i.templates for i in self.intents}, dict(self.slots), dict(self.canonical))
 
     def _expander(self) -> _Expander:
         return _Expander(self.slots, self.canonical)
