@@ -18,6 +18,7 @@ from daemon.audio import SAMPLE_RATE, check_clip
 from daemon.errors import AudioError, ModelError
 from daemon.events import UNKNOWN_LABEL
 from daemon.frames import Prediction
+from daemon.grammar_decoder import RECOGNISER_KEY, WHISPER_GRAMMAR, GrammarDecoder
 from daemon.slot_heads import SLOTS_KEY, SlotHeads, SlotSchema, decode_slots, for_intent
 from daemon.windows import encoder_states, parse_windows, whisper_logits, window_for, window_step
 
@@ -37,6 +38,9 @@ MODEL_ID_HASH_CHARS = 8
 HASH_BLOCK_BYTES = 1 << 20
 WARMUP_BATCH = 2
 WARMUP_SECONDS = 1.0
+
+# Models whose encoder daemon/windows.py can run at a shorter window.
+WHISPER_WINDOWED = ("WhisperForAudioClassification", "WhisperForConditionalGeneration")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -162,6 +166,7 @@ class Classifier:
     windows: tuple[int, ...] = ()  # shorter windows the model was trained at, then max_samples (daemon/windows.py)
     onnx: Any = None  # an OnnxForward when the forward runs on ONNX Runtime (daemon/onnx_forward.py)
     slot_heads: SlotHeads | None = None  # the folder's slot heads (daemon/slot_heads.py), None: intents only
+    decoder: GrammarDecoder | None = None  # a whisper-grammar folder's decoder (daemon/grammar_decoder.py)
 
     @classmethod
     def load(
@@ -178,7 +183,11 @@ class Classifier:
         threshold None: the model's own calibrated threshold (CALIBRATION_FILE), none if it has no such file;
         a number overrides it (0 rejects nothing by score). runtime: torch, onnx (ONNX Runtime), or auto (ONNX
         Runtime where it applies: a Whisper classifier in float32 on the CPU with onnxruntime installed; a model
-        with slot heads runs on PyTorch, whose encoder states the heads read).
+        with slot heads or a grammar decoder runs on PyTorch, whose encoder states they read).
+
+        A folder whose intentd.json says `"recogniser": "whisper-grammar"` holds a WhisperForConditionalGeneration
+        decoded under a grammar (daemon/grammar_decoder.py): its labels are the grammar's intents, each answer's
+        score the decoded sentence's, its slots and text the sentence's.
         """
         folder = check_model_folder(model_dir)
         meta = serving_meta(folder)
@@ -192,14 +201,21 @@ class Classifier:
         torch_dtype = resolve_dtype(dtype, torch_device)
 
         # Imported here so importing this module (e.g. for type checks) stays cheap.
-        from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+        from transformers import (
+            AutoFeatureExtractor,
+            AutoModelForAudioClassification,
+            WhisperForConditionalGeneration,
+        )
+
+        grammar = meta.get(RECOGNISER_KEY) == WHISPER_GRAMMAR
+        model_class = WhisperForConditionalGeneration if grammar else AutoModelForAudioClassification
 
         try:
             extractor = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
         except Exception as err:  # transformers raises OSError, ValueError, JSONDecodeError...
             raise ModelError(f"{folder}: cannot load the feature extractor: {err}") from err
         try:
-            model, info = AutoModelForAudioClassification.from_pretrained(
+            model, info = model_class.from_pretrained(
                 folder,
                 use_safetensors=True,
                 local_files_only=True,
@@ -224,16 +240,22 @@ class Classifier:
 
         model.to(torch_device).eval()
         heads = _slot_heads(folder, meta, model, extractor)
-        if heads is not None:
+        decoder = GrammarDecoder.load(folder, meta, model) if grammar else None
+        if heads is not None or decoder is not None:
             if runtime == "onnx":
-                raise ModelError(f"{folder}: a model with slot heads runs on PyTorch; set model.runtime = \"torch\"")
+                raise ModelError(f"{folder}: a model with slot heads or a grammar decoder runs on PyTorch; set "
+                                 "model.runtime = \"torch\"")
             runtime = "torch"
+        if heads is not None:
             heads.to(device=torch_device, dtype=torch_dtype)
         chosen = onnx_forward.choose(runtime, model, torch_device, torch_dtype)
         full = fixed_window(extractor)
         onnx = onnx_forward.OnnxForward(model, full // int(extractor.hop_length), torch.get_num_threads()) \
             if chosen == "onnx" and full else None
         labels = tuple(str(model.config.id2label[i]) for i in range(model.config.num_labels))
+        if decoder is not None and decoder.intents != labels:
+            raise ModelError(f"{folder}: {CONFIG_FILE} labels {list(labels)} are not the grammar's intents "
+                             f"{list(decoder.intents)}")
         try:
             digest = weights_digest(folder)
         except (OSError, ValueError, KeyError) as err:
@@ -255,6 +277,7 @@ class Classifier:
             windows=_windows(folder, meta, model, extractor),
             onnx=onnx,
             slot_heads=heads,
+            decoder=decoder,
         )
 
     @property
@@ -267,6 +290,11 @@ class Classifier:
         """The slots this model predicts, or None for an intent-only model."""
         return self.slot_heads.schema if self.slot_heads is not None else None
 
+    @property
+    def predicts_slots(self) -> bool:
+        """Whether answers carry slots (slot heads or a grammar decoder)."""
+        return self.slot_heads is not None or self.decoder is not None
+
     def probabilities(self, clips: Sequence[np.ndarray], max_batch: int | None = None) -> np.ndarray:
         """(clips, labels) float32 softmax scores of 16 kHz mono float32 clips, in order.
 
@@ -278,15 +306,33 @@ class Classifier:
                ) -> tuple[np.ndarray, list[dict[str, tuple[str, float]]]]:
         """The intent scores (as `probabilities`) and, per clip, each slot the heads hear as {slot: (value,
         score)} ({} for every clip of an intent-only model), from the same forwards."""
+        probabilities, slots, _texts = self.commands(clips, max_batch)
+        return probabilities, slots
+
+    def commands(self, clips: Sequence[np.ndarray], max_batch: int | None = None
+                 ) -> tuple[np.ndarray, list[dict[str, tuple[str, float]]], list[str | None]]:
+        """`scores` and, per clip, the command sentence a grammar decoder heard (None for other models)."""
         batch = [check_clip(clip, f"clip {i}", allow_silence=True) for i, clip in enumerate(clips)]
         out = np.zeros((len(batch), len(self.labels)), dtype=np.float32)
+        texts: list[str | None] = [None] * len(batch)
         schema = self.slot_schema
         slot_out = [np.zeros((len(batch), 1 + len(v)), dtype=np.float32) for v in schema.values.values()] \
             if schema is not None else []
         keys = [self.input_length(len(c)) for c in batch]
+        decoded: list[dict[str, tuple[str, float]]] = [{} for _ in batch]
         with torch.inference_mode():
             for idx in batch_groups(keys, max_batch):
                 features = self._features([batch[i] for i in idx], keys[idx[0]] if self.windows else None)
+                if self.decoder is not None:
+                    # The grammar decoder answers each clip with one sentence: its intent scores the sentence's
+                    # score, every other intent 0 (a clip no sentence fits scores 0 everywhere).
+                    hidden = encoder_states(self.model.model.encoder, features["input_features"])
+                    for i, heard in zip(idx, self.decoder.decode(hidden), strict=True):
+                        if heard.intent is not None:
+                            out[i, self.labels.index(heard.intent)] = heard.score
+                            decoded[i] = dict(heard.slots)
+                            texts[i] = heard.text
+                    continue
                 if self.slot_heads is not None:
                     # One encoder pass feeds both heads: the intent head through transformers' own projector and
                     # mean, the slot heads over the same per-frame states (at the full window equal to
@@ -302,8 +348,8 @@ class Classifier:
                 else:
                     logits = self.model(**features).logits
                 out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        slots = decode_slots(slot_out, schema) if schema is not None else [{} for _ in batch]
-        return out, slots
+        slots = decode_slots(slot_out, schema) if schema is not None else decoded
+        return out, slots, texts
 
     def input_length(self, samples: int) -> int:
         """Samples the model's input has for a clip of `samples`: its window (the shortest stated window that
@@ -321,14 +367,19 @@ class Classifier:
         """One Prediction per clip, in order: top-k labels, and `unknown` below the threshold."""
         if not clips:
             return []
-        probabilities, slots = self.scores(clips)
+        probabilities, slots, texts = self.commands(clips)
         ranked = top_k_of(probabilities, self.labels, self.top_k)
-        return [self.answer(top_k, heard) for top_k, heard in zip(ranked, slots, strict=True)]
+        return [self.answer(top_k, heard, text) for top_k, heard, text in zip(ranked, slots, texts, strict=True)]
 
-    def answer(self, top_k: tuple[tuple[str, float], ...], slots: dict[str, tuple[str, float]]) -> Prediction:
-        """The daemon's answer for one clip's ranked intents and heard slots: `decide`, then the slots the answered
-        intent can take (none for `unknown`)."""
+    def answer(self, top_k: tuple[tuple[str, float], ...], slots: dict[str, tuple[str, float]],
+               text: str | None = None) -> Prediction:
+        """The daemon's answer for one clip's ranked intents and heard slots (and a grammar decoder's sentence):
+        `decide`, then the slots the answered intent can take (none for `unknown`, which carries no text)."""
         prediction = self._prediction(top_k)
+        if self.decoder is not None:
+            if prediction.label == UNKNOWN_LABEL or top_k[0][1] <= 0.0:
+                return replace(prediction, label=UNKNOWN_LABEL)
+            return replace(prediction, slots=dict(slots), text=text)
         schema = self.slot_schema
         if schema is None:
             return prediction
@@ -382,7 +433,7 @@ def _windows(folder: Path, meta: dict[str, Any], model: Any, extractor: Any) -> 
         return ()
     where = str(folder / CALIBRATION_FILE)
     full = fixed_window(extractor)
-    if full is None or type(model).__name__ != "WhisperForAudioClassification":
+    if full is None or type(model).__name__ not in WHISPER_WINDOWED:
         raise ModelError(f"{where}: windows_s needs a Whisper classifier (a fixed-window model)")
     if model.config.use_weighted_layer_sum:
         raise ModelError(f"{where}: windows_s cannot serve a weighted layer sum")
@@ -406,7 +457,10 @@ def _slot_heads(folder: Path, meta: dict[str, Any], model: Any, extractor: Any) 
 
 def _check_architecture(folder: Path) -> None:
     """A ModelError when config.json names a model that is no audio classifier (a backbone), before transformers
-    loads it with a fresh random head and prints its load report."""
+    loads it with a fresh random head and prints its load report. A whisper-grammar folder is a generation model
+    that answers as a classifier (daemon/grammar_decoder.py)."""
+    if serving_meta(folder).get(RECOGNISER_KEY) == WHISPER_GRAMMAR:
+        return
     try:
         architectures = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")).get("architectures") or []
     except (OSError, ValueError, AttributeError):

@@ -271,6 +271,9 @@ class IntentEvent(UtteranceEvent):
     # The command's slots as the model heard them, {slot: {value, score}}; absent from the JSON (and {} here) for
     # a model without slot heads, an intent without slots and `unknown`. Added within schema 1.
     slots: Mapping[str, SlotValue] = field(default_factory=dict, hash=False, metadata={OMIT_EMPTY: True})
+    # The command sentence a grammar model heard, as its grammar spells it ("can i get a large latte"); absent
+    # from the JSON ("" here) for other models and `unknown`. Added within schema 1.
+    text: str = field(default="", metadata={OMIT_EMPTY: True})
     model_id: str
     latency_ms: Latency
     batch_size: int
@@ -294,6 +297,7 @@ class IntentEvent(UtteranceEvent):
             score=round(p.score, SCORE_DECIMALS),
             top_k=tuple(LabelScore(label, round(score, SCORE_DECIMALS)) for label, score in p.top_k),
             slots={name: SlotValue(value, round(score, SCORE_DECIMALS)) for name, (value, score) in p.slots.items()},
+            text=p.text or "",
             model_id=c.model_id,
             latency_ms=Latency(
                 queue_wait=round(c.queue_wait_ms, MS_DECIMALS),

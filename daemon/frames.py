@@ -48,12 +48,14 @@ class Utterance:
 @dataclass(frozen=True, slots=True)
 class Prediction:
     """A classifier's answer for one clip: the top label, its score, the top-k (label, score) pairs and, for a
-    model with slot heads, each slot it heard as {slot: (value, score)}."""
+    model with slot heads or a grammar decoder, each slot it heard as {slot: (value, score)}; a grammar decoder
+    also gives the command sentence it heard (`text`, as the grammar spells it)."""
 
     label: str
     score: float
     top_k: tuple[tuple[str, float], ...] = field(default_factory=tuple)
     slots: Mapping[str, tuple[str, float]] = field(default_factory=dict, hash=False)
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

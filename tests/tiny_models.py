@@ -94,3 +94,53 @@ def make_tiny_wav2vec2(out: Path, labels: list[str] | None = None) -> Path:
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE,
                              return_attention_mask=False).save_pretrained(str(out))
     return out
+
+
+# A whisper-grammar folder's tiny tokenizer: every byte is a token (GPT-2's byte-level alphabet), a few words
+# are single tokens too (so decoding mixes whole words and letters, as Whisper's does), then the special tokens.
+TINY_WORD_TOKENS = ("Ġlarge", "Ġsmall", "Ġlatte", "Ġmocha", "Ġwith", "Ġmilk", "Ġa", "ĠI", "Ġcan", "Ġget")
+TINY_GRAMMAR_WINDOWS_S = (0.5, 1.0)
+
+
+def build_tiny_grammar_model(folder: Path, intents_file: Path, seed: int = 0, max_tokens: int = 48) -> Path:
+    """A whisper-grammar folder for an intents file: a random tiny WhisperForConditionalGeneration (1 s window,
+    served at 0.5 and 1 s), the byte-level tokenizer above, and the intentd.json `grammar-model` writes."""
+    import json
+
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from daemon.grammar import byte_decoder
+    from daemon.grammar_decoder import TOKENIZER_FILE, DecoderSettings
+    from train.grammar_model import EOT, NO_TIMESTAMPS, SERVING_FILE, SOT, grammar_serving_meta
+    from train.intents import load_intents
+
+    intents = load_intents(intents_file)
+    alphabet = sorted(byte_decoder(), key=lambda ch: byte_decoder()[ch])
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    for word in TINY_WORD_TOKENS:
+        vocab[word] = len(vocab)
+    specials = [SOT, EOT, NO_TIMESTAMPS]
+    added = [{"id": len(vocab) + i, "content": name, "special": True} for i, name in enumerate(specials)]
+    ids = {t["content"]: t["id"] for t in added}
+    tokenizer = {"version": "1.0", "added_tokens": added, "model": {"type": "BPE", "vocab": vocab, "merges": []}}
+    labels = list(intents.names)
+    torch.manual_seed(seed)
+    config = WhisperConfig(
+        vocab_size=len(vocab) + len(specials), pad_token_id=ids[EOT], bos_token_id=ids[SOT], eos_token_id=ids[EOT],
+        decoder_start_token_id=ids[SOT], num_mel_bins=16, d_model=16, encoder_layers=1, encoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
+        max_source_positions=POSITIONS_PER_S * TINY_CHUNK_S, max_target_positions=max_tokens + 4, init_std=0.5,
+        architectures=["WhisperForConditionalGeneration"], id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    WhisperForConditionalGeneration(config).eval().save_pretrained(folder, safe_serialization=True)
+    WhisperFeatureExtractor(feature_size=16, sampling_rate=SAMPLE_RATE, chunk_length=TINY_CHUNK_S).save_pretrained(
+        folder)
+    (folder / TOKENIZER_FILE).write_text(json.dumps(tokenizer), encoding="utf-8")
+    settings = DecoderSettings((ids[SOT], ids[NO_TIMESTAMPS]), ids[EOT], beam=3, max_tokens=max_tokens)
+    meta = grammar_serving_meta(intents, settings, TINY_GRAMMAR_WINDOWS_S, source="tests/tiny_models.py",
+                                intents_file=str(intents_file))
+    (folder / SERVING_FILE).write_text(json.dumps(meta), encoding="utf-8")
+    return folder

@@ -14,7 +14,8 @@ from train.errors import TrainError
 
 # Each module exposes register(subparsers) and sets `func` on its parser; imported lazily-by-name here so a
 # broken optional dependency of one subcommand names itself instead of breaking the whole CLI.
-SUBCOMMAND_MODULES = ("train.backbones", "train.synth", "train.fit", "train.evaluation", "train.predict")
+SUBCOMMAND_MODULES = ("train.backbones", "train.synth", "train.fit", "train.evaluation", "train.predict",
+                      "train.grammar_model")
 
 log = logging.getLogger("intentd-train")
 

@@ -140,9 +140,10 @@ def evaluate_model(
     id2label = dict(enumerate(score.labels))
     to_model = map_labels_to_model(data.label_names, label2id, dataset)
 
-    # A folder with slot heads answers commands itself, from the same forwards as its intent scores.
+    # A folder with slot heads (or a grammar decoder) answers commands itself, from the same forwards as its intent
+    # scores.
     own = ClassifierCommands(score.manual, batch_size) \
-        if predictor is None and score.manual is not None and score.manual.slot_schema is not None else None
+        if predictor is None and score.manual is not None and score.manual.predicts_slots else None
     truth: list[int] = []
     truth_slots: list[dict[str, str]] = []
     probabilities = []

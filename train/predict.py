@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
                 {"file": f, "label": p.label, "score": p.score,
                  "top": [{"label": label, "score": score} for label, score in p.top_k],
                  **({"slots": {name: {"value": value, "score": score} for name, (value, score) in p.slots.items()}}
-                    if p.slots else {})}
+                    if p.slots else {}),
+                 **({"text": p.text} if p.text else {})}
                 for f, p in zip(args.files, results)
             ],
         }
@@ -68,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         for f, p in zip(args.files, results):
             slots = "".join(f"\t{name}={value} {score:.3f}" for name, (value, score) in p.slots.items())
-            print(f"{f}\t{p.label}\t" + "  ".join(f"{label} {score:.3f}" for label, score in p.top_k) + slots)
+            text = f"\t{p.text!r}" if p.text else ""
+            print(f"{f}\t{p.label}\t" + "  ".join(f"{label} {score:.3f}" for label, score in p.top_k) + slots + text)
     return 0

@@ -1,0 +1,208 @@
+"""Whisper's decoder decoded under a grammar: encoder states -> the likeliest grammar sentence -> intent and slots.
+
+A "whisper-grammar" model folder (made by `intentd-train grammar-model`) holds a Hugging Face
+WhisperForConditionalGeneration, its tokenizer.json and, in intentd.json, the grammar (daemon/grammar.py) and
+the decoder's settings. Beam search runs over the clips of a batch together; at each step a beam may only take a
+token that keeps its text a prefix of some grammar sentence (`TokenConstraint`), and end-of-text only where a
+sentence may end, so every answer is a sentence of the grammar, which `Automaton.parse` reads back into the
+intent and each slot's canonical value. The score is the sentence's mean token probability under the
+constraint: near 1 when Whisper would have said that sentence anyway, low when the grammar had to force it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+
+from daemon.errors import ModelError
+from daemon.grammar import DEAD, Automaton, Grammar, TokenConstraint, token_bytes
+
+log = logging.getLogger(__name__)
+
+RECOGNISER_KEY: Final = "recogniser"  # in intentd.json: what the folder is
+WHISPER_GRAMMAR: Final = "whisper-grammar"
+GRAMMAR_KEY: Final = "grammar"
+DECODER_KEY: Final = "decoder"
+TOKENIZER_FILE: Final = "tokenizer.json"
+DEFAULT_BEAM: Final = 5
+DEFAULT_MAX_TOKENS: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderSettings:
+    """How to decode: the prompt (start of transcript, no timestamps), end-of-text, beam width, token limit."""
+
+    prompt: tuple[int, ...]
+    eot: int
+    beam: int = DEFAULT_BEAM
+    max_tokens: int = DEFAULT_MAX_TOKENS
+
+    def to_json(self) -> dict[str, Any]:
+        """The intentd.json form."""
+        return {"prompt": list(self.prompt), "eot": self.eot, "beam": self.beam, "max_tokens": self.max_tokens}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str) -> DecoderSettings:
+        """Parse the intentd.json form; a ModelError names `where`."""
+        try:
+            settings = cls(tuple(int(t) for t in raw["prompt"]), int(raw["eot"]), int(raw.get("beam", DEFAULT_BEAM)),
+                           int(raw.get("max_tokens", DEFAULT_MAX_TOKENS)))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelError(f"{where}: {DECODER_KEY} must be {{'prompt': [ids], 'eot': id, 'beam': n, "
+                             f"'max_tokens': n}}: {err!r}") from err
+        if not settings.prompt or settings.beam < 1 or settings.max_tokens < 1:
+            raise ModelError(f"{where}: {DECODER_KEY} needs a prompt, beam >= 1 and max_tokens >= 1")
+        return settings
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """One clip's decoding: the intent (None: no grammar sentence within the token limit), each captured slot's
+    canonical value with a score, the sentence as the grammar spells it, and the sentence's score."""
+
+    intent: str | None
+    score: float
+    slots: Mapping[str, tuple[str, float]] = field(default_factory=dict)
+    text: str | None = None
+
+
+@dataclass(slots=True)
+class _Hyp:
+    tokens: tuple[int, ...]
+    logp: float
+    state: int
+
+
+class GrammarDecoder:
+    """Constrained beam search over a WhisperForConditionalGeneration's decoder."""
+
+    def __init__(self, model: Any, grammar: Grammar, tokens: Mapping[int, bytes], settings: DecoderSettings) -> None:
+        self.model = model
+        self.grammar = grammar
+        self.tokens = tokens
+        self.automaton = Automaton(grammar)
+        self.constraint = TokenConstraint(self.automaton, tokens)
+        self.settings = settings
+        self._ids: dict[int, tuple[torch.Tensor, tuple[int, ...]]] = {}
+
+    @property
+    def intents(self) -> tuple[str, ...]:
+        """The grammar's intents, in label order."""
+        return tuple(self.grammar.intents)
+
+    @classmethod
+    def load(cls, folder: Path, meta: Mapping[str, Any], model: Any) -> GrammarDecoder:
+        """The decoder a folder states (grammar and decoder settings in intentd.json, tokenizer.json beside it)."""
+        where = f"{folder / 'intentd.json'}"
+        if GRAMMAR_KEY not in meta or DECODER_KEY not in meta:
+            raise ModelError(f"{where}: a {WHISPER_GRAMMAR} folder needs '{GRAMMAR_KEY}' and '{DECODER_KEY}'")
+        grammar = Grammar.from_json(meta[GRAMMAR_KEY], where)
+        settings = DecoderSettings.from_json(meta[DECODER_KEY], where)
+        path = folder / TOKENIZER_FILE
+        if not path.is_file():
+            raise ModelError(f"{folder}: a {WHISPER_GRAMMAR} folder needs its {TOKENIZER_FILE}")
+        vocab = int(model.config.vocab_size)
+        tokens = {t: b for t, b in token_bytes(path).items() if t < vocab}
+        return cls(model, grammar, tokens, settings)
+
+    def _allowed(self, state: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Token ids a state allows (end-of-text included where a sentence may end) and the state after each."""
+        found = self._ids.get(state)
+        if found is None:
+            pairs = list(self.constraint.allowed(state))
+            if self.automaton.accepts(state):
+                pairs.append((self.settings.eot, DEAD))
+            ids = torch.tensor([t for t, _ in pairs], dtype=torch.long)
+            found = self._ids[state] = (ids, tuple(s for _, s in pairs))
+        return found
+
+    @torch.inference_mode()
+    def decode(self, hidden: torch.Tensor) -> list[Heard]:
+        """The best grammar sentence for each clip's encoder states (batch, frames, d_model)."""
+        s = self.settings
+        device = hidden.device
+        clips = hidden.shape[0]
+        # Decoder rows, each a (clip, hypothesis); every clip starts with one row.
+        entries = [(clip, _Hyp((), 0.0, self.automaton.start)) for clip in range(clips)]
+        finished: list[list[_Hyp]] = [[] for _ in range(clips)]
+        encoder = hidden
+        input_ids = torch.tensor([list(s.prompt)] * clips, dtype=torch.long, device=device)
+        cache = None
+        decoder = self.model.model.decoder
+        for _ in range(s.max_tokens):
+            out = decoder(input_ids=input_ids, encoder_hidden_states=encoder, cache=cache, use_cache=True)
+            cache = out.cache
+            logprobs = torch.log_softmax(self.model.proj_out(out.last_hidden_state[:, -1]).float(), dim=-1).cpu()
+            by_clip: dict[int, list[int]] = {}
+            for row, (clip, _hyp) in enumerate(entries):
+                by_clip.setdefault(clip, []).append(row)
+            next_entries: list[tuple[int, _Hyp]] = []
+            next_rows: list[int] = []
+            next_tokens: list[int] = []
+            for clip, rows in by_clip.items():
+                kept = self._step(logprobs, [(row, entries[row][1]) for row in rows], finished[clip])
+                for row, token, hyp in kept:
+                    next_entries.append((clip, hyp))
+                    next_rows.append(row)
+                    next_tokens.append(token)
+            if not next_entries:
+                break
+            index = torch.tensor(next_rows, dtype=torch.long, device=device)
+            cache.reorder_cache(index)
+            encoder = encoder.index_select(0, index)
+            entries = next_entries
+            input_ids = torch.tensor([[t] for t in next_tokens], dtype=torch.long, device=device)
+        return [self._heard(done) for done in finished]
+
+    def _step(self, logprobs: torch.Tensor, rows: Sequence[tuple[int, _Hyp]], finished: list[_Hyp]
+              ) -> list[tuple[int, int, _Hyp]]:
+        """One clip's beam step: the best `beam` continuations among the tokens the grammar allows, sentences
+        that end moved to `finished`; [] once no live beam can beat the best finished sentence."""
+        beam = self.settings.beam
+        candidates: list[tuple[float, int, int, int]] = []
+        for row, hyp in rows:
+            ids, states = self._allowed(hyp.state)
+            if not len(ids):
+                continue
+            top = torch.topk(logprobs[row, ids], min(beam, len(ids)))
+            for value, j in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                candidates.append((hyp.logp + value, row, int(ids[j]), states[j]))
+        candidates.sort(key=lambda c: -c[0])
+        parents = dict(rows)
+        kept: list[tuple[int, int, _Hyp]] = []
+        for logp, row, token, state in candidates:
+            if len(kept) == beam:
+                break
+            hyp = _Hyp(parents[row].tokens + (token,), logp, state)
+            if token == self.settings.eot:
+                finished.append(hyp)
+            else:
+                kept.append((row, token, hyp))
+        best_done = max((h.logp for h in finished), default=-math.inf)
+        # Log-probabilities only fall, so no live beam can overtake a finished sentence that already beats it.
+        if len(finished) >= beam or not kept or best_done >= kept[0][2].logp:
+            return []
+        return kept
+
+    def _heard(self, finished: Sequence[_Hyp]) -> Heard:
+        if not finished:
+            return Heard(None, 0.0)
+        hyp = max(finished, key=lambda h: h.logp)
+        score = math.exp(hyp.logp / len(hyp.tokens))
+        text = self._text(hyp.tokens[:-1])
+        parsed = self.automaton.parse(text)
+        if parsed is None:  # pragma: no cover - the constraint only lets grammar sentences through
+            log.warning("decoded %r, which the grammar does not parse", text)
+            return Heard(None, 0.0)
+        return Heard(parsed.intent, score, {name: (value, score) for name, value in parsed.slots.items()},
+                     parsed.text)
+
+    def _text(self, tokens: Sequence[int]) -> str:
+        data = b"".join(self.tokens[t] for t in tokens)
+        return data.decode("utf-8", "replace")
