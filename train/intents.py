@@ -48,24 +48,41 @@ RHINO_SUFFIXES = (".yaml", ".yml")
 # The template tree (Seq, Alt, Text, Slot) is daemon/grammar.py's, so a model folder can carry a grammar that serving
 # reads without training code (the constrained decoder's automaton).
 _EMPTY = EMPTY
-_CLOSERS = {"(": ")", "[": "]"}
 
 
 class TemplateSyntaxError(ValueError):
     """A template that does not parse; the message says where."""
 
 
-def parse_template(template: str) -> Seq:
-    """Parse one phrase template into its tree."""
-    seq, pos = _parse_seq(template, 0, closer=None)
-    if pos != len(template):  # pragma: no cover - _parse_seq only stops early on a closer, reported there
-        raise TemplateSyntaxError(f"unexpected {template[pos]!r} at column {pos + 1}")
-    return seq
+@dataclass(frozen=True, slots=True)
+class TemplateSyntax:
+    """How one phrase format spells groups, the separator between a group's items and slot references; TOML
+    intents files (TOML_SYNTAX) and Rhino contexts (train/rhino.py) are two of these over one parser."""
+
+    groups: Mapping[str, tuple[str, bool]]  # opener -> (closer, whether the group may be left out)
+    separator: str
+    references: Mapping[str, Callable[[str, int], tuple[Slot, int]]]  # first character -> (slot, end position)
+    empty_item: Callable[[str, int, int, int], str]  # (source, group start, group end, item end) -> message
+    stray: str = ""  # characters legal only inside a reference
+
+    def describe_groups(self) -> str:
+        """`(...) or [...]`, in the syntax's own order."""
+        return " or ".join(f"{opener}...{closer}" for opener, (closer, _) in self.groups.items())
 
 
-def _parse_seq(src: str, pos: int, closer: str | None) -> tuple[Seq, int]:
-    """Parse until `closer` (or the end); alternatives `|` are only legal inside a group."""
+def parse_phrase(src: str, syntax: TemplateSyntax) -> Seq:
+    """Parse one phrase of either format into the template tree; a TemplateSyntaxError names the column."""
+    options, _ends, pos = _parse_group(src, 0, None, syntax)
+    if pos != len(src):  # pragma: no cover - _parse_group only stops early on a closer, reported there
+        raise TemplateSyntaxError(f"unexpected {src[pos]!r} at column {pos + 1}")
+    return options[0]
+
+
+def _parse_group(src: str, pos: int, closer: str | None, syntax: TemplateSyntax) -> tuple[list[Seq], list[int], int]:
+    """Items until `closer` (or the end), the position each ended at, and the position after the closer."""
+    closers = {c: o for o, (c, _) in syntax.groups.items()}
     options: list[Seq] = []
+    ends: list[int] = []
     parts: list[Text | Alt | Slot] = []
     start = pos
     buf: list[str] = []
@@ -77,63 +94,74 @@ def _parse_seq(src: str, pos: int, closer: str | None) -> tuple[Seq, int]:
 
     while pos < len(src):
         ch = src[pos]
-        if ch in _CLOSERS:
+        if ch in syntax.groups:
             flush()
-            inner, pos = _parse_seq(src, pos + 1, closer=_CLOSERS[ch])
-            alt = (
-                inner.parts[0] if len(inner.parts) == 1 and isinstance(inner.parts[0], Alt) else Alt((inner,))
-            )
-            assert isinstance(alt, Alt)
-            if ch == "[":
-                alt = Alt(alt.options + (_EMPTY,))
-            parts.append(alt)
+            inner_closer, optional = syntax.groups[ch]
+            items, item_ends, after = _parse_group(src, pos + 1, inner_closer, syntax)
+            for item, at in zip(items, item_ends, strict=True):
+                if all(isinstance(p, Text) and not p.text.strip() for p in item.parts):
+                    raise TemplateSyntaxError(syntax.empty_item(src, pos + 1, after - 1, at))
+            only = items[0].parts[0] if len(items) == 1 and len(items[0].parts) == 1 else None
+            alt = only if isinstance(only, Alt) else Alt(tuple(items))
+            parts.append(Alt(alt.options + (_EMPTY,)) if optional else alt)
+            pos = after
             continue
-        if ch in ")]":
+        if ch in closers:
             if ch != closer:
                 raise TemplateSyntaxError(f"unmatched {ch!r} at column {pos + 1}")
             flush()
             options.append(Seq(tuple(parts)))
-            _check_options(options, src, start, pos)
-            return Seq((Alt(tuple(options)),)) if len(options) > 1 else options[0], pos + 1
-        if ch == "|":
+            ends.append(pos)
+            return options, ends, pos + 1
+        if ch == syntax.separator:
             if closer is None:
-                raise TemplateSyntaxError(f"'|' outside (...) or [...] at column {pos + 1}")
+                raise TemplateSyntaxError(f"{ch!r} outside {syntax.describe_groups()} at column {pos + 1}")
             flush()
             options.append(Seq(tuple(parts)))
+            ends.append(pos)
             parts = []
             pos += 1
             continue
-        if ch == "{":
-            end = src.find("}", pos)
-            if end < 0:
-                raise TemplateSyntaxError(f"unclosed '{{' at column {pos + 1}")
-            name, colon, capture = (piece.strip() for piece in src[pos + 1 : end].partition(":"))
-            if not SLOT_NAME.fullmatch(name):
-                raise TemplateSyntaxError(f"bad slot name {name!r} at column {pos + 1}")
-            if colon and not SLOT_NAME.fullmatch(capture):
-                raise TemplateSyntaxError(f"bad capture name {capture!r} in {{{name}:...}} at column {pos + 1}")
+        if ch in syntax.references:
             flush()
-            parts.append(Slot(name, capture if colon else None, pos + 1))
-            pos = end + 1
+            slot, pos = syntax.references[ch](src, pos)
+            parts.append(slot)
             continue
-        if ch == "}":
-            raise TemplateSyntaxError(f"unmatched '}}' at column {pos + 1}")
+        if ch in syntax.stray:
+            raise TemplateSyntaxError(f"unmatched {ch!r} at column {pos + 1}")
         buf.append(ch)
         pos += 1
     if closer is not None:
-        opener = "(" if closer == ")" else "["
-        raise TemplateSyntaxError(f"unclosed {opener!r} opened at column {start}")
+        raise TemplateSyntaxError(f"unclosed {closers[closer]!r} opened at column {start}")
     flush()
-    return Seq(tuple(parts)), pos
+    return [Seq(tuple(parts))], [pos], pos
 
 
-def _check_options(options: list[Seq], src: str, start: int, end: int) -> None:
-    """Empty alternatives are almost always typos; optional parts have their own [...] syntax."""
-    for option in options:
-        if all(isinstance(p, Text) and not p.text.strip() for p in option.parts):
-            raise TemplateSyntaxError(
-                f"empty alternative in {src[start - 1 : end + 1]!r} (use [...] for an optional part)"
-            )
+def _toml_reference(src: str, pos: int) -> tuple[Slot, int]:
+    """`{list}` or `{list:name}` at `pos`."""
+    end = src.find("}", pos)
+    if end < 0:
+        raise TemplateSyntaxError(f"unclosed '{{' at column {pos + 1}")
+    name, colon, capture = (piece.strip() for piece in src[pos + 1 : end].partition(":"))
+    if not SLOT_NAME.fullmatch(name):
+        raise TemplateSyntaxError(f"bad slot name {name!r} at column {pos + 1}")
+    if colon and not SLOT_NAME.fullmatch(capture):
+        raise TemplateSyntaxError(f"bad capture name {capture!r} in {{{name}:...}} at column {pos + 1}")
+    return Slot(name, capture if colon else None, pos + 1), end + 1
+
+
+def _toml_empty(src: str, start: int, end: int, _item_end: int) -> str:
+    # Empty alternatives are almost always typos; optional parts have their own [...] syntax.
+    return f"empty alternative in {src[start - 1 : end + 1]!r} (use [...] for an optional part)"
+
+
+TOML_SYNTAX = TemplateSyntax(groups={"(": (")", False), "[": ("]", True)}, separator="|",
+                             references={"{": _toml_reference}, empty_item=_toml_empty, stray="}")
+
+
+def parse_template(template: str) -> Seq:
+    """Parse one phrase template into its tree."""
+    return parse_phrase(template, TOML_SYNTAX)
 
 
 def _normalise(sentence: str) -> str:

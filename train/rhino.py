@@ -22,16 +22,17 @@ from typing import Any
 
 from train.errors import TrainError
 from train.intents import (
-    _EMPTY,
     INTENT_NAME,
     Alt,
     Intent,
     IntentSet,
     Seq,
     Slot,
+    TemplateSyntax,
     TemplateSyntaxError,
     Text,
     build_intent_set,
+    parse_phrase,
 )
 
 CONTEXT_KEYS = frozenset({"expressions", "slots", "macros"})
@@ -39,81 +40,36 @@ CONTEXT_KEYS = frozenset({"expressions", "slots", "macros"})
 MACRO_PREFIX = "@"
 _SLOT_REF = re.compile(r"\$([A-Za-z_][\w.]*):([A-Za-z_]\w*)")
 _MACRO_REF = re.compile(r"@([A-Za-z_]\w*)")
-_CLOSERS = {"[": "]", "(": ")"}
 # Picovoice's built-in slot types (numbers, letters, percentages) have no value list in the YAML.
 BUILTIN_PREFIX = "pv."
 
 
+def _slot_reference(src: str, pos: int) -> tuple[Slot, int]:
+    match = _SLOT_REF.match(src, pos)
+    if match is None:
+        raise TemplateSyntaxError(f"bad slot reference at column {pos + 1} (expected $type:name)")
+    return Slot(match.group(1), match.group(2), pos + 1), match.end()
+
+
+def _macro_reference(src: str, pos: int) -> tuple[Slot, int]:
+    match = _MACRO_REF.match(src, pos)
+    if match is None:
+        raise TemplateSyntaxError(f"bad macro reference at column {pos + 1} (expected @name)")
+    return Slot(MACRO_PREFIX + match.group(1), None, pos + 1), match.end()
+
+
+def _empty_item(_src: str, start: int, _end: int, item_end: int) -> str:
+    return f"empty item in the group opened at column {start} (column {item_end + 1})"
+
+
+# Commas separate items only inside [...] (a choice) and (...) (optional); the parser is the intents file's.
+RHINO_SYNTAX = TemplateSyntax(groups={"[": ("]", False), "(": (")", True)}, separator=",",
+                              references={"$": _slot_reference, "@": _macro_reference}, empty_item=_empty_item)
+
+
 def parse_expression(src: str) -> Seq:
     """One Rhino expression -> the template tree; a TemplateSyntaxError says what is wrong and at which column."""
-    seq, pos = _parse(src, 0, None)
-    if pos != len(src):  # pragma: no cover - _parse only stops early on a closer, reported there
-        raise TemplateSyntaxError(f"unexpected {src[pos]!r} at column {pos + 1}")
-    return seq
-
-
-def _parse(src: str, pos: int, closer: str | None) -> tuple[Seq, int]:
-    """Parse until `closer` (or the end); commas separate items only inside [...] and (...)."""
-    options: list[Seq] = []
-    parts: list[Text | Alt | Slot] = []
-    start = pos
-    buf: list[str] = []
-
-    def flush() -> None:
-        if buf:
-            parts.append(Text("".join(buf)))
-            buf.clear()
-
-    def close_item(at: int) -> None:
-        flush()
-        if all(isinstance(p, Text) and not p.text.strip() for p in parts):
-            raise TemplateSyntaxError(f"empty item in the group opened at column {start} (column {at + 1})")
-        options.append(Seq(tuple(parts)))
-
-    while pos < len(src):
-        ch = src[pos]
-        if ch in _CLOSERS:
-            flush()
-            inner, pos = _parse(src, pos + 1, _CLOSERS[ch])
-            alt = inner.parts[0]
-            assert isinstance(alt, Alt)
-            parts.append(Alt(alt.options + (_EMPTY,)) if ch == "(" else alt)
-            continue
-        if ch in ")]":
-            if ch != closer:
-                raise TemplateSyntaxError(f"unmatched {ch!r} at column {pos + 1}")
-            close_item(pos)
-            return Seq((Alt(tuple(options)),)), pos + 1
-        if ch == ",":
-            if closer is None:
-                raise TemplateSyntaxError(f"',' outside [...] or (...) at column {pos + 1}")
-            close_item(pos)
-            parts = []
-            pos += 1
-            continue
-        if ch == "$":
-            match = _SLOT_REF.match(src, pos)
-            if match is None:
-                raise TemplateSyntaxError(f"bad slot reference at column {pos + 1} (expected $type:name)")
-            flush()
-            parts.append(Slot(match.group(1), match.group(2), pos + 1))
-            pos = match.end()
-            continue
-        if ch == "@":
-            match = _MACRO_REF.match(src, pos)
-            if match is None:
-                raise TemplateSyntaxError(f"bad macro reference at column {pos + 1} (expected @name)")
-            flush()
-            parts.append(Slot(MACRO_PREFIX + match.group(1), None, pos + 1))
-            pos = match.end()
-            continue
-        buf.append(ch)
-        pos += 1
-    if closer is not None:
-        opener = "[" if closer == "]" else "("
-        raise TemplateSyntaxError(f"unclosed {opener!r} opened at column {start}")
-    flush()
-    return Seq(tuple(parts)), pos
+    return parse_phrase(src, RHINO_SYNTAX)
 
 
 def parse_context(text: str, source: str = "<context>") -> IntentSet:
