@@ -56,6 +56,8 @@ DEFAULT_MAX_SECONDS = 10
 DEFAULT_WINDOWS_S = (3.0, 4.0, 5.0, 6.0, 8.0)
 SERVING_FILE = "intentd.json"
 SOT, EOT, NO_TIMESTAMPS = "<|startoftranscript|>", "<|endoftext|>", "<|notimestamps|>"
+PREVIOUS = "<|startofprev|>"  # text before it is "what was said before": Whisper leans towards its words
+AUTO_PROMPT = "auto"
 
 
 def decoder_state_dict(model: CT2Model, dims: WhisperDims) -> dict[str, np.ndarray]:
@@ -133,10 +135,22 @@ def grammar_serving_meta(intents: IntentSet, settings: DecoderSettings, windows_
     }
 
 
+def prompt_ids(tokenizer_file: Path, ids: dict[str, int], intents: IntentSet, prompt: str) -> tuple[int, ...]:
+    """Whisper's "previous text" tokens for a prompt ("auto": every slot value of the grammar, comma-separated)."""
+    from tokenizers import Tokenizer
+
+    if prompt == AUTO_PROMPT:
+        values = dict.fromkeys(v for vs in intents.slot_values().values() for v in vs)
+        prompt = ", ".join(values) + "."
+    if PREVIOUS not in ids:
+        raise TrainError(f"{tokenizer_file}: no {PREVIOUS} token, so no --prompt")
+    return (ids[PREVIOUS], *Tokenizer.from_file(str(tokenizer_file)).encode(" " + prompt.strip()).ids)
+
+
 def write_grammar_model(intents_file: Path, out_dir: Path, *, src_dir: Path | None = None,
                         max_seconds: float = DEFAULT_MAX_SECONDS,
                         windows_s: tuple[float, ...] = DEFAULT_WINDOWS_S, beam: int = DEFAULT_BEAM,
-                        force: bool = False) -> Path:
+                        prompt: str | None = None, force: bool = False) -> Path:
     """Write a whisper-grammar model folder for an intents file (TOML or Rhino YAML); returns out_dir."""
     intents = load_intents(intents_file)
     if out_dir.exists() and not out_dir.is_dir():
@@ -176,7 +190,8 @@ def write_grammar_model(intents_file: Path, out_dir: Path, *, src_dir: Path | No
     config.decoder_start_token_id = config.bos_token_id = ids[SOT]
     config.eos_token_id = config.pad_token_id = ids[EOT]
     config.tie_word_embeddings = True
-    settings = DecoderSettings(prompt=(ids[SOT], ids[NO_TIMESTAMPS]), eot=ids[EOT], beam=beam,
+    previous = prompt_ids(tokenizer_file, ids, intents, prompt) if prompt else ()
+    settings = DecoderSettings(prompt=(*previous, ids[SOT], ids[NO_TIMESTAMPS]), eot=ids[EOT], beam=beam,
                                max_tokens=DEFAULT_MAX_TOKENS)
     meta = grammar_serving_meta(intents, settings, windows, source=source, intents_file=str(intents_file))
 
@@ -214,7 +229,7 @@ def _windows(text: str) -> tuple[float, ...]:
 def run(args: argparse.Namespace) -> int:
     """CLI body."""
     out = write_grammar_model(args.intents, args.out, src_dir=args.source_dir, max_seconds=args.max_seconds,
-                              windows_s=args.windows, beam=args.beam, force=args.force)
+                              windows_s=args.windows, beam=args.beam, prompt=args.prompt, force=args.force)
     print(out)
     return 0
 
@@ -237,6 +252,9 @@ def register(subparsers: Any) -> None:
                              f"{','.join(f'{w:g}' for w in DEFAULT_WINDOWS_S)})")
     parser.add_argument("--beam", type=int, default=DEFAULT_BEAM, metavar="N",
                         help=f"beam width of the constrained search (default {DEFAULT_BEAM})")
+    parser.add_argument("--prompt", metavar="TEXT",
+                        help=f"text Whisper takes as said before each command, to lean towards its words; "
+                             f"'{AUTO_PROMPT}': the grammar's slot values (default: none)")
     parser.add_argument("--from", dest="source_dir", type=Path, metavar="CT2_FOLDER",
                         help=f"a CTranslate2 Whisper folder (model.bin, tokenizer.json) instead of {BACKBONE}")
     parser.add_argument("--force", action="store_true", help="replace DIR if it is not empty")
