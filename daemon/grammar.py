@@ -229,11 +229,13 @@ _Mark = _IntentMark | _Open | _Close
 @dataclass(frozen=True, slots=True)
 class Parse:
     """What an accepted sentence means: its intent, each captured slot's canonical value and the sentence as the
-    grammar spells it (lower case, one space between words)."""
+    grammar spells it (lower case, one space between words); `spans` gives each captured slot's bytes in the
+    parsed text as [start, end)."""
 
     intent: str
     slots: Mapping[str, str]
     text: str
+    spans: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class Automaton:
@@ -432,7 +434,7 @@ class Automaton:
         self._walk_eps({self._start: None}, paths)
         paths = self._cross_spaces(paths, at_least_one=False)
         where = START
-        for b in data:
+        for at, b in enumerate(data):
             if b == SPACE or b == HYPHEN:
                 if where in (WORD, PUNCT):
                     paths = self._cross_spaces(paths, at_least_one=True)
@@ -454,7 +456,7 @@ class Automaton:
             for p, path in paths.items():
                 edge = self._byte[p]
                 if edge is not None and edge[0] == lower and edge[1] not in moved:
-                    moved[edge[1]] = (lower, path)
+                    moved[edge[1]] = ((lower, at), path)
             paths = {}
             self._walk_eps(moved, paths)
             where = WORD
@@ -501,30 +503,34 @@ class Automaton:
         items.reverse()
         intent = ""
         slots: dict[str, str] = {}
-        spoken: list[bytearray] = []
+        spans: dict[str, tuple[int, int]] = {}
+        spoken: list[tuple[bytearray, list[int]]] = []  # per open capture: its bytes and input offsets
         text = bytearray()
         for item in items:
-            if isinstance(item, int):
-                if item == SPACE:
-                    if text and text[-1] != SPACE:
-                        text.append(SPACE)
-                    for buf in spoken:
-                        if buf and buf[-1] != SPACE:
-                            buf.append(SPACE)
-                else:
-                    text.append(item)
-                    for buf in spoken:
-                        buf.append(item)
+            if item == SPACE:
+                if text and text[-1] != SPACE:
+                    text.append(SPACE)
+                for buf, _offsets in spoken:
+                    if buf and buf[-1] != SPACE:
+                        buf.append(SPACE)
+            elif isinstance(item, tuple):
+                byte, at = item
+                text.append(byte)
+                for buf, offsets in spoken:
+                    buf.append(byte)
+                    offsets.append(at)
             elif isinstance(item, _IntentMark):
                 intent = item.intent
             elif isinstance(item, _Open):
-                spoken.append(bytearray())
+                spoken.append((bytearray(), []))
             elif isinstance(item, _Close):
-                said = _words(spoken.pop().decode("utf-8", "replace"))
+                buf, offsets = spoken.pop()
                 values = self.grammar.canonical.get(item.slot)
                 named = values[item.option] if values else None
-                slots[item.capture] = named if named is not None else said
-        return Parse(intent, slots, _words(text.decode("utf-8", "replace")))
+                slots[item.capture] = named if named is not None else _words(buf.decode("utf-8", "replace"))
+                if offsets:
+                    spans[item.capture] = (offsets[0], offsets[-1] + 1)
+        return Parse(intent, slots, _words(text.decode("utf-8", "replace")), spans)
 
 
 def _words(text: str) -> str:

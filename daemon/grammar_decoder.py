@@ -6,11 +6,13 @@ the decoder's settings. Beam search runs over the clips of a batch together; at 
 token that keeps its text a prefix of some grammar sentence (`TokenConstraint`), and end-of-text only where a
 sentence may end, so every answer is a sentence of the grammar, which `Automaton.parse` reads back into the
 intent and each slot's canonical value. The score is the sentence's mean token probability under the
-constraint: near 1 when Whisper would have said that sentence anyway, low when the grammar had to force it.
+constraint: near 1 when Whisper would have said that sentence anyway, low when the grammar had to force it; each
+slot's score is the mean probability of the tokens that spell its value.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -75,6 +77,7 @@ class Heard:
 @dataclass(slots=True)
 class _Hyp:
     tokens: tuple[int, ...]
+    logps: tuple[float, ...]  # each token's log-probability
     logp: float
     state: int
 
@@ -129,7 +132,7 @@ class GrammarDecoder:
         device = hidden.device
         clips = hidden.shape[0]
         # Decoder rows, each a (clip, hypothesis); every clip starts with one row.
-        entries = [(clip, _Hyp((), 0.0, self.automaton.start)) for clip in range(clips)]
+        entries = [(clip, _Hyp((), (), 0.0, self.automaton.start)) for clip in range(clips)]
         finished: list[list[_Hyp]] = [[] for _ in range(clips)]
         encoder = hidden
         input_ids = torch.tensor([list(s.prompt)] * clips, dtype=torch.long, device=device)
@@ -165,21 +168,22 @@ class GrammarDecoder:
         """One clip's beam step: the best `beam` continuations among the tokens the grammar allows, sentences
         that end moved to `finished`; [] once no live beam can beat the best finished sentence."""
         beam = self.settings.beam
-        candidates: list[tuple[float, int, int, int]] = []
+        candidates: list[tuple[float, float, int, int, int]] = []
         for row, hyp in rows:
             ids, states = self._allowed(hyp.state)
             if not len(ids):
                 continue
             top = torch.topk(logprobs[row, ids], min(beam, len(ids)))
             for value, j in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-                candidates.append((hyp.logp + value, row, int(ids[j]), states[j]))
+                candidates.append((hyp.logp + value, value, row, int(ids[j]), states[j]))
         candidates.sort(key=lambda c: -c[0])
         parents = dict(rows)
         kept: list[tuple[int, int, _Hyp]] = []
-        for logp, row, token, state in candidates:
+        for logp, token_logp, row, token, state in candidates:
             if len(kept) == beam:
                 break
-            hyp = _Hyp(parents[row].tokens + (token,), logp, state)
+            parent = parents[row]
+            hyp = _Hyp(parent.tokens + (token,), parent.logps + (token_logp,), logp, state)
             if token == self.settings.eot:
                 finished.append(hyp)
             else:
@@ -195,14 +199,18 @@ class GrammarDecoder:
             return Heard(None, 0.0)
         hyp = max(finished, key=lambda h: h.logp)
         score = math.exp(hyp.logp / len(hyp.tokens))
-        text = self._text(hyp.tokens[:-1])
+        pieces = [self.tokens[t] for t in hyp.tokens[:-1]]
+        text = b"".join(pieces).decode("utf-8", "replace")
         parsed = self.automaton.parse(text)
         if parsed is None:  # pragma: no cover - the constraint only lets grammar sentences through
             log.warning("decoded %r, which the grammar does not parse", text)
             return Heard(None, 0.0)
-        return Heard(parsed.intent, score, {name: (value, score) for name, value in parsed.slots.items()},
-                     parsed.text)
-
-    def _text(self, tokens: Sequence[int]) -> str:
-        data = b"".join(self.tokens[t] for t in tokens)
-        return data.decode("utf-8", "replace")
+        ends = list(itertools.accumulate(len(p) for p in pieces))
+        slots = {}
+        for name, value in parsed.slots.items():
+            start, end = parsed.spans.get(name, (0, 0))
+            # The tokens that spell any byte of the value: its score is their mean probability.
+            spelled = [lp for lp, stop, piece in zip(hyp.logps, ends, pieces, strict=False)
+                       if stop > start and stop - len(piece) < end]
+            slots[name] = (value, math.exp(sum(spelled) / len(spelled)) if spelled else score)
+        return Heard(parsed.intent, score, slots, parsed.text)

@@ -149,3 +149,12 @@ def test_a_tiny_grammar_model_answers_each_clip_with_a_grammar_sentence_whatever
         (alone,) = classifier.classify([clip])
         assert (alone.label, alone.text) == (answer.label, answer.text)
         assert alone.score == pytest.approx(answer.score, rel=1e-4)
+
+
+def test_parse_says_where_each_slot_was_spelled(automaton: Automaton) -> None:
+    """Spans index the text as given (digits, hyphens, punctuation and all), so a decoder can score each slot by
+    the tokens that spelled it."""
+    text = " Can I get an 8-ounce iced mocha, with milk."
+    parsed = automaton.parse(text)
+    assert parsed is not None
+    assert {name: text[a:b] for name, (a, b) in parsed.spans.items()} == {"size": "8-ounce", "drink": "iced mocha"}
