@@ -255,13 +255,22 @@ class Automaton:
                 self._eps[self._start].append((entry, _IntentMark(intent)))
                 exit_ = self._build(template, entry)
                 self._eps[exit_].append((self._final, None))
-        self._closures: dict[int, frozenset[int]] = {}
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop every determinised state (the memo grows with the prefixes decoding has met): state ids from
+        before are void, so call it only between decodings."""
         self._states: list[tuple[frozenset[int], int]] = []
         self._ids: dict[tuple[frozenset[int], int], int] = {}
         self._steps: dict[tuple[int, int], int] = {}
         self._accepting: dict[int, bool] = {}
         self._out: dict[int, frozenset[int]] = {}
         self.start = self._intern(self._spaces_star(self._closure({self._start})), START)
+
+    @property
+    def states(self) -> int:
+        """Determinised states met so far."""
+        return len(self._states)
 
     # -- construction --
     def _new(self) -> int:
@@ -582,6 +591,10 @@ class TokenConstraint:
         self._keys = [key for key, _ in pairs]
         self._ids = [token for _, token in pairs]
         self._allowed: dict[int, tuple[tuple[int, int], ...]] = {}
+
+    def forget(self) -> None:
+        """Drop the memo with the automaton's (`Automaton.forget`)."""
+        self._allowed.clear()
 
     def allowed(self, state: int) -> tuple[tuple[int, int], ...]:
         """(token, next state) for every token the grammar allows at `state`."""

@@ -34,6 +34,8 @@ DECODER_KEY: Final = "decoder"
 TOKENIZER_FILE: Final = "tokenizer.json"
 DEFAULT_BEAM: Final = 5
 DEFAULT_MAX_TOKENS: Final = 64
+# Determinised grammar states kept between decodings; past it the memo starts again (a daemon runs for months).
+MAX_CACHED_STATES: Final = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,10 @@ class GrammarDecoder:
     def decode(self, hidden: torch.Tensor) -> list[Heard]:
         """The best grammar sentence for each clip's encoder states (batch, frames, d_model)."""
         s = self.settings
+        if self.automaton.states > MAX_CACHED_STATES:
+            self.automaton.forget()
+            self.constraint.forget()
+            self._ids.clear()
         device = hidden.device
         clips = hidden.shape[0]
         # Decoder rows, each a (clip, hypothesis); every clip starts with one row.

@@ -131,7 +131,8 @@ def grammar_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_tiny_grammar_model_answers_each_clip_with_a_grammar_sentence_whatever_its_batch(
-        grammar_model: Path) -> None:
+        grammar_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon import grammar_decoder
     from daemon.classifier import Classifier
 
     classifier = Classifier.load(grammar_model, device="cpu", threshold=0.0)
@@ -149,6 +150,10 @@ def test_a_tiny_grammar_model_answers_each_clip_with_a_grammar_sentence_whatever
         (alone,) = classifier.classify([clip])
         assert (alone.label, alone.text) == (answer.label, answer.text)
         assert alone.score == pytest.approx(answer.score, rel=1e-4)
+    # A memo past its cap starts again between decodings, and answers do not change.
+    monkeypatch.setattr(grammar_decoder, "MAX_CACHED_STATES", 0)
+    assert [(p.label, p.text) for p in classifier.classify(clips[:2])] == [(p.label, p.text) for p in together[:2]]
+    assert automaton.states < 100
 
 
 def test_parse_says_where_each_slot_was_spelled(automaton: Automaton) -> None:
