@@ -315,8 +315,10 @@ class IntentEvent(UtteranceEvent):
                 + (" truncated" if self.truncated else ""))
 
     def slots_text(self) -> str:
-        """` size=large milk=oat` (each slot and its value, a leading space), or "" without slots."""
-        return "".join(f" {name}={slot.value}" for name, slot in self.slots.items())
+        """` size=large milk=oat` (each slot and its value, a leading space), then a grammar model's sentence
+        quoted (` "a large oat latte"`), or "" without either."""
+        return "".join(f" {name}={slot.value}" for name, slot in self.slots.items()) + \
+            (f" {json.dumps(self.text, ensure_ascii=False)}" if self.text else "")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -163,3 +163,27 @@ def test_parse_says_where_each_slot_was_spelled(automaton: Automaton) -> None:
     parsed = automaton.parse(text)
     assert parsed is not None
     assert {name: text[a:b] for name, (a, b) in parsed.spans.items()} == {"size": "8-ounce", "drink": "iced mocha"}
+
+
+def test_intent_events_carry_a_grammar_model_s_sentence_and_others_are_unchanged() -> None:
+    from daemon import events
+    from daemon.frames import Classified, Prediction, Utterance
+
+    def event(prediction: Prediction) -> events.IntentEvent:
+        u = Utterance(stream_id="s", index=0, samples=np.zeros(1600, np.float32), sample_rate=16_000,
+                      start_sample=0, end_sample=1600, stream_origin_wall=1.0, closed_monotonic=0.0,
+                      hangover_samples=0, truncated=False)
+        return events.IntentEvent.from_classified(Classified(u, prediction, "m@1", 1.0, 2.0, 1), 0.5)
+
+    heard = event(Prediction("order", 0.9, (("order", 0.9),), {"size": ("large", 0.8)}, "a large latte"))
+    topic, body = events.encode(heard, seq=5, published_wall=2.0)
+    raw = json.loads(body)
+    assert raw["text"] == "a large latte" and raw["schema"] == 1
+    back = events.decode([topic, body])
+    assert isinstance(back, events.IntentEvent) and back.text == "a large latte"
+    assert back.summary().startswith('stream=s #0 order 0.90 size=large "a large latte"')
+    plain = event(Prediction("stop", 0.7, (("stop", 0.7),)))
+    _, body = events.encode(plain, seq=6, published_wall=2.0)
+    assert "text" not in json.loads(body)
+    back = events.decode([b"intent.stop", body])
+    assert isinstance(back, events.IntentEvent) and back.text == "" and back.data() == plain.data()

@@ -65,3 +65,59 @@ def test_a_grammar_model_answers_alike_in_the_daemon_predict_and_eval(tmp_path: 
     report = json.loads(capsys.readouterr().out)
     assert report["predicts_slots"] is True and report["command_n"] == len(rows)
     assert report["command_acceptance"] == 1.0
+
+
+COFFEE = """
+[slots]
+drink = ["latte", "mocha", "americano", "cappuccino"]
+milk = ["soy milk", "oat milk", "milk"]
+[slots.size]
+large = ["large", "big"]
+small = ["small", "twelve ounce"]
+[intents]
+order = ["(can I get|I'd like) a [{size:size}] {drink:drink} [with {milk:milk}]"]
+cancel = ["cancel (it|my order)"]
+"""
+
+
+def test_grammar_model_of_whisper_tiny_en_transcribes_as_ctranslate2_and_hears_the_command(tmp_path: Path) -> None:
+    """The converted decoder is CTranslate2's: greedy transcripts of one utterance are the same tokens; decoded under
+    a grammar, the utterance comes back as its sentence, intent and slots."""
+    from daemon.classifier import Classifier
+    from daemon.windows import encoder_states
+    from tests.test_import_backbone import _speech
+    from train.backbones import locate_backbone
+    from train.errors import TrainError
+    from train.grammar_model import write_grammar_model
+
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    try:
+        ct2_dir, _ = locate_backbone("whisper-tiny.en")
+    except TrainError as err:
+        pytest.skip(str(err))
+    import torch
+
+    intents = tmp_path / "coffee.toml"
+    intents.write_text(COFFEE, encoding="utf-8")
+    model = write_grammar_model(intents, tmp_path / "model", max_seconds=4, windows_s=(3.0,))
+    audio = _speech(tmp_path, "can I get a large latte with soy milk")
+    classifier = Classifier.load(model, device="cpu")
+    (answer,) = classifier.classify([audio])
+    assert (answer.label, answer.text) == ("order", "can i get a large latte with soy milk")
+    assert {k: v for k, (v, _s) in answer.slots.items()} == {"size": "large", "drink": "latte", "milk": "soy milk"}
+    assert all(0.5 < s <= 1.0 for _v, s in answer.slots.values()) and 0.5 < answer.score <= 1.0
+
+    features = classifier.extractor(audio, sampling_rate=16000, return_tensors="np").input_features
+    prompt = list(classifier.decoder.settings.prompt)  # type: ignore[union-attr]
+    whisper = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32", intra_threads=2)
+    expected = whisper.generate(ctranslate2.StorageView.from_array(features), [prompt], beam_size=1,
+                                suppress_blank=False, suppress_tokens=[])[0].sequences_ids[0]
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        hidden = encoder_states(classifier.model.model.encoder, torch.from_numpy(features))
+        for _ in range(len(expected) + 1):
+            nxt = int(classifier.model(encoder_outputs=(hidden,), decoder_input_ids=ids).logits[0, -1].argmax())
+            if nxt == classifier.decoder.settings.eot:  # type: ignore[union-attr]
+                break
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    assert ids[0, len(prompt):].tolist() == list(expected)

@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import shlex
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ from train.backbones import (
 from train.ct2_reader import CT2FormatError, CT2Model, read_ct2_model
 from train.errors import TrainError
 from train.intents import IntentSet, load_intents
+from train.model_card import MODEL_CARD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +149,26 @@ def prompt_ids(tokenizer_file: Path, ids: dict[str, int], intents: IntentSet, pr
     return (ids[PREVIOUS], *Tokenizer.from_file(str(tokenizer_file)).encode(" " + prompt.strip()).ids)
 
 
+def model_card(intents: IntentSet, meta: dict[str, Any], command: str) -> str:
+    """The folder's README.md (Hugging Face's layout: YAML metadata, then prose): what it recognises and how."""
+    slots = intents.slot_values()
+    about = (f"Made by `{command}` from `{meta['intents_file']}` ({meta['source']}), with no recordings and no "
+             "training. intentd serves it (`intentd --model THIS_FOLDER`); `intentd-train predict` and `eval` run "
+             "it the same way. Every answer is a sentence of the grammar, with its intent, slot values and text.")
+    lines = ["---", "base_model: openai/whisper-tiny.en", "library_name: intentd", "tags:", "- intentd",
+             f"- {WHISPER_GRAMMAR}", "---", "", f"# {Path(meta['intents_file']).stem}: Whisper decoded under a grammar",
+             "", about, "", "| intent | slots |", "|---|---|"]
+    captures = intents.grammar().captures()
+    lines += [f"| {name} | {', '.join(captures[name]) or '-'} |" for name in intents.names]
+    lines += ["", "| slot | values |", "|---|---|"]
+    lines += [f"| {name} | {', '.join(values)} |" for name, values in slots.items()]
+    return "\n".join(lines) + "\n"
+
+
 def write_grammar_model(intents_file: Path, out_dir: Path, *, src_dir: Path | None = None,
                         max_seconds: float = DEFAULT_MAX_SECONDS,
                         windows_s: tuple[float, ...] = DEFAULT_WINDOWS_S, beam: int = DEFAULT_BEAM,
-                        prompt: str | None = None, force: bool = False) -> Path:
+                        prompt: str | None = None, force: bool = False, command: str = "") -> Path:
     """Write a whisper-grammar model folder for an intents file (TOML or Rhino YAML); returns out_dir."""
     intents = load_intents(intents_file)
     if out_dir.exists() and not out_dir.is_dir():
@@ -208,6 +226,8 @@ def write_grammar_model(intents_file: Path, out_dir: Path, *, src_dir: Path | No
         extractor.save_pretrained(staging)
         shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)
         (staging / SERVING_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        (staging / MODEL_CARD_FILE).write_text(model_card(intents, meta, command or "intentd-train grammar-model"),
+                                               encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -226,10 +246,21 @@ def _windows(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected seconds separated by commas, got {text!r}") from err
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line that makes this folder again (for the model card)."""
+    words = ["intentd-train", "grammar-model", "--intents", str(args.intents), "--out", str(args.out),
+             "--max-seconds", f"{args.max_seconds:g}", "--windows", ",".join(f"{w:g}" for w in args.windows),
+             "--beam", str(args.beam)]
+    words += ["--prompt", args.prompt] if args.prompt else []
+    words += ["--from", str(args.source_dir)] if args.source_dir else []
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     """CLI body."""
     out = write_grammar_model(args.intents, args.out, src_dir=args.source_dir, max_seconds=args.max_seconds,
-                              windows_s=args.windows, beam=args.beam, prompt=args.prompt, force=args.force)
+                              windows_s=args.windows, beam=args.beam, prompt=args.prompt, force=args.force,
+                              command=_command(args))
     print(out)
     return 0
 
