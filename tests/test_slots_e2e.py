@@ -15,6 +15,7 @@ from clients.subscriber import Subscriber
 from daemon import events
 from daemon.slot_heads import SLOT_HEADS_FILE, SLOTS_KEY
 from tests.daemon_proc import collect, run_cli, running_daemon, send_files, write_speech_wav
+from tests.grammar_fits import QUIET, synth_and_fit
 from train import cli
 
 pytestmark = pytest.mark.slow
@@ -35,16 +36,6 @@ SCORE_TOLERANCE = 1e-5  # events carry 6 decimals
 EVENT_TIMEOUT_S = 120.0
 
 
-def _tts_available() -> bool:
-    from train import tts
-    from train.errors import TrainError
-
-    try:
-        return bool(tts.available_engines())
-    except TrainError:
-        return False
-
-
 def _predict(model: Path, files: list[Path]) -> dict[str, dict]:
     done = run_cli("intentd-train", "predict", "--model", str(model), "--json", "--top-k", "1",
                    *[str(f) for f in files])
@@ -55,18 +46,11 @@ def _predict(model: Path, files: list[Path]) -> dict[str, dict]:
 def test_slots_through_fit_predict_eval_and_the_daemon(tmp_path: Path, tiny_whisper_dir: Path,
                                                       capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    if not _tts_available():
-        pytest.skip("no TTS engine on PATH")
     monkeypatch.setenv("INTENTD_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "intents.toml").write_text(INTENTS)
-    data, model = tmp_path / "data", tmp_path / "model"
-    quiet = ["--log-level", "ERROR"]
-    assert cli.main([*quiet, "synth", "--intents", str(tmp_path / "intents.toml"), "--out", str(data),
-                     "--per-intent", "16", "--seed", "1", "--workers", "2", "--no-progress",
-                     "--channel", "microphone"]) == 0
-    assert cli.main([*quiet, "fit", "--dataset", str(data), "--base-model", str(tiny_whisper_dir), "--out",
-                     str(model), "--train-mode", "top", "--epochs", "8", "--batch-size", "4",
-                     "--out-of-scope-clips", "6", "--out-of-scope-noise", "5"]) == 0
+    data, model = synth_and_fit(tmp_path, INTENTS, tiny_whisper_dir,
+                                synth=["--per-intent", "16", "--channel", "microphone"],
+                                fit=["--train-mode", "top", "--epochs", "8"])
+    quiet = QUIET
     capsys.readouterr()
 
     # The slot heads sit beside the HF classifier, whose files are untouched by them.

@@ -9,6 +9,7 @@ from pathlib import Path
 import datasets
 import pytest
 
+from tests.grammar_fits import QUIET, synth_and_fit
 from train import cli
 
 synth = pytest.importorskip("train.synth", reason="train.synth is not written yet")
@@ -20,29 +21,12 @@ freeze = ["freeze my card", "block my card"]
 """
 
 
-def _tts_available() -> bool:
-    from train import tts
-    from train.errors import TrainError
-
-    try:
-        return bool(tts.available_engines())
-    except TrainError:
-        return False
-
-
 def test_synth_fit_eval_predict(tmp_path: Path, tiny_whisper_dir: Path, capsys: pytest.CaptureFixture[str],
                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    if not _tts_available():
-        pytest.skip("no TTS engine on PATH")
     monkeypatch.setenv("INTENTD_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "intents.toml").write_text(INTENTS)
-    data, model = tmp_path / "data", tmp_path / "model"
-    quiet = ["--log-level", "ERROR"]
-    assert cli.main([*quiet, "synth", "--intents", str(tmp_path / "intents.toml"), "--out", str(data),
-                     "--per-intent", "6", "--seed", "1", "--workers", "2", "--no-progress"]) == 0
-    assert cli.main([*quiet, "fit", "--dataset", str(data), "--base-model", str(tiny_whisper_dir), "--out",
-                     str(model), "--train-mode", "head", "--epochs", "3", "--batch-size", "4",
-                     "--out-of-scope-clips", "6", "--out-of-scope-noise", "5"]) == 0
+    data, model = synth_and_fit(tmp_path, INTENTS, tiny_whisper_dir, synth=["--per-intent", "6"],
+                                fit=["--train-mode", "head", "--epochs", "3"])
+    quiet = QUIET
     capsys.readouterr()
     metrics = json.loads((model / "metrics.json").read_text())
     assert metrics["dataset"]["labels"] == ["balance", "freeze", "unknown"]
