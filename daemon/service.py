@@ -37,7 +37,7 @@ from daemon import security
 from daemon.batcher import MicroBatcher, UtteranceModel
 from daemon.command_texts import CommandTexts, load_command_texts
 from daemon.counters import Counters
-from daemon.errors import ConfigError, IntentdError
+from daemon.errors import ConfigError, IntentdError, ModelError
 from daemon.events import StatusEvent
 from daemon.loop_errors import AcceptErrorLog
 from daemon.metrics import CountersCollector, MetricsServer
@@ -173,7 +173,14 @@ class Service:
         assert self._batcher is not None
         model_id = self._batcher.model.model_id
         if self._texts is None or self._texts.model_id != model_id:
-            self._texts = load_command_texts(self.settings.model_path(), model_id)
+            try:
+                self._texts = load_command_texts(self.settings.model_path(), model_id)
+            except ModelError as err:
+                # The folder changed or went away after the load (or an injected model has none): a scrape or a
+                # Wyoming describe must still answer, from what the serving model itself knows.
+                log.warning("%s; answering with the serving model's labels and no sentences", err)
+                labels = tuple(getattr(self._batcher.model, "labels", ()))
+                self._texts = CommandTexts(model_id, labels)
         return self._texts
 
     def _serving_labels(self) -> tuple[str, ...]:

@@ -290,7 +290,8 @@ def test_watchdog_stops_while_a_batch_is_stuck_and_resumes_after(
         notify.close()
 
 
-def test_status_and_prometheus_report_the_same_counts_from_the_first_heartbeat(clips: list[np.ndarray]) -> None:
+def test_status_and_prometheus_report_the_same_counts_from_the_first_heartbeat(clips: list[np.ndarray],
+                                                                             tmp_path: Path) -> None:
     from daemon.service import Service
 
     events_port, metrics_port = free_port(), free_port()
@@ -298,6 +299,9 @@ def test_status_and_prometheus_report_the_same_counts_from_the_first_heartbeat(c
         "sources": {"listen": ["tcp://127.0.0.1:0"]},
         "publisher": {"uri": f"tcp://127.0.0.1:{events_port}", "status_interval_s": 0.2},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+        # No folder there (as on a clean clone, where models/default is not built): the injected model is all
+        # the daemon has, and /metrics must still answer (it read the folder's labels and failed with 500).
+        "model": {"path": str(tmp_path / "no-model-folder")},
     })
     notify = NotifySocket()
     service = Service(settings, model_loader=lambda s: BlockingModel(), notifier=Notifier(notify.path))
