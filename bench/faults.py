@@ -490,14 +490,18 @@ def case_storm(ctx: Ctx) -> Row:
     refused = [o.reply for o in outcomes.values() if not o.accepted]
     silent = [r for r in refused if "too many streams" not in r]
     finals = sum(o.reply == "final" for o in outcomes.values() if o.accepted)
-    ok = (alive and not silent and finals == len(accepted) and t.intents == expected and len(t.ends) == len(accepted)
-          and missed == 0)
+    # Live streams sent faster than real time: a real model cannot keep up with 512 of them, and live audio is
+    # shed with a published utterance.dropped (queue_full) rather than queued without bound (docs/events.md).
+    shed = set(t.dropped) <= {"queue_full"} and t.errors == 0
+    ok = (alive and not silent and finals == len(accepted) and t.outcomes == expected and shed
+          and len(t.ends) == len(accepted) and missed == 0)
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(t.dropped.items())) or "none dropped"
     return Row("1,000-connection storm (max_streams 512)",
                "each connection accepted or refused with a reason; every accepted stream answered (final + stream.end), "
-               "its utterances classified; 0 seq gaps",
+               "each utterance an intent or a published utterance.dropped (queue_full); 0 seq gaps",
                f"{len(accepted)} accepted ({finals} final, {len(t.ends)} stream.end), {len(refused)} refused "
                f"({len(refused) - len(silent)} 'too many streams', {len(silent)} other) in {took:.1f} s; "
-               f"intents {t.intents}/{expected}; gaps {missed}; {dict(replies)}", ok)
+               f"intents {t.intents} + {drops} = {t.outcomes}/{expected}; gaps {missed}; {dict(replies)}", ok)
 
 
 def _sigterm_row(name: str, d: DaemonProc, collector: EventCollector, prefix: str, status: int,
