@@ -40,28 +40,32 @@ from daemon.protocol import (
     encode_reply,
 )
 from daemon.security import (
-    REFUSED_MAX_STREAMS,
     REFUSED_TLS,
     REFUSED_TOKEN,
     IngestSecurity,
     client_name_from_certificate,
 )
 from daemon.settings import DEFAULTS
+from daemon.sources.connection import (
+    LISTEN_BACKLOG,
+    READ_BYTES,
+    REPLY_DRAIN_TIMEOUT_S,
+    ClientConnection,
+    ConnectionServer,
+)
 from daemon.sources.sink import StreamSink
 from daemon.sources.uri import TcpSpec, UnixSpec
 
 log = logging.getLogger(__name__)
 
 UNIX_SOCKET_MODE: Final = 0o660
-READ_BYTES: Final = 64 * 1024
-# A client that does not read its replies must not hold a connection (or shutdown) open.
-REPLY_DRAIN_TIMEOUT_S: Final = 2.0
-LISTEN_BACKLOG: Final = 128
-SHUTDOWN_REASON: Final = "server shutting down"
 
 
-class SocketServer:
+class SocketServer(ConnectionServer["_Connection"]):
     """Accepts audio streams on one tcp:// or unix:// address and feeds each to the sink."""
+
+    _log = log
+    WHAT = "audio streams"
 
     def __init__(
         self,
@@ -74,29 +78,14 @@ class SocketServer:
         security: IngestSecurity | None = None,
         counters: Counters | None = None,
     ) -> None:
-        if idle_timeout_s <= 0:
-            raise SourceError(f"{spec.uri()}: idle_timeout_s must be > 0, got {idle_timeout_s}")
+        super().__init__(spec.uri(), sink, idle_timeout_s=idle_timeout_s, max_streams=max_streams,
+                         counters=counters)
         self._spec = spec
-        self._sink = sink
-        self._idle_timeout_s = idle_timeout_s
         self._unix_mode = unix_mode
-        self._max_streams = max_streams
         self._security = security or IngestSecurity()
         # TLS is for tcp:// only: a Unix socket is local, guarded by its file mode.
         self._tls = self._security.tls if isinstance(spec, TcpSpec) else None
-        self._counters = counters if counters is not None else Counters()
-        self._server: asyncio.Server | None = None
         self._unix_inode: tuple[int, int] | None = None
-        self._connections: dict[_Connection, asyncio.Task[None]] = {}
-        self._shutdown_reason: str | None = None
-        self._bound_uri: str | None = None
-
-    @property
-    def bound_uri(self) -> str:
-        """The address actually bound (a tcp:// port 0 becomes the real port); valid after start()."""
-        if self._bound_uri is None:
-            raise SourceError(f"{self._spec.uri()}: server not started")
-        return self._bound_uri
 
     @property
     def open_streams(self) -> list[str]:
@@ -106,20 +95,8 @@ class SocketServer:
     async def start(self) -> str:
         """Bind and start accepting connections; return the bound URI. SourceError if the address is unusable."""
         if isinstance(self._spec, TcpSpec):
-            try:
-                if self._tls is None:
-                    self._server = await asyncio.start_server(
-                        self._on_connection, self._spec.host, self._spec.port, backlog=LISTEN_BACKLOG
-                    )
-                else:
-                    loop = asyncio.get_running_loop()
-                    self._server = await loop.create_server(
-                        lambda: _PausedProtocol(asyncio.StreamReader(), self._on_connection),
-                        self._spec.host, self._spec.port, backlog=LISTEN_BACKLOG,
-                    )
-            except OSError as err:
-                raise SourceError(f"cannot listen on {self._spec.uri()}: {err.strerror or err}") from err
-            host, port = self._server.sockets[0].getsockname()[:2]
+            paused = None if self._tls is None else self._paused_protocol
+            host, port = await self._listen_tcp(self._spec.host, self._spec.port, paused)
             self._bound_uri = TcpSpec(host, port).uri()
         else:
             sock = self._bind_unix(self._spec.path)
@@ -133,6 +110,9 @@ class SocketServer:
         log.info("listening for audio streams on %s%s", self._bound_uri,
                  f" ({', '.join(guards)})" if guards else "")
         return self._bound_uri
+
+    def _paused_protocol(self) -> asyncio.BaseProtocol:
+        return _PausedProtocol(asyncio.StreamReader(), self._on_connection)
 
     def _bind_unix(self, path: Path) -> socket.socket:
         _remove_stale_socket(path)
@@ -152,22 +132,8 @@ class SocketServer:
 
     def stop_accepting(self) -> None:
         """Stop taking new connections; streams already open keep going."""
-        if self._server is not None and self._server.is_serving():
-            self._server.close()
-            log.info("stopped accepting audio streams on %s", self._bound_uri)
+        super().stop_accepting()
         self._unlink_own_socket()
-
-    async def close(self, reason: str = SHUTDOWN_REASON) -> None:
-        """Stop accepting, end every open stream with `reason` (the sink still closes each) and wait for them."""
-        self.stop_accepting()
-        self._shutdown_reason = reason
-        tasks = list(self._connections.values())
-        for conn in list(self._connections):
-            conn.stop(reason)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
 
     def _unlink_own_socket(self) -> None:
         if not isinstance(self._spec, UnixSpec) or self._unix_inode is None:
@@ -179,28 +145,16 @@ class SocketServer:
                 os.unlink(self._spec.path)
         self._unix_inode = None
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._shutdown_reason is not None:
-            writer.close()
-            return
-        # Connections count before their header, so idle half-open clients cannot exceed the limit either.
-        conn = _Connection(self, reader, writer)
-        if self._max_streams is not None and len(self._connections) >= self._max_streams:
-            reason = f"too many streams: this server takes at most {self._max_streams} at once"
-            log.warning("connection from %s refused: %s", _peer_name(writer), reason)
-            self._counters.refused(REFUSED_MAX_STREAMS)
-            # A TLS client can read the reason only through TLS; a short handshake, or none.
-            if self._tls is None or await conn.start_tls(self._tls, REPLY_DRAIN_TIMEOUT_S, quiet=True):
-                await conn.refuse(reason)
-            return
-        self._connections[conn] = task
-        try:
-            if self._tls is None or await conn.start_tls(self._tls, self._idle_timeout_s):
-                await conn.serve()
-        finally:
-            self._connections.pop(conn, None)
+    def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Connection:
+        return _Connection(self, reader, writer)
+
+    async def _admit(self, conn: _Connection) -> bool:
+        return self._tls is None or await conn.start_tls(self._tls, self._idle_timeout_s)
+
+    async def _refuse(self, conn: _Connection, reason: str) -> None:
+        # A TLS client can read the reason only through TLS; a short handshake, or none.
+        if self._tls is None or await conn.start_tls(self._tls, REPLY_DRAIN_TIMEOUT_S, quiet=True):
+            await conn.refuse(reason)
 
     def _authenticate(self, conn: _Connection, header: StreamHeader) -> None:
         """Check the header's token when tokens are required; AuthError (no secret in it) when it is wrong."""
@@ -215,8 +169,10 @@ class SocketServer:
         conn.client = name
 
 
-class _Connection:
+class _Connection(ClientConnection):
     """One client connection: decode, feed the sink, answer, and always close the stream once."""
+
+    _log = log
 
     def __init__(
         self,
@@ -224,13 +180,9 @@ class _Connection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
+        super().__init__(reader, writer)
         self._server = server
-        self._stop_reason: str | None = None
-        self._read_task: asyncio.Task[bool] | None = None
         self.open_stream_id: str | None = None  # set while the sink holds the stream open
-        self._reader = reader
-        self._writer = writer
-        self._peer = _peer_name(writer)
         self._decoder = StreamDecoder()
         self._pcm: PcmDecoder | None = None
         self._header: StreamHeader | None = None
@@ -246,7 +198,7 @@ class _Connection:
         except (ssl.SSLError, OSError, TimeoutError) as err:
             if not quiet:
                 why = getattr(err, "reason", None) or str(err) or type(err).__name__
-                log.warning("connection from %s refused: TLS handshake failed: %s", self._peer, why)
+                log.warning("connection from %s refused: TLS handshake failed: %s", self.peer, why)
                 self._server._counters.refused(REFUSED_TLS)
             self._writer.transport.abort()
             return False
@@ -254,73 +206,45 @@ class _Connection:
             self.client = client_name_from_certificate(self._writer.get_extra_info("peercert"))
         return True
 
-    def stop(self, reason: str) -> None:
-        """End the connection from outside (server shutdown): the stream is closed with `reason`."""
-        self._stop_reason = reason
-        if self._read_task is not None:
-            self._read_task.cancel()
-
-    async def serve(self) -> None:
-        """Run the connection to its end; never raises except CancelledError."""
-        try:
-            # Reading runs as its own task so stop() can interrupt it without cancelling this handler task
-            # (asyncio logs a cancelled connection handler as an error).
-            self._read_task = asyncio.create_task(self._read_until_end())
-            if self._stop_reason is not None:
-                self._read_task.cancel()
-            ended = await self._read_task
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._stop_reason is None or (task is not None and task.cancelling()):
-                if self._read_task is not None:
-                    self._read_task.cancel()
-                self._finish_stream("connection cancelled")
-                self._writer.close()
-                raise
-            await self._fail(self._stop_reason, level=logging.INFO)
-            return
-        except AuthError as err:  # nothing was opened: one line, one count, one reply
+    async def _failed(self, err: Exception) -> None:
+        if isinstance(err, AuthError):  # nothing was opened: one line, one count, one reply
             self._server._counters.refused(err.kind)
-            log.warning("%s refused: %s (stream %r)", self._describe(), err, self._asked_stream_id)
+            log.warning("%s refused: %s (stream %r)", self.describe(), err, self._asked_stream_id)
             await self.refuse(str(err))
-            return
-        except IntentdError as err:
-            await self._fail(str(err))
-            return
-        except (ConnectionError, OSError) as err:
-            await self._fail(f"connection lost: {err}")
-            return
-        except Exception as err:  # a sink bug must not take the server down with it
-            log.exception("%s: internal error", self._describe())
-            await self._fail(f"internal error: {type(err).__name__}")
-            return
+        elif isinstance(err, IntentdError):
+            await self._fail(str(err), None)
+        elif isinstance(err, ConnectionError | OSError):
+            await self._fail(f"connection lost: {err}", None)
+        else:
+            await super()._failed(err)
+
+    async def _finish(self, ended: bool) -> None:
         if not ended:
             # A plain close at a frame boundary is a normal end (docs/protocol.md); nobody reads a final frame.
             # The StreamTable logs every stream's open and end once, for all sources; the details go to DEBUG.
-            log.debug("%s: ended by close without end marker after %d samples", self._describe(), self._next_sample)
-            if self._finish_stream(None):
-                await self._close_writer()
+            log.debug("%s: ended by close without end marker after %d samples", self.describe(), self._next_sample)
+            if self._end_stream(None):
+                await self.close_writer()
             return
         sid = self._stream_id
-        if self._finish_stream(None):
-            log.debug("%s: ended after %d samples", self._describe(), self._next_sample)
+        if self._end_stream(None):
+            log.debug("%s: ended after %d samples", self.describe(), self._next_sample)
             await self._send(encode_reply(REPLY_FINAL, stream_id=sid, samples=self._next_sample))
         else:
             await self._send(encode_reply(REPLY_ERROR, reason="internal error closing the stream", stream_id=sid))
-        await self._close_writer()
+        await self.close_writer()
 
-    async def refuse(self, reason: str) -> None:
-        """Answer an error before any header is read, and close."""
-        await self._send(encode_reply(REPLY_ERROR, reason=reason, stream_id=None))
-        await self._close_writer()
+    def _error_reply(self, reason: str, code: str | None) -> bytes:
+        return encode_reply(REPLY_ERROR, reason=reason, stream_id=self._stream_id)
 
     @property
     def _stream_id(self) -> str | None:
         return self._header.stream_id if self._header is not None else None
 
-    def _describe(self) -> str:
+    def describe(self) -> str:
+        """`stream 'kitchen' from 127.0.0.1:40312 (client 'kitchen')`, or `connection from ...` before the header."""
         sid = self._stream_id
-        who = f"{self._peer} (client {self.client!r})" if self.client is not None else self._peer
+        who = f"{self.peer} (client {self.client!r})" if self.client is not None else self.peer
         return f"stream {sid!r} from {who}" if sid is not None else f"connection from {who}"
 
     async def _read_until_end(self) -> bool:
@@ -380,12 +304,15 @@ class _Connection:
         self._pcm = PcmDecoder(header.sample_format, header.channels)
         log.debug(  # the StreamTable logs the open at INFO
             "%s: opened at %d Hz, %s, %d channel(s), %s",
-            self._describe(),
+            self.describe(),
             header.sample_rate,
             header.sample_format,
             header.channels,
             "live" if header.live else "recorded",
         )
+        if self.client is not None:
+            # Who was let in is an operator's audit line, so it stays at INFO beside the StreamTable's open.
+            log.info("stream %r from %s: authenticated as client %r", header.stream_id, self.peer, self.client)
         await self._send(
             encode_reply(
                 REPLY_ACCEPT,
@@ -412,7 +339,7 @@ class _Connection:
         self._next_sample += samples.size
         self._server._sink.push(chunk)
 
-    def _finish_stream(self, reason: str | None) -> bool:
+    def _end_stream(self, reason: str | None) -> bool:
         """Close the stream in the sink if it was opened (exactly once); False if the sink failed to."""
         if self._header is None:
             return True
@@ -421,29 +348,10 @@ class _Connection:
         try:
             self._server._sink.close_stream(sid, reason)
         except Exception:
-            log.exception("%s: sink failed to close the stream", self._describe())
+            log.exception("%s: sink failed to close the stream", self.describe())
             self._header = None
             return False
         return True
-
-    async def _fail(self, reason: str, level: int = logging.WARNING) -> None:
-        log.log(level, "%s: %s; closing", self._describe(), reason)
-        sid = self._stream_id
-        self._finish_stream(reason)
-        await self._send(encode_reply(REPLY_ERROR, reason=reason, stream_id=sid))
-        await self._close_writer()
-
-    async def _send(self, data: bytes) -> None:
-        try:
-            self._writer.write(data)
-            await asyncio.wait_for(self._writer.drain(), REPLY_DRAIN_TIMEOUT_S)
-        except (ConnectionError, OSError, TimeoutError) as err:
-            log.debug("%s: could not send reply: %s", self._describe(), err)
-
-    async def _close_writer(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-            await asyncio.wait_for(self._writer.wait_closed(), REPLY_DRAIN_TIMEOUT_S)
 
 
 class _PausedProtocol(asyncio.StreamReaderProtocol):
@@ -456,13 +364,6 @@ class _PausedProtocol(asyncio.StreamReaderProtocol):
     def connection_made(self, transport: Any) -> None:
         transport.pause_reading()
         super().connection_made(transport)
-
-
-def _peer_name(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return "unix socket peer" if not peer else str(peer)
 
 
 def _remove_stale_socket(path: Path) -> None:

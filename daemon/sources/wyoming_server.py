@@ -18,7 +18,6 @@ security.allow_unauthenticated says otherwise (docs/security.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -28,14 +27,13 @@ from typing import Any, Final
 
 from daemon.command_texts import CommandTexts
 from daemon.counters import Counters
-from daemon.errors import AudioError, IntentdError, ProtocolError, SourceError
+from daemon.errors import AudioError, IntentdError, ProtocolError
 from daemon.events import UNKNOWN_LABEL, DroppedEvent, ErrorEvent, Event, IntentEvent, StreamEndEvent
 from daemon.frames import AudioChunk
 from daemon.protocol import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_CHANNELS, MIN_SAMPLE_RATE, PcmDecoder
-from daemon.security import REFUSED_MAX_STREAMS
 from daemon.settings import DEFAULTS
+from daemon.sources.connection import READ_BYTES, ClientConnection, ConnectionServer
 from daemon.sources.sink import StreamSink
-from daemon.sources.socket_server import LISTEN_BACKLOG, READ_BYTES, REPLY_DRAIN_TIMEOUT_S, SHUTDOWN_REASON
 from daemon.sources.uri import WyomingSpec
 from daemon.stream_watch import StreamWatchers
 from daemon.wyoming_protocol import (
@@ -152,8 +150,12 @@ class _Outcome:
     not_classified: list[str] = field(default_factory=list)  # why each dropped or failed utterance was lost
 
 
-class WyomingServer:
+class WyomingServer(ConnectionServer["_WyomingConnection"]):
     """Serves Wyoming speech-to-text on one TCP address; every request's audio is a stream of the sink."""
+
+    _log = log
+    WHAT = "Wyoming clients"
+    BUSY_CODE = CODE_BUSY
 
     def __init__(
         self,
@@ -167,91 +169,36 @@ class WyomingServer:
         result_timeout_s: float = RESULT_TIMEOUT_S,
         counters: Counters | None = None,
     ) -> None:
-        if idle_timeout_s <= 0:
-            raise SourceError(f"{spec.uri()}: idle_timeout_s must be > 0, got {idle_timeout_s}")
+        super().__init__(spec.uri(), sink, idle_timeout_s=idle_timeout_s, max_streams=max_streams,
+                         counters=counters)
         self._spec = spec
-        self._sink = sink
         self._watchers = watchers
         self._texts = texts
-        self._idle_timeout_s = idle_timeout_s
-        self._max_streams = max_streams
         self._result_timeout_s = result_timeout_s
-        self._counters = counters if counters is not None else Counters()
-        self._server: asyncio.Server | None = None
-        self._connections: dict[_WyomingConnection, asyncio.Task[None]] = {}
-        self._shutdown_reason: str | None = None
-        self._bound_uri: str | None = None
-
-    @property
-    def bound_uri(self) -> str:
-        """The address actually bound (port 0 becomes the real port); valid after start()."""
-        if self._bound_uri is None:
-            raise SourceError(f"{self._spec.uri()}: server not started")
-        return self._bound_uri
 
     async def start(self) -> str:
         """Bind and start accepting connections; return the bound URI. SourceError if the address is unusable,
         ModelError if the model folder's sentences are malformed (better at start than in every answer)."""
         self._texts()
-        try:
-            self._server = await asyncio.start_server(self._on_connection, self._spec.host, self._spec.port,
-                                                      backlog=LISTEN_BACKLOG)
-        except OSError as err:
-            raise SourceError(f"cannot listen on {self._spec.uri()}: {err.strerror or err}") from err
-        host, port = self._server.sockets[0].getsockname()[:2]
+        host, port = await self._listen_tcp(self._spec.host, self._spec.port)
         self._bound_uri = WyomingSpec(host, port, self._spec.languages).uri()
         log.info("listening for Wyoming speech-to-text on %s (languages %s; no authentication: Wyoming has none)",
                  self._bound_uri, ", ".join(self._spec.languages))
         return self._bound_uri
 
-    def stop_accepting(self) -> None:
-        """Stop taking new connections; requests already running finish."""
-        if self._server is not None and self._server.is_serving():
-            self._server.close()
-            log.info("stopped accepting Wyoming clients on %s", self._bound_uri)
-
-    async def close(self, reason: str = SHUTDOWN_REASON) -> None:
-        """Stop accepting, end every open stream with `reason` (a request awaiting its answer gets it first)."""
-        self.stop_accepting()
-        self._shutdown_reason = reason
-        tasks = list(self._connections.values())
-        for conn in list(self._connections):
-            conn.stop(reason)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._shutdown_reason is not None:
-            writer.close()
-            return
-        conn = _WyomingConnection(self, reader, writer)
-        if self._max_streams is not None and len(self._connections) >= self._max_streams:
-            reason = f"too many streams: this server takes at most {self._max_streams} at once"
-            log.warning("Wyoming client %s refused: %s", conn.peer, reason)
-            self._counters.refused(REFUSED_MAX_STREAMS)
-            await conn.send_error(reason, CODE_BUSY)
-            await conn.close_writer()
-            return
-        self._connections[conn] = task
-        try:
-            await conn.serve()
-        finally:
-            self._connections.pop(conn, None)
+    def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _WyomingConnection:
+        return _WyomingConnection(self, reader, writer)
 
 
-class _WyomingConnection:
+class _WyomingConnection(ClientConnection):
     """One client: read events, run its requests one after another, answer, and close each stream once."""
 
+    _log = log
+    SHUTDOWN_CODE = CODE_SHUTDOWN
+
     def __init__(self, server: WyomingServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
         self._server = server
-        self._reader = reader
-        self._writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
         self._decoder = WyomingDecoder()
         self._language: str | None = None  # from the last transcribe
         self._requests = 0
@@ -261,73 +208,49 @@ class _WyomingConnection:
         self._next_sample = 0
         self._results: asyncio.Queue[Event] | None = None
         self._answering = False
-        self._stop_reason: str | None = None
-        self._read_task: asyncio.Task[None] | None = None
 
-    def stop(self, reason: str) -> None:
-        """End the connection from outside (shutdown); a request awaiting its answer is answered first."""
-        self._stop_reason = reason
-        if self._read_task is not None and not self._answering:
-            self._read_task.cancel()
+    def _interruptible(self) -> bool:
+        return not self._answering  # a request awaiting its answer is answered first
 
-    async def serve(self) -> None:
-        """Run the connection to its end; never raises except CancelledError."""
-        try:
-            self._read_task = asyncio.create_task(self._read_until_end())
-            if self._stop_reason is not None:
-                self._read_task.cancel()
-            await self._read_task
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._stop_reason is None or (task is not None and task.cancelling()):
-                if self._read_task is not None:
-                    self._read_task.cancel()
-                self._end_stream("connection cancelled")
-                self._writer.close()
-                raise
-            await self._fail(self._stop_reason, CODE_SHUTDOWN, level=logging.INFO)
-            return
-        except WyomingInputError as err:
+    async def _failed(self, err: Exception) -> None:
+        if isinstance(err, WyomingInputError):
             await self._fail(str(err), err.code)
-            return
-        except (ProtocolError, AudioError) as err:
+        elif isinstance(err, ProtocolError | AudioError):
             await self._fail(str(err), CODE_BAD_EVENT if isinstance(err, ProtocolError) else CODE_BAD_AUDIO)
-            return
-        except TimeoutError:
+        elif isinstance(err, TimeoutError):
             await self._fail(f"idle timeout: no bytes for {self._server._idle_timeout_s:g} s", CODE_TIMEOUT)
-            return
-        except IntentdError as err:
+        elif isinstance(err, IntentdError):
             await self._fail(str(err), CODE_INTERNAL)
-            return
-        except (ConnectionError, OSError) as err:
+        elif isinstance(err, ConnectionError | OSError):
             self._end_stream(f"connection lost: {err}")
             await self.close_writer()
-            return
-        except Exception as err:  # a sink bug must not take the server down with it
-            log.exception("%s: internal error", self._describe())
-            await self._fail(f"internal error: {type(err).__name__}", CODE_INTERNAL)
-            return
-        await self.close_writer()
+        else:
+            await super()._failed(err)
 
-    def _describe(self) -> str:
+    def _error_reply(self, reason: str, code: str | None) -> bytes:
+        return encode_event(ERROR, {"text": reason, "code": code or CODE_INTERNAL})
+
+    def describe(self) -> str:
+        """`Wyoming stream 'wyoming-127.0.0.1:40312-1' from 127.0.0.1:40312`, or `Wyoming connection from ...`."""
         what = f"Wyoming stream {self._stream_id!r}" if self._stream_id else "Wyoming connection"
         return f"{what} from {self.peer}"
 
-    async def _read_until_end(self) -> None:
+    async def _read_until_end(self) -> bool:
         while self._stop_reason is None:
             data = await asyncio.wait_for(self._reader.read(READ_BYTES), self._server._idle_timeout_s)
             if not data:
                 if self._decoder.mid_event:
                     raise ProtocolError("wyoming: connection closed inside an event")
                 if self._stream_id is not None:
-                    log.info("%s: closed before audio-stop; nobody to answer", self._describe())
+                    log.info("%s: closed before audio-stop; nobody to answer", self.describe())
                     self._end_stream("connection closed before audio-stop")
-                return
+                return True
             self._decoder.append(data)
             for event in self._decoder.events():
                 if self._stop_reason is not None:  # shutdown came while a request was answered: no new one
-                    return
+                    return True
                 await self._handle(event)
+        return True
 
     async def _handle(self, event: WyomingEvent) -> None:
         if event.type == DESCRIBE:
@@ -346,7 +269,7 @@ class _WyomingConnection:
             await self._send(encode_event(PONG, {"text": event.data.get("text")}))
         else:
             # Wyoming servers drop events they do not serve (select-program, recognize, ...).
-            log.debug("%s: ignored a %r event", self._describe(), event.type)
+            log.debug("%s: ignored a %r event", self.describe(), event.type)
 
     def _open(self, event: WyomingEvent) -> None:
         if self._stream_id is not None:
@@ -363,7 +286,7 @@ class _WyomingConnection:
         self._stream_id, self._format = stream_id, audio
         self._pcm = PcmDecoder("s16le", audio.channels)
         self._next_sample = 0
-        log.debug("%s: opened at %s", self._describe(), audio)  # the StreamTable logs the open
+        log.debug("%s: opened at %s", self.describe(), audio)  # the StreamTable logs the open
 
     def _chunk(self, event: WyomingEvent) -> None:
         if self._stream_id is None or self._format is None or self._pcm is None:
@@ -419,11 +342,11 @@ class _WyomingConnection:
         return (encode_event(TRANSCRIPT, {"text": "", "language": language})
                 + encode_event(NOT_RECOGNIZED, {"context": context}))
 
-    def _end_stream(self, reason: str | None) -> None:
+    def _end_stream(self, reason: str | None) -> bool:
         """Close the open stream in the sink (exactly once) and stop watching it unless it is being answered."""
         stream_id = self._stream_id
         if stream_id is None:
-            return
+            return True
         self._stream_id, self._format, self._pcm = None, None, None
         if reason is not None:
             self._server._watchers.unwatch(stream_id)
@@ -431,29 +354,8 @@ class _WyomingConnection:
             self._server._sink.close_stream(stream_id, reason)
         except Exception:
             log.exception("Wyoming stream %r from %s: sink failed to close the stream", stream_id, self.peer)
-
-    async def _fail(self, reason: str, code: str, level: int = logging.WARNING) -> None:
-        log.log(level, "%s: %s; closing", self._describe(), reason)
-        self._end_stream(reason)
-        await self.send_error(reason, code)
-        await self.close_writer()
-
-    async def send_error(self, text: str, code: str) -> None:
-        """Tell the client what went wrong (one Wyoming `error` event)."""
-        await self._send(encode_event(ERROR, {"text": text, "code": code}))
-
-    async def _send(self, data: bytes) -> None:
-        try:
-            self._writer.write(data)
-            await asyncio.wait_for(self._writer.drain(), REPLY_DRAIN_TIMEOUT_S)
-        except (ConnectionError, OSError, TimeoutError) as err:
-            log.debug("%s: could not send: %s", self._describe(), err)
-
-    async def close_writer(self) -> None:
-        """Close the connection, waiting briefly for the bytes to leave."""
-        self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-            await asyncio.wait_for(self._writer.wait_closed(), REPLY_DRAIN_TIMEOUT_S)
+            return False
+        return True
 
 
 async def _collect(results: asyncio.Queue[Event]) -> _Outcome:
