@@ -1,9 +1,10 @@
 """intentd-live: talk into the local microphone and watch level, VAD state and intents in the terminal.
 
 Streams the mic to the daemon's audio socket (clients.send.send_stream, the ingest protocol) and subscribes to
-its events for this stream id. VAD state needs the daemon's `publisher.vad_events = true` (once an utterance's
-outcome arrives without any vad event, the view says so instead of waiting). Credentials as
-intentd-send takes them (docs/security.md). No torch here.
+its events for this stream id. VAD state comes with any daemon config: the stream's header asks for its own
+vad.start / vad.end events (`vad_events`, ingest protocol revision 1.3). A daemon older than that refuses the key;
+the view then streams without it and says that speech edges need that daemon's `publisher.vad_events = true`.
+Credentials as intentd-send takes them (docs/security.md). No torch here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -25,12 +27,20 @@ from typing import Any, Final, TextIO
 import numpy as np
 
 from clients.credentials import IngestCredentials, add_arguments, from_arguments, refuse_secret_arguments
-from clients.send import DEFAULT_CHUNK_MS, MAX_MIC_CHANNELS, SendError, _pick_input, _sounddevice, send_stream
+from clients.send import (
+    DEFAULT_CHUNK_MS,
+    MAX_MIC_CHANNELS,
+    SendError,
+    SendResult,
+    _pick_input,
+    _sounddevice,
+    send_stream,
+)
 from clients.sub import clock
 from clients.subscriber import DEFAULT_CONNECT, Subscriber
 from daemon import events
 from daemon.errors import IntentdError
-from daemon.protocol import DEFAULT_AUDIO_URI, StreamHeader
+from daemon.protocol import DEFAULT_AUDIO_URI, KEY_VAD_EVENTS, Reply, StreamHeader
 from daemon.version import version_text
 
 log = logging.getLogger(__name__)
@@ -73,11 +83,22 @@ class LiveView:
     stream_id: str
     color: bool = True
     level_db: float = METER_FLOOR_DB
-    speaking: bool | None = None  # None until the daemon publishes a vad event for this stream
+    speaking: bool | None = None  # None until the daemon confirms it publishes this stream's vad events
+    vad_note: str = ""  # why VAD state may never come (a daemon from before per-stream vad events)
     last_intent: str = ""
     intents: int = 0
-    outcomes: int = 0  # intent, dropped and error events: an outcome before any vad event means vad events are off
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def vad_confirmed(self) -> None:
+        """The daemon accepted the stream with its vad events: silence until the first vad.start."""
+        with self.lock:
+            if self.speaking is None:
+                self.speaking = False
+
+    def vad_unavailable(self, why: str) -> None:
+        """The daemon cannot publish this stream's vad events on request; `why` is shown until one comes."""
+        with self.lock:
+            self.vad_note = why
 
     def on_level(self, db: float) -> None:
         """Record the latest mic block's level."""
@@ -90,8 +111,6 @@ class LiveView:
         if react is None:
             return None
         with self.lock:
-            if not isinstance(event, events.VadStartEvent | events.VadEndEvent):
-                self.outcomes += 1
             return react(self, event)
 
     def _speech_started(self, event: events.VadStartEvent) -> None:
@@ -122,8 +141,7 @@ class LiveView:
         """The one line redrawn in place: meter, level, VAD state, last intent."""
         with self.lock:
             if self.speaking is None:
-                # An utterance ended without a vad event: the daemon does not publish them (the default).
-                vad = "vad off (publisher.vad_events)" if self.outcomes else "vad ?"
+                vad = f"vad ? ({self.vad_note})" if self.vad_note else "vad ?"
             else:
                 vad = self._paint(GREEN, "SPEECH") if self.speaking else "silence"
             return (
@@ -183,9 +201,10 @@ def watch_events(sub: Subscriber, view: LiveView, term: Terminal, stop: threadin
 
 async def stream_microphone(
     audio_uri: str, device: str, stream_id: str, view: LiveView, stop: asyncio.Event,
-    credentials: IngestCredentials | None = None, opened: Callable[[str], None] | None = None,
+    credentials: IngestCredentials | None = None, say: Callable[[str], None] | None = None,
 ) -> int:
-    """Capture the mic, meter it into `view`, and stream it with the ingest protocol until `stop` is set.
+    """Capture the mic, meter it into `view`, and stream it with the ingest protocol until `stop` is set; `say`
+    prints a line (the microphone opened, a daemon without per-stream vad events).
 
     Device selection and the protocol session are clients.send's (_pick_input, send_stream); the capture is ours
     because the meter needs every block.
@@ -222,11 +241,36 @@ async def stream_microphone(
                              blocksize=max(1, rate * DEFAULT_CHUNK_MS // 1000), callback=callback)  # fmt: skip
     except Exception as err:  # sounddevice raises PortAudioError, ValueError...
         raise SendError(f"cannot open microphone {info['name']!r}: {err}") from err
-    if opened is not None:  # which of several inputs is the first thing to check when nothing is heard
-        opened(f"microphone {index}: {info['name']} ({rate} Hz, {channels} channel(s))")
+    if say is not None:  # which of several inputs is the first thing to check when nothing is heard
+        say(f"microphone {index}: {info['name']} ({rate} Hz, {channels} channel(s))")
     with mic:
-        result = await send_stream(audio_uri, header, blocks(), credentials)
+        result = await send_asking_vad_events(audio_uri, header, blocks, view, credentials, say)
     return result.samples
+
+
+async def send_asking_vad_events(
+    audio_uri: str, header: StreamHeader, blocks: Callable[[], AsyncIterator[bytes]], view: LiveView,
+    credentials: IngestCredentials | None = None, say: Callable[[str], None] | None = None,
+) -> SendResult:
+    """send_stream with `vad_events` in the header; the accept's confirmation shows silence in `view`. A daemon
+    from before protocol revision 1.3 refuses the key (before any audio is read): the stream is sent again
+    without it, and the view says why speech may not show."""
+    header = dataclasses.replace(header, vad_events=True)
+
+    def accepted(reply: Reply) -> None:
+        if reply.fields.get(KEY_VAD_EVENTS) is True:
+            view.vad_confirmed()
+
+    try:
+        return await send_stream(audio_uri, header, blocks(), credentials, accepted)
+    except SendError as err:
+        if err.reply is None or KEY_VAD_EVENTS not in err.reply.unknown_keys:
+            raise
+    why = "this daemon shows speech only with publisher.vad_events = true"
+    view.vad_unavailable(why)
+    if say is not None:
+        say(f"the daemon at {audio_uri} predates per-stream vad events: {why}")
+    return await send_stream(audio_uri, dataclasses.replace(header, vad_events=False), blocks(), credentials)
 
 
 async def _run(args: argparse.Namespace, view: LiveView, term: Terminal, sub: Subscriber,
@@ -267,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="intentd-live",
         description="Talk into this machine's microphone and watch what intentd makes of it: the input level, "
-        "speech/silence (with the daemon's publisher.vad_events = true) and each intent as it is recognised.")
+        "speech/silence as the daemon's VAD hears it, and each intent as it is recognised.")
     p.add_argument("--version", action="version", version=version_text("intentd-live"))
     p.add_argument("--to", default=DEFAULT_AUDIO_URI, metavar="URI",
                    help=f"the daemon's audio socket (default {DEFAULT_AUDIO_URI})")  # fmt: skip

@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -81,7 +81,12 @@ _FLOAT_SUBTYPES: Final = ("FLOAT", "DOUBLE")
 
 
 class SendError(IntentdError):
-    """A stream could not be sent or the server refused it; the message carries the server's reason."""
+    """A stream could not be sent or the server refused it; the message carries the server's reason, and
+    `reply` the server's error reply where there was one."""
+
+    def __init__(self, message: str, reply: Reply | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,14 +162,15 @@ def _refusal(stream_id: str, reply: Reply | None, expected: str, hint_tls: bool 
         hint = " (does it require TLS? give --tls-ca)" if hint_tls else ""
         return SendError(f"{stream_id}: server closed the connection before its {expected} reply{hint}")
     if reply.type == REPLY_ERROR:
-        return SendError(f"{stream_id}: server refused: {reply.reason}")
+        return SendError(f"{stream_id}: server refused: {reply.reason}", reply)
     return SendError(f"{stream_id}: expected a {expected} reply, got {reply.type!r}")
 
 
 async def send_stream(uri: str, header: StreamHeader, blocks: AsyncIterator[bytes],
-                      credentials: IngestCredentials | None = None) -> SendResult:
-    """Send one stream: header (with the credentials' token), wait for accept, PCM blocks, end marker, wait for
-    final."""
+                      credentials: IngestCredentials | None = None,
+                      accepted: Callable[[Reply], None] | None = None) -> SendResult:
+    """Send one stream: header (with the credentials' token), wait for accept (handed to `accepted`), PCM blocks,
+    end marker, wait for final."""
     if credentials is not None and credentials.token is not None:
         header = dataclasses.replace(header, token=credentials.token)
     reader, writer = await open_connection(uri, credentials)
@@ -175,6 +181,8 @@ async def send_stream(uri: str, header: StreamHeader, blocks: AsyncIterator[byte
         if reply is None or reply.type != REPLY_ACCEPT:
             plain_tcp = uri.startswith("tcp://") and (credentials is None or credentials.tls is None)
             raise _refusal(header.stream_id, reply, "accept", hint_tls=plain_tcp)
+        if accepted is not None:
+            accepted(reply)
         try:
             async for pcm in blocks:
                 for i in range(0, len(pcm), MAX_CHUNK_BYTES):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,11 +54,15 @@ REPLY_FINAL: Final = "final"
 REPLY_TYPES: Final = (REPLY_ACCEPT, REPLY_ERROR, REPLY_FINAL)
 # The reason of an error reply that refuses a stream for its credentials starts with this.
 UNAUTHORIZED: Final = "unauthorized"
+# How every daemon, old or new, refuses a header key it does not know: the reason is this and a list of the keys.
+UNKNOWN_KEYS: Final = "malformed header: unknown keys "
 # The header's keys: every client sends the required ones; `live` was added later and defaults to true, so a
 # client that never heard of it streams live, as every stream did before. `token` (later still) is sent only by
-# clients given one, so a client without credentials sends what it always sent.
+# clients given one, so a client without credentials sends what it always sent. `vad_events` (revision 1.3) is
+# sent only by clients that show speech edges, e.g. intentd-live.
 HEADER_KEYS: Final = ("stream_id", "sample_rate", "format", "channels")
-HEADER_OPTIONAL_KEYS: Final = ("live", "token")
+KEY_VAD_EVENTS: Final = "vad_events"
+HEADER_OPTIONAL_KEYS: Final = ("live", "token", KEY_VAD_EVENTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +72,8 @@ class StreamHeader:
     Live audio (a microphone, a call, anything paced by a clock) cannot wait: when the model falls behind, its
     utterances are dropped by the daemon's drop policy. Recorded audio (a file) can: the daemon reads it no
     faster than it classifies, and drops none of it. `token` is the client's credential when the daemon asks
-    for one (never shown in a repr, so never in a log line).
+    for one (never shown in a repr, so never in a log line). `vad_events` asks the daemon to publish this
+    stream's vad.start / vad.end events whatever its `publisher.vad_events` says (a live view's speech/silence).
     """
 
     stream_id: str
@@ -76,6 +82,7 @@ class StreamHeader:
     channels: int
     live: bool = True
     token: str | None = dataclasses.field(default=None, repr=False)
+    vad_events: bool = False
 
     @property
     def frame_bytes(self) -> int:
@@ -107,12 +114,19 @@ class Reply:
         """The error reason (empty for non-error replies)."""
         return str(self.fields.get("reason", ""))
 
+    @property
+    def unknown_keys(self) -> tuple[str, ...]:
+        """The header keys this error refuses as unknown: the daemon is older than they are (else empty)."""
+        if self.type != REPLY_ERROR or not self.reason.startswith(UNKNOWN_KEYS):
+            return ()
+        return tuple(re.findall(r"'([^']*)'", self.reason[len(UNKNOWN_KEYS) :]))
+
 
 ClientFrame = StreamHeader | AudioFrame | EndFrame
 
 
 def validate_header(stream_id: Any, sample_rate: Any, sample_format: Any, channels: Any,
-                    live: Any = True, token: Any = None) -> StreamHeader:
+                    live: Any = True, token: Any = None, vad_events: Any = False) -> StreamHeader:
     """Check header fields against the protocol's bounds; ProtocolError names the field at fault."""
     if not isinstance(stream_id, str) or not stream_id:
         raise ProtocolError("header: stream_id must be a non-empty string")
@@ -140,17 +154,20 @@ def validate_header(stream_id: Any, sample_rate: Any, sample_format: Any, channe
         isinstance(token, str) and 0 < len(token) <= MAX_TOKEN_BYTES and all(0x21 <= ord(c) < 0x7F for c in token)
     ):
         raise ProtocolError(f"header: token must be 1..{MAX_TOKEN_BYTES} printable ASCII characters without spaces")
-    return StreamHeader(stream_id, sample_rate, sample_format, channels, live, token)
+    if not isinstance(vad_events, bool):
+        raise ProtocolError(f"header: {KEY_VAD_EVENTS} must be true or false, got {vad_events!r}")
+    return StreamHeader(stream_id, sample_rate, sample_format, channels, live, token, vad_events)
 
 
 def encode_header(header: StreamHeader) -> bytes:
-    """Encode the hello and JSON header that open a stream (`live` only when false, `token` only when set).
+    """Encode the hello and JSON header that open a stream (`live` only when false, `token` only when set,
+    `vad_events` only when true).
 
-    A live header without a token is byte for byte what clients sent before either key existed, so such clients
-    keep working with daemons that do not know them.
+    A live header without a token or vad events is byte for byte what clients sent before these keys existed, so
+    such clients keep working with daemons that do not know them.
     """
     validate_header(header.stream_id, header.sample_rate, header.sample_format, header.channels, header.live,
-                    header.token)
+                    header.token, header.vad_events)
     fields: dict[str, Any] = {
         "stream_id": header.stream_id,
         "sample_rate": header.sample_rate,
@@ -161,6 +178,8 @@ def encode_header(header: StreamHeader) -> bytes:
         fields["live"] = False
     if header.token is not None:
         fields["token"] = header.token
+    if header.vad_events:
+        fields[KEY_VAD_EVENTS] = True
     body = json.dumps(
         fields,
         ensure_ascii=False,
@@ -192,12 +211,12 @@ def _parse_header_json(body: bytes) -> StreamHeader:
         raise ProtocolError("malformed header: JSON is not an object")
     unknown = set(obj) - set(HEADER_KEYS) - set(HEADER_OPTIONAL_KEYS)
     if unknown:
-        raise ProtocolError(f"malformed header: unknown keys {sorted(unknown)}")
+        raise ProtocolError(f"{UNKNOWN_KEYS}{sorted(unknown)}")
     for key in HEADER_KEYS:
         if key not in obj:
             raise ProtocolError(f"malformed header: missing key {key!r}")
     return validate_header(obj["stream_id"], obj["sample_rate"], obj["format"], obj["channels"],
-                           obj.get("live", True), obj.get("token"))
+                           obj.get("live", True), obj.get("token"), obj.get(KEY_VAD_EVENTS, False))
 
 
 class StreamDecoder:

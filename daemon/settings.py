@@ -163,7 +163,8 @@ class PublisherSettings(_Section):
                                "(seq counts per instance); empty = HOSTNAME:PID, new at every start")
     sndhwm: int = setting(10000, "messages queued per subscriber before a slow one starts losing them",
                           lo=1, hi=10_000_000)
-    vad_events: bool = setting(False, "also publish vad.start / vad.end")
+    vad_events: bool = setting(False, "also publish vad.start / vad.end for every stream (a stream whose ingest "
+                               "header asks, as intentd-live's does, gets its own either way)")
     blip_events: bool = setting(False, "also publish utterance.discarded for each voiced blip shorter than "
                                 "vad.min_utterance_ms (they are always counted, and in stream.end)")
     status_interval_s: float = setting(5.0, "seconds between `status` heartbeats", lo=0.1, hi=3600.0)

@@ -43,6 +43,7 @@ class Intake(Protocol):
 class _Stream:
     segmenter: StreamSegmenter
     account: StreamAccount
+    vad_events: bool  # publish its speech edges: publisher.vad_events, or its client asked
     samples: int = 0  # received so far, at the stream's rate
     discarded: int = 0
 
@@ -51,8 +52,9 @@ class StreamTable:
     """Implements daemon.sources.sink.StreamSink; every call happens on the event loop thread.
 
     Closed utterances go to `intake` (the batcher) and are counted, and so does each stream's end; with
-    `vad_events`, speech edges go to `publish` (the outbox) as vad.start / vad.end events, and with `blip_events`
-    each discarded blip as utterance.discarded."""
+    `vad_events` (every stream's) or a stream opened with `vad_events` (its own), speech edges go to `publish`
+    (the outbox) as vad.start / vad.end events, and with `blip_events` each discarded blip as
+    utterance.discarded."""
 
     def __init__(
         self,
@@ -86,13 +88,15 @@ class StreamTable:
         """Streams open now."""
         return list(self._streams)
 
-    def open_stream(self, stream_id: str, sample_rate: int, origin_wall: float, *, live: bool = True) -> None:
-        """Start segmenting a stream; a second stream with an open id is refused."""
+    def open_stream(self, stream_id: str, sample_rate: int, origin_wall: float, *, live: bool = True,
+                    vad_events: bool = False) -> None:
+        """Start segmenting a stream (`vad_events`: publish its speech edges whatever publisher.vad_events says);
+        a second stream with an open id is refused."""
         if stream_id in self._streams:
             raise IntentdError(f"stream id {stream_id!r} is already open")
         segmenter = StreamSegmenter(stream_id, sample_rate, self._segmenter_settings, self._vad.aggressiveness,
                                     stream_origin_wall=origin_wall)
-        self._streams[stream_id] = _Stream(segmenter, self._intake.open_stream(stream_id, live))
+        self._streams[stream_id] = _Stream(segmenter, self._intake.open_stream(stream_id, live), vad_events)
         log.info("stream %s opened at %d Hz (%s)", stream_id, sample_rate, "live" if live else "recorded")
 
     def push(self, chunk: AudioChunk) -> None:
@@ -139,14 +143,16 @@ class StreamTable:
                 loop.call_soon_threadsafe(self._room.set)
 
     def _handle(self, stream: _Stream, vad_events: list[VadEvent]) -> None:
+        # Read per call, not stored at open: a reload that turns publisher.vad_events on applies to open streams.
+        edges = self._vad_events or stream.vad_events
         for event in vad_events:
             if isinstance(event, Utterance):
-                if self._vad_events:
+                if edges:
                     self._publish(VadEndEvent.at(event.stream_id, event.index, event.end_sample, event.sample_rate,
                                                  event.stream_origin_wall))
                 self._counters.utterance(event.truncated)
                 self._intake.submit(event, stream.account)
-            elif isinstance(event, UtteranceStarted) and self._vad_events:
+            elif isinstance(event, UtteranceStarted) and edges:
                 self._publish(VadStartEvent.at(event.stream_id, event.index, event.start_sample, event.sample_rate,
                                                event.stream_origin_wall))
             elif isinstance(event, UtteranceDiscarded):
@@ -154,7 +160,7 @@ class StreamTable:
                           event.end_sample - event.start_sample)
                 stream.discarded += 1
                 self._counters.discarded()
-                if self._vad_events:  # every vad.start gets its vad.end, so live views leave "speech"
+                if edges:  # every vad.start gets its vad.end, so live views leave "speech"
                     self._publish(VadEndEvent.at(event.stream_id, event.index, event.end_sample,
                                                  event.sample_rate, event.stream_origin_wall, discarded=True))
                 if self._blip_events:

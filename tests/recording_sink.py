@@ -24,6 +24,7 @@ class RecordedStream:
     sample_rate: int
     origin_wall: float
     live: bool = True
+    vad_events: bool = False
     chunks: list[AudioChunk] = field(default_factory=list)
     closed: bool = False
     reason: str | None = None
@@ -65,11 +66,12 @@ class RecordingSink:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def open_stream(self, stream_id: str, sample_rate: int, origin_wall: float, *, live: bool = True) -> None:
+    def open_stream(self, stream_id: str, sample_rate: int, origin_wall: float, *, live: bool = True,
+                    vad_events: bool = False) -> None:
         """Record a new stream; IntentdError if the id is already open."""
         if stream_id in self._open:
             raise IntentdError(f"stream {stream_id!r} is already open")
-        rec = RecordedStream(stream_id, sample_rate, origin_wall, live)
+        rec = RecordedStream(stream_id, sample_rate, origin_wall, live, vad_events)
         self.streams.append(rec)
         self._open[stream_id] = rec
         self._notify()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from tests.recording_sink import RecordingSink
 
 SINE_HZ = 440.0
 TIMEOUT_S = 20.0
+LIVE_START_TIMEOUT_S = 60.0  # intentd-live's imports and its first accept, on a busy 2-core host
 
 
 def _dominant_hz(samples: np.ndarray, rate: int) -> float:
@@ -142,3 +147,75 @@ def test_vanished_device_is_retried_and_recovers(pulse_root: Path) -> None:
     assert seen["first_reason"] is not None and "failed" in seen["first_reason"]
     assert seen["last_closed"] and seen["last_reason"] == "server shutting down"
     assert seen["sessions"] >= 2
+
+
+class _Screen:
+    """What a program writes to its terminal (the master side of a pty), read on a thread, searchable in order."""
+
+    def __init__(self, master_fd: int) -> None:
+        self._fd = master_fd
+        self._text = ""
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self._fd, 4096)
+            except OSError:  # EIO: the program closed its side
+                data = b""
+            with self._changed:
+                if not data:
+                    self._changed.notify_all()
+                    return
+                self._text += data.decode("utf-8", "replace")
+                self._changed.notify_all()
+
+    def wait_for(self, what: str, after: int, timeout_s: float) -> int:
+        """The end of the first `what` written after offset `after`; AssertionError with the screen if none comes."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while (found := self._text.find(what, after)) < 0:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._reader.is_alive():
+                    raise AssertionError(f"{what!r} not shown after offset {after}; the screen:\n"
+                                         f"{self._text[-3000:]!r}")
+                self._changed.wait(left)
+            return found + len(what)
+
+
+def test_intentd_live_shows_speech_and_silence_with_the_default_config(
+        pulse_root: Path, tiny_whisper_dir: Path) -> None:
+    """The daemon's publisher.vad_events is off (the default); intentd-live's stream asks for its own vad events
+    in its header, so its status line goes silence -> SPEECH -> silence as words reach the microphone."""
+    from tests.daemon_proc import clean_env, running_daemon, speech_clips, tool, write_speech_wav
+
+    wav = write_speech_wav(pulse_root / "speech.wav", speech_clips(1, pulse_root / "tts"), lead_s=0.3, tail_s=1.5)
+    with running_daemon(pulse_root / "d", tiny_whisper_dir) as d, private_pulse(pulse_root / "p"):
+        assert "vad_events" not in d.sections["publisher"]
+        # The microphone hears the null sink's monitor: silence until paplay plays the words into that sink.
+        subprocess.run(["pactl", "set-default-source", "nullsink.monitor"], check=True, timeout=TIMEOUT_S)
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            [*tool("intentd-live"), "--to", d.audio_uri, "--connect", d.events_uri, "--mic", PULSE_DEVICE,
+             "--stream-id", "live-vad", "--no-color"],
+            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=clean_env())
+        os.close(slave)
+        screen = _Screen(master)
+        try:
+            # Accepted with its vad events: silence shows before anyone speaks (not 'vad ?').
+            accepted = screen.wait_for("silence", 0, LIVE_START_TIMEOUT_S)
+            subprocess.run(["paplay", "--device=nullsink", str(wav)], check=True, timeout=TIMEOUT_S)
+            spoke = screen.wait_for("SPEECH", accepted, TIMEOUT_S)
+            screen.wait_for("silence", spoke, TIMEOUT_S)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=TIMEOUT_S)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                os.close(master)
+        assert proc.returncode == 0
+        assert "stream live-vad opened" in d.log_text()

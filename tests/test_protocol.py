@@ -152,6 +152,34 @@ def test_live_is_optional_and_a_header_without_it_is_live() -> None:
         encode_header(StreamHeader("s", 16000, "s16le", 1, live=None))  # type: ignore[arg-type]
 
 
+def test_vad_events_is_optional_sent_only_when_asked_and_an_old_daemons_refusal_names_it() -> None:
+    """A header that does not ask for its vad events is what clients sent before the key (revision 1.3), so they
+    and the daemons before it keep working; a daemon before it refuses the key the way every daemon refuses an
+    unknown one, and Reply.unknown_keys reads that refusal so a client can resend without it."""
+    plain = StreamHeader("s", 16000, "s16le", 1)
+    assert plain.vad_events is False and b"vad_events" not in encode_header(plain)
+    asking = StreamHeader("s", 16000, "s16le", 1, vad_events=True)
+    wire = encode_header(asking)
+    assert b'"vad_events":true' in wire
+    decoder = StreamDecoder()
+    assert [frame for i in range(len(wire)) for frame in decoder.feed(wire[i : i + 1])] == [asking]
+    (explicit,) = StreamDecoder().feed(_raw_header(_good_fields(vad_events=False)))
+    assert explicit == plain
+    with pytest.raises(ProtocolError, match="vad_events must be true or false"):
+        StreamDecoder().feed(_raw_header(_good_fields(vad_events="yes")))
+    # What a daemon from before revision 1.3 answers (its decoder knows only live and token):
+    with pytest.raises(ProtocolError) as refused:
+        StreamDecoder().feed(_raw_header(_good_fields(vad_events=True, colour="red")))
+    assert str(refused.value) == "malformed header: unknown keys ['colour']"
+    old_reason = "malformed header: unknown keys ['vad_events']"
+    (reply,) = ReplyDecoder().feed(encode_reply("error", reason=old_reason, stream_id=None))
+    assert reply.unknown_keys == ("vad_events",)
+    (two,) = ReplyDecoder().feed(encode_reply("error", reason="malformed header: unknown keys ['token', 'vad_events']"))
+    assert two.unknown_keys == ("token", "vad_events")
+    (other,) = ReplyDecoder().feed(encode_reply("error", reason="header: unsupported sample_rate 96000"))
+    assert other.unknown_keys == ()
+
+
 def test_s16_stereo_to_mono_float32_with_leftover_across_chunks() -> None:
     rng = np.random.default_rng(0)
     ints = rng.integers(-32768, 32767, size=(1000, 2), dtype=np.int16)

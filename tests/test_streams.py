@@ -50,8 +50,8 @@ class Intake:
         self.room_listeners.append(listener)
 
 
-def _feed(table: StreamTable, stream_id: str, audio: np.ndarray) -> None:
-    table.open_stream(stream_id, SAMPLE_RATE, time.time(), live=False)
+def _feed(table: StreamTable, stream_id: str, audio: np.ndarray, vad_events: bool = False) -> None:
+    table.open_stream(stream_id, SAMPLE_RATE, time.time(), live=False, vad_events=vad_events)
     for start in range(0, audio.size, CHUNK):
         table.push(AudioChunk(stream_id, audio[start:start + CHUNK], SAMPLE_RATE, start, time.monotonic()))
     table.close_stream(stream_id, None)
@@ -81,6 +81,17 @@ def test_every_vad_start_has_one_end_and_short_speech_is_flagged_discarded(tmp_p
     assert start.at_s < end.at_s and start.at_wall < end.at_wall
     parsed = events.decode(events.encode(published[1], seq=1, published_wall=time.time()))
     assert isinstance(parsed, events.VadEndEvent) and parsed.discarded
+
+
+def test_a_stream_that_asks_for_its_vad_events_gets_them_with_publisher_vad_events_off(tmp_path: Path) -> None:
+    clip = speech_clips(1, tmp_path)[0]
+    audio = np.concatenate([silence(0.5), clip, silence(1.0)])
+    published: list[events.Event] = []
+    table = StreamTable(VadSettings(), Intake(), published.append)  # publisher.vad_events: the default, off
+    _feed(table, "quiet", audio)
+    _feed(table, "asked", audio, vad_events=True)  # e.g. intentd-live's header
+    assert [(e.topic, e.stream_id) for e in published] == [  # type: ignore[attr-defined]
+        ("vad.start", "asked"), ("vad.end", "asked")]
 
 
 def test_stream_ids_are_unique_while_open_and_close_flushes_open_speech(tmp_path: Path) -> None:

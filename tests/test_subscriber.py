@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import queue
@@ -9,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,7 +23,11 @@ from clients import sub as sub_cli
 from clients.subscriber import Subscriber, SubscriberError
 from daemon import events
 from daemon.events import DroppedEvent, ErrorEvent, IntentEvent, StatusEvent, VadEndEvent, VadStartEvent
+from daemon.protocol import HELLO_BYTES, AudioFrame, EndFrame, StreamDecoder, StreamHeader, encode_reply
 from daemon.publisher import Publisher
+from daemon.sources.socket_server import SocketServer
+from daemon.sources.uri import TcpSpec
+from tests.recording_sink import RecordingSink
 from tests.test_publisher import _intent, probe, status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -430,8 +435,78 @@ def test_live_view_follows_vad_and_intents() -> None:
     assert view.on_event(parsed(status())) is None  # not about the stream: nothing to show
 
 
-def test_live_view_says_vad_is_off_once_an_outcome_came_without_vad_events() -> None:
+def test_live_view_shows_silence_once_the_daemon_confirms_vad_events_and_says_why_when_it_cannot() -> None:
     view = live.LiveView("mic0", color=False)
-    assert "vad ?" in view.status_line()  # nothing heard yet: it may still come
-    view.on_event(events.decode(events.encode(_intent("mic0", 0, label="stop"), seq=1, published_wall=1.0)))
-    assert "vad off (publisher.vad_events)" in view.status_line()
+    assert "vad ?" in view.status_line()  # not accepted yet
+    view.vad_confirmed()  # the accept reply said vad_events: speech edges will come, none yet
+    assert "silence" in view.status_line()
+    view.on_event(events.decode(events.encode(VadStartEvent.at("mic0", 0, 1600, 16000, 0.0), seq=1,
+                                              published_wall=1.0)))
+    view.vad_confirmed()  # a late confirmation does not undo what the events said
+    assert "SPEECH" in view.status_line()
+
+    old_daemon = live.LiveView("mic1", color=False)
+    old_daemon.vad_unavailable("needs publisher.vad_events")
+    old_daemon.on_event(events.decode(events.encode(_intent("mic1", 0, label="stop"), seq=2, published_wall=1.0)))
+    assert "vad ? (needs publisher.vad_events)" in old_daemon.status_line()
+
+
+# A daemon from before ingest revision 1.3: it takes `live` and `token`, and refuses any other header key the way
+# every daemon refuses an unknown one (daemon.protocol); otherwise it accepts, reads to the end marker, says final.
+_OLD_DAEMON_KEYS = {"stream_id", "sample_rate", "format", "channels", "live", "token"}
+
+
+async def _old_daemon(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: list[dict[str, Any]],
+                      ) -> None:
+    hello = await reader.readexactly(HELLO_BYTES)
+    body = await reader.readexactly(int.from_bytes(hello[-2:], "big"))
+    fields = json.loads(body)
+    headers.append(fields)
+    if unknown := sorted(set(fields) - _OLD_DAEMON_KEYS):
+        writer.write(encode_reply("error", reason=f"malformed header: unknown keys {unknown}", stream_id=None))
+    else:
+        writer.write(encode_reply("accept", stream_id=fields["stream_id"], live=True))
+        decoder, samples, ended = StreamDecoder(), 0, False
+        decoder.feed(hello + body)
+        while not ended:
+            for frame in decoder.feed(await reader.read(65536)):
+                samples += len(frame.pcm) // 4 if isinstance(frame, AudioFrame) else 0  # f32le mono
+                ended = ended or isinstance(frame, EndFrame)
+        writer.write(encode_reply("final", stream_id=fields["stream_id"], samples=samples))
+    await writer.drain()
+    writer.close()
+
+
+def test_live_asks_for_its_vad_events_and_an_older_daemon_gets_the_stream_again_without_the_key() -> None:
+    pcm = np.linspace(-0.5, 0.5, 1600, dtype="<f4").tobytes()
+
+    async def blocks() -> AsyncIterator[bytes]:
+        yield pcm
+
+    async def run() -> tuple[RecordingSink, live.LiveView, int, live.LiveView, int, list[str], list[dict[str, Any]]]:
+        sink, view = RecordingSink(), live.LiveView("new", color=False)
+        server = SocketServer(TcpSpec("127.0.0.1", 0), sink)
+        try:
+            samples = (await live.send_asking_vad_events(
+                await server.start(), StreamHeader("new", 16000, "f32le", 1), blocks, view)).samples
+        finally:
+            await server.close()
+        headers: list[dict[str, Any]] = []
+        old = await asyncio.start_server(lambda r, w: _old_daemon(r, w, headers), "127.0.0.1", 0)
+        host, port = old.sockets[0].getsockname()[:2]
+        said: list[str] = []
+        old_view = live.LiveView("old", color=False)
+        async with old:
+            old_samples = (await live.send_asking_vad_events(
+                f"tcp://{host}:{port}", StreamHeader("old", 16000, "f32le", 1), blocks, old_view,
+                say=said.append)).samples
+        return sink, view, samples, old_view, old_samples, said, headers
+
+    sink, view, samples, old_view, old_samples, said, headers = asyncio.run(run())
+    # This daemon: the stream is opened with its vad events, and the accept's confirmation shows silence.
+    assert sink.by_id("new").vad_events is True and samples == 1600
+    assert "silence" in view.status_line()
+    # An older daemon: refused once for the key, then the same audio again without it, and the view says why.
+    assert [h.get("vad_events") for h in headers] == [True, None] and old_samples == 1600
+    assert "vad ? (this daemon shows speech only with publisher.vad_events = true)" in old_view.status_line()
+    assert len(said) == 1 and "predates per-stream vad events" in said[0]

@@ -11,10 +11,12 @@ from daemon.frames import AudioChunk
 class StreamSink(Protocol):
     """Receives streams from sources. Every call happens on the asyncio event loop thread."""
 
-    def open_stream(self, stream_id: str, sample_rate: int, origin_wall: float, *, live: bool = True) -> None:
+    def open_stream(self, stream_id: str, sample_rate: int, origin_wall: float, *, live: bool = True,
+                    vad_events: bool = False) -> None:
         """Start a stream; raise IntentdError to refuse it (e.g. the id is already open). `live`: audio paced by
         a clock (its utterances may be dropped under load); False: recorded audio, read no faster than the
-        model takes it (the source awaits `wait_room` before each chunk)."""
+        model takes it (the source awaits `wait_room` before each chunk). `vad_events`: publish this stream's
+        speech edges even where publisher.vad_events is off (its client asked for them)."""
         ...
 
     async def wait_room(self, stream_id: str) -> None:

@@ -28,6 +28,7 @@ from daemon.counters import Counters
 from daemon.errors import AuthError, IntentdError, SourceError
 from daemon.frames import AudioChunk
 from daemon.protocol import (
+    KEY_VAD_EVENTS,
     REPLY_ACCEPT,
     REPLY_ERROR,
     REPLY_FINAL,
@@ -298,21 +299,25 @@ class _Connection(ClientConnection):
 
     async def _open(self, header: StreamHeader) -> None:
         # May raise IntentdError (e.g. duplicate id): the client is told why and nothing was opened.
-        self._server._sink.open_stream(header.stream_id, header.sample_rate, time.time(), live=header.live)
+        self._server._sink.open_stream(header.stream_id, header.sample_rate, time.time(), live=header.live,
+                                       vad_events=header.vad_events)
         self._header = header
         self.open_stream_id = header.stream_id
         self._pcm = PcmDecoder(header.sample_format, header.channels)
         log.debug(  # the StreamTable logs the open at INFO
-            "%s: opened at %d Hz, %s, %d channel(s), %s",
+            "%s: opened at %d Hz, %s, %d channel(s), %s%s",
             self.describe(),
             header.sample_rate,
             header.sample_format,
             header.channels,
             "live" if header.live else "recorded",
+            ", with its vad events" if header.vad_events else "",
         )
         if self.client is not None:
             # Who was let in is an operator's audit line, so it stays at INFO beside the StreamTable's open.
             log.info("stream %r from %s: authenticated as client %r", header.stream_id, self.peer, self.client)
+        # `vad_events` is confirmed only when asked, so every other accept is what it was before the key existed.
+        asked = {KEY_VAD_EVENTS: True} if header.vad_events else {}
         await self._send(
             encode_reply(
                 REPLY_ACCEPT,
@@ -321,6 +326,7 @@ class _Connection(ClientConnection):
                 format=header.sample_format,
                 channels=header.channels,
                 live=header.live,
+                **asked,
             )
         )
 
