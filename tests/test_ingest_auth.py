@@ -163,7 +163,7 @@ def test_the_check_compares_equal_length_digests_with_every_entry_whatever_match
 @async_test
 async def test_the_right_token_opens_a_stream_and_the_log_names_the_client(
         kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger=LOG)
+    caplog.set_level(logging.INFO, logger=LOG)  # an operator's INFO log names who was let in
     spec = TcpSpec("127.0.0.1", 0) if kind == "tcp" else UnixSpec(tmp_path / "in.sock")
     async with serving(IngestSecurity(parse_tokens(TOKENS, "t")), spec) as (server, sink, counters):
         pcm = _pcm()
@@ -172,9 +172,9 @@ async def test_the_right_token_opens_a_stream_and_the_log_names_the_client(
         assert sink.by_id("k").closed and sink.by_id("k").samples.size == len(pcm) // 2
         await send_stream(server.bound_uri, _header("c"), _blocks(pcm), IngestCredentials(CRM))
     assert counters.snapshot().refused == {}
-    opened = [r.getMessage() for r in caplog.records if "opened" in r.getMessage()]
-    assert any("(client 'kitchen')" in m and "'k'" in m for m in opened), opened
-    assert any("(client 'crm')" in m and "'c'" in m for m in opened), opened
+    let_in = [r.getMessage() for r in caplog.records if "authenticated" in r.getMessage()]
+    assert any("client 'kitchen'" in m and "'k'" in m for m in let_in), let_in
+    assert any("client 'crm'" in m and "'c'" in m for m in let_in), let_in
     assert not any(t in r.getMessage() for r in caplog.records for t in (KITCHEN, CRM))
 
 
@@ -265,7 +265,7 @@ async def test_tls_round_trip_with_a_token_and_refusals_of_plain_and_unverified_
 @async_test
 async def test_client_certificates_are_required_and_name_the_client(
         certs: Certs, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger=LOG)
+    caplog.set_level(logging.INFO, logger=LOG)  # an operator's INFO log names who was let in
     security = IngestSecurity(None, server_tls_context(certs.server_cert, certs.server_key, certs.ca))
     assert security.authenticates
     async with serving(security) as (server, sink, counters):
@@ -276,7 +276,7 @@ async def test_client_certificates_are_required_and_name_the_client(
                               IngestCredentials(None, client_tls_context(str(certs.ca))))
     assert [s.stream_id for s in sink.streams] == ["cert"]
     assert counters.snapshot().refused == {REFUSED_TLS: 1}
-    assert any(f"(client {certs.client_name!r})" in r.getMessage() for r in caplog.records)
+    assert any(f"authenticated as client {certs.client_name!r}" in r.getMessage() for r in caplog.records)
 
 
 def test_a_bad_certificate_file_is_a_config_error_naming_the_key(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def test_an_exposed_daemon_serves_its_clients_and_refuses_counts_and_logs_the_re
     assert 'intentd_refused_total{reason="token"} 2.0' in metrics
     assert 'intentd_refused_total{reason="tls"} 1.0' in metrics
     assert 'intentd_refused_total{reason="curve"}' in metrics
-    assert "(client 'kitchen')" in log and "tokens of 2 client(s)" in log and "CURVE" in log
+    assert "authenticated as client 'kitchen'" in log and "tokens of 2 client(s)" in log and "CURVE" in log
     assert log.count("unauthorized: invalid token") == 1 and log.count("TLS handshake failed") == 1
     for secret in (KITCHEN, CRM, WRONG):
         assert secret not in log
