@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -103,6 +103,29 @@ def node_from_json(raw: Any) -> Node:
     raise ValueError(f"not a grammar node: {raw!r}")
 
 
+def slot_nodes(roots: Iterable[Node], slots: Mapping[str, Sequence[Node]] | None = None) -> Iterator[Slot]:
+    """Every slot reference under `roots`; with `slots`, also those inside each referenced list's options, each
+    list walked once however often it is referenced (lists nest, and a list used twice must not double work)."""
+    walked: set[str] = set()
+
+    def walk(node: Node) -> Iterator[Slot]:
+        if isinstance(node, Seq):
+            for part in node.parts:
+                yield from walk(part)
+        elif isinstance(node, Alt):
+            for option in node.options:
+                yield from walk(option)
+        elif isinstance(node, Slot):
+            yield node
+            if slots is not None and node.name not in walked:
+                walked.add(node.name)
+                for option in slots[node.name]:
+                    yield from walk(option)
+
+    for root in roots:
+        yield from walk(root)
+
+
 def _seq(node: Node) -> Seq:
     if not isinstance(node, Seq):
         raise TypeError(f"expected a sequence, got {node!r}")
@@ -158,50 +181,13 @@ class Grammar:
 
     def referenced(self) -> set[str]:
         """Every slot list a phrase or slot option refers to."""
-        found: set[str] = set()
-
-        def visit(node: Node) -> None:
-            if isinstance(node, Seq):
-                for part in node.parts:
-                    visit(part)
-            elif isinstance(node, Alt):
-                for option in node.options:
-                    visit(option)
-            elif isinstance(node, Slot):
-                found.add(node.name)
-
-        for templates in (*self.intents.values(), *self.slots.values()):
-            for template in templates:
-                visit(template)
-        return found
+        roots = (t for templates in (*self.intents.values(), *self.slots.values()) for t in templates)
+        return {slot.name for slot in slot_nodes(roots)}
 
     def captures(self) -> dict[str, tuple[str, ...]]:
         """Each intent's captured slot names, sorted (through slot lists too)."""
-        out: dict[str, tuple[str, ...]] = {}
-        for intent, templates in self.intents.items():
-            names: set[str] = set()
-            seen: set[str] = set()
-            for template in templates:
-                _captured(template, self.slots, names, seen)
-            out[intent] = tuple(sorted(names))
-        return out
-
-
-def _captured(node: Node, slots: Mapping[str, tuple[Seq, ...]], names: set[str], seen: set[str]) -> None:
-    """Add the capture names under `node` to `names`; each slot list is visited once (`seen`)."""
-    if isinstance(node, Seq):
-        for part in node.parts:
-            _captured(part, slots, names, seen)
-    elif isinstance(node, Alt):
-        for option in node.options:
-            _captured(option, slots, names, seen)
-    elif isinstance(node, Slot):
-        if node.capture is not None:
-            names.add(node.capture)
-        if node.name not in seen:
-            seen.add(node.name)
-            for option in slots[node.name]:
-                _captured(option, slots, names, seen)
+        return {intent: tuple(sorted({s.capture for s in slot_nodes(templates, self.slots) if s.capture is not None}))
+                for intent, templates in self.intents.items()}
 
 
 # Marks on epsilon edges, read back by `Automaton.parse`: which intent a path takes, where a capture opens and

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.grammar import EMPTY, Alt, Grammar, Node, Seq, Slot, Text
+from daemon.grammar import EMPTY, Alt, Grammar, Node, Seq, Slot, Text, slot_nodes
 from train.errors import TrainError
 
 # A phrase expanding to more sentences than this is sampled by index instead of being listed; keeps a careless
@@ -360,32 +360,16 @@ class IntentSet:
         """Each captured slot of one intent (or of all) and every canonical value it can take, sorted."""
         expander = self._expander()
         found: dict[str, set[str]] = {}
-        done: set[str] = set()
-
-        def visit(node: Node) -> None:
-            if isinstance(node, Seq):
-                for part in node.parts:
-                    visit(part)
-            elif isinstance(node, Alt):
-                for option in node.options:
-                    visit(option)
-            elif isinstance(node, Slot):
-                options = self.slots[node.name]
-                if node.capture is not None:
-                    values = found.setdefault(node.capture, set())
-                    for k, option in enumerate(options):
-                        if self.canonical.get(node.name) and self.canonical[node.name][k] is not None:
-                            values.add(expander.value(node.name, k, ""))
-                        else:
-                            values.update(_normalise(s) for s in expander.every(option))
-                if node.name not in done:  # captures nested in a list are found once per list
-                    done.add(node.name)
-                    for option in options:
-                        visit(option)
-
-        for intent in self.intents if name is None else (self.intent(name),):
-            for template in intent.templates:
-                visit(template)
+        intents = self.intents if name is None else (self.intent(name),)
+        for slot in slot_nodes((t for intent in intents for t in intent.templates), self.slots):
+            if slot.capture is None:
+                continue
+            values = found.setdefault(slot.capture, set())
+            for k, option in enumerate(self.slots[slot.name]):
+                if self.canonical.get(slot.name) and self.canonical[slot.name][k] is not None:
+                    values.add(expander.value(slot.name, k, ""))
+                else:
+                    values.update(_normalise(s) for s in expander.every(option))
         return {slot: tuple(sorted(values)) for slot, values in sorted(found.items())}
 
 
