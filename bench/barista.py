@@ -170,37 +170,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--snr", nargs="+", default=list(CONDITIONS), help="conditions: clean and/or SNRs in dB")
     parser.add_argument("--daemon", action="store_true", help="also stream every condition through intentd")
+    parser.add_argument("--no-eval", action="store_true", help="with --daemon: skip the eval pass (run it apart)")
     parser.add_argument("--latency-clips", type=int, default=40, help="clean clips timed alone (0: none)")
     args = parser.parse_args(argv)
+    if args.no_eval and not args.daemon:
+        parser.error("--no-eval leaves nothing to run without --daemon")
     args.workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"model": str(args.model), "conditions": {}}
     for condition in args.snr:
         folder = write_condition(args.data, args.workdir, condition)
-        row: dict[str, Any] = {"eval": evaluate(args.model, folder)}
+        row: dict[str, Any] = {} if args.no_eval else {"eval": evaluate(args.model, folder)}
         if args.daemon:
             row["daemon"] = through_daemon(args.model, folder, args.workdir / f"daemon-{condition}")
         results["conditions"][condition] = row
-        e = row["eval"]
-        line = (f"{condition:>5}  eval: commands {e['command_acceptance']:.3f}  intent "
-                f"{e['command_intent_accuracy']:.3f}  " +
-                " ".join(f"{k}={v['accuracy']:.2f}" for k, v in e["slots"].items()) +
-                f"  ({e['command_n']} clips, {e['seconds']:.0f} s)")
-        if args.daemon:
-            d = row["daemon"]
-            line += (f"\n       daemon: commands {d['command_acceptance']:.3f}  intent "
-                     f"{d['command_intent_accuracy']:.3f}  split {d['split_streams']}/{d['streams']}")
-        print(line, flush=True)
-        for c in e["slot_confusions"][:5]:
-            print(f"         {c['slot']}: {c['truth']} -> {c['predicted']} x{c['count']}")
+        print(f"{condition:>5}", flush=True)
+        for how, report in row.items():
+            print(f"       {how}: commands {report['command_acceptance']:.3f}  intent "
+                  f"{report['command_intent_accuracy']:.3f}  " +
+                  " ".join(f"{k}={v['accuracy']:.2f}" for k, v in report["slots"].items()) +
+                  (f"  split {report['split_streams']}/{report['streams']}" if how == "daemon" else "") +
+                  f"  ({report['command_n']} clips, {report['seconds']:.0f} s)", flush=True)
+            for c in report["slot_confusions"][:5]:
+                print(f"         {c['slot']}: {c['truth']} -> {c['predicted']} x{c['count']}")
     noisy = [c for c in args.snr if c != "clean"]
-    if noisy:
-        average = statistics.fmean(results["conditions"][c]["eval"]["command_acceptance"] for c in noisy)
-        results["noisy_average_eval"] = average
-        print(f"noisy average (eval): {average:.3f}   Rhino's published noisy average: {RHINO_NOISY_AVERAGE}")
-        if args.daemon:
-            average = statistics.fmean(results["conditions"][c]["daemon"]["command_acceptance"] for c in noisy)
-            results["noisy_average_daemon"] = average
-            print(f"noisy average (daemon): {average:.3f}")
+    for how in ("eval", "daemon") if noisy else ():
+        if how in results["conditions"][noisy[0]]:
+            average = statistics.fmean(results["conditions"][c][how]["command_acceptance"] for c in noisy)
+            results[f"noisy_average_{how}"] = average
+            print(f"noisy average ({how}): {average:.3f}   Rhino's published noisy average: {RHINO_NOISY_AVERAGE}")
     if args.latency_clips:
         results["latency"] = latency(args.model, args.data, args.latency_clips)
         lat = results["latency"]
