@@ -22,8 +22,8 @@ from typing import Any, Final
 
 import torch
 
-from daemon.errors import ModelError
-from daemon.grammar import DEAD, Automaton, Grammar, TokenConstraint, token_bytes
+from intentd.daemon.errors import ModelError
+from intentd.daemon.grammar import DEAD, Automaton, Grammar, TokenConstraint, token_bytes
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ DECODER_KEY: Final = "decoder"
 TOKENIZER_FILE: Final = "tokenizer.json"
 DEFAULT_BEAM: Final = 5
 DEFAULT_MAX_TOKENS: Final = 64
+# Rank finished sentences by mean token log-probability (Whisper's own ranking without a length penalty) rather
+# than by the sum, which favours sentences that stop early: in noise the sum drops trailing slots ("... with
+# sugar") because every extra token can only lower it.
+DEFAULT_LENGTH_NORM: Final = True
 # Determinised grammar states kept between decodings; past it the memo starts again (a daemon runs for months).
 MAX_CACHED_STATES: Final = 100_000
 
@@ -46,23 +50,32 @@ class DecoderSettings:
     eot: int
     beam: int = DEFAULT_BEAM
     max_tokens: int = DEFAULT_MAX_TOKENS
+    length_norm: bool = DEFAULT_LENGTH_NORM
 
     def to_json(self) -> dict[str, Any]:
         """The intentd.json form."""
-        return {"prompt": list(self.prompt), "eot": self.eot, "beam": self.beam, "max_tokens": self.max_tokens}
+        return {"prompt": list(self.prompt), "eot": self.eot, "beam": self.beam, "max_tokens": self.max_tokens,
+                "length_norm": self.length_norm}
 
     @classmethod
     def from_json(cls, raw: Any, where: str) -> DecoderSettings:
         """Parse the intentd.json form; a ModelError names `where`."""
         try:
             settings = cls(tuple(int(t) for t in raw["prompt"]), int(raw["eot"]), int(raw.get("beam", DEFAULT_BEAM)),
-                           int(raw.get("max_tokens", DEFAULT_MAX_TOKENS)))
+                           int(raw.get("max_tokens", DEFAULT_MAX_TOKENS)),
+                           _flag(raw.get("length_norm", DEFAULT_LENGTH_NORM)))
         except (KeyError, TypeError, ValueError) as err:
             raise ModelError(f"{where}: {DECODER_KEY} must be {{'prompt': [ids], 'eot': id, 'beam': n, "
-                             f"'max_tokens': n}}: {err!r}") from err
+                             f"'max_tokens': n, 'length_norm': true|false}}: {err!r}") from err
         if not settings.prompt or settings.beam < 1 or settings.max_tokens < 1:
             raise ModelError(f"{where}: {DECODER_KEY} needs a prompt, beam >= 1 and max_tokens >= 1")
         return settings
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"length_norm must be true or false, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,16 +207,22 @@ class GrammarDecoder:
                 finished.append(hyp)
             else:
                 kept.append((row, token, hyp))
-        best_done = max((h.logp for h in finished), default=-math.inf)
-        # Log-probabilities only fall, so no live beam can overtake a finished sentence that already beats it.
-        if len(finished) >= beam or not kept or best_done >= kept[0][2].logp:
+        if len(finished) >= beam or not kept:
             return []
+        if not self.settings.length_norm:
+            # Summed log-probabilities only fall, so no live beam can overtake a finished sentence that beats it.
+            # (A mean can rise again, so ranked by means the search goes on until `beam` sentences have ended.)
+            if max((h.logp for h in finished), default=-math.inf) >= kept[0][2].logp:
+                return []
         return kept
+
+    def _rank(self, hyp: _Hyp) -> float:
+        return hyp.logp / len(hyp.tokens) if self.settings.length_norm else hyp.logp
 
     def _heard(self, finished: Sequence[_Hyp]) -> Heard:
         if not finished:
             return Heard(None, 0.0)
-        hyp = max(finished, key=lambda h: h.logp)
+        hyp = max(finished, key=self._rank)
         score = math.exp(hyp.logp / len(hyp.tokens))
         pieces = [self.tokens[t] for t in hyp.tokens[:-1]]
         text = b"".join(pieces).decode("utf-8", "replace")
