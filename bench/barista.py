@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from daemon.audio import SAMPLE_RATE
+from intentd.daemon.audio import SAMPLE_RATE
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "barista-dev" / "clean"
@@ -47,7 +47,7 @@ def peak_frame_energy(samples: np.ndarray) -> float:
 
 def cafe_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     """A cafe-like background of n samples at SAMPLE_RATE: room, clatter, music and babble-like noise."""
-    from train import channel, nonspeech
+    from intentd.train import channel, nonspeech
 
     seconds = n / SAMPLE_RATE
     parts = [nonspeech.room(seconds, SAMPLE_RATE, rng), nonspeech.clicks(seconds, SAMPLE_RATE, rng),
@@ -95,7 +95,7 @@ def write_condition(data: Path, workdir: Path, condition: str) -> Path:
 
 def evaluate(model: Path, folder: Path) -> dict[str, Any]:
     """eval's report for one folder (every clip) and the seconds it took."""
-    from train.evaluation import evaluate_model
+    from intentd.train.evaluation import evaluate_model
 
     start = time.perf_counter()
     report = evaluate_model(str(model), str(folder), batch_size=8)
@@ -105,7 +105,7 @@ def evaluate(model: Path, folder: Path) -> dict[str, Any]:
 
 def latency(model: Path, data: Path, limit: int) -> dict[str, float]:
     """Milliseconds to classify each clean clip alone (whole files, after a warm-up)."""
-    from daemon.classifier import Classifier
+    from intentd.daemon.classifier import Classifier
 
     classifier = Classifier.load(model, device="cpu")
     classifier.warmup()
@@ -124,10 +124,10 @@ def latency(model: Path, data: Path, limit: int) -> dict[str, float]:
 def through_daemon(model: Path, folder: Path, workdir: Path) -> dict[str, Any]:
     """Every file of a folder streamed through intentd (one stream each); a command is right when the stream's
     best-scoring intent event has the right intent and slots. Also counts streams cut into several utterances."""
-    from clients.subscriber import Subscriber
-    from daemon import events
+    from intentd.clients.subscriber import Subscriber
+    from intentd.daemon import events
+    from intentd.train.commands import CommandPrediction, command_report, slot_labels
     from tests.daemon_proc import collect, running_daemon, send_files
-    from train.commands import CommandPrediction, command_report, slot_labels
 
     rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()]
     files = [folder / row["file_name"] for row in rows]

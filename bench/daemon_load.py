@@ -47,12 +47,12 @@ from typing import Any, Self
 import numpy as np
 import psutil
 
-from daemon import events
-from daemon.frames import AudioChunk, Utterance
-from daemon.protocol import ReplyDecoder, StreamHeader, encode_audio, encode_end, encode_header
-from daemon.segmenter import SegmenterSettings
-from daemon.settings import BatcherSettings
-from daemon.vad import DEFAULT_AGGRESSIVENESS, StreamSegmenter
+from intentd.daemon import events
+from intentd.daemon.frames import AudioChunk, Utterance
+from intentd.daemon.protocol import ReplyDecoder, StreamHeader, encode_audio, encode_end, encode_header
+from intentd.daemon.segmenter import SegmenterSettings
+from intentd.daemon.settings import BatcherSettings
+from intentd.daemon.vad import DEFAULT_AGGRESSIVENESS, StreamSegmenter
 
 # `python -m bench.daemon_load` runs from the repository root, which puts `tests` (a folder without
 # __init__.py: test modules import conftest as a top-level module) on the import path as a namespace package.

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from daemon.audio import SAMPLE_RATE
-from train.backbones import import_named_backbone
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.train.backbones import import_named_backbone
 
 # Clips shorter than the crop, as real requests mostly are; the extractor pads them either way.
 CLIP_SECONDS = 1.7

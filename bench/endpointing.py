@@ -32,12 +32,12 @@ import numpy as np
 from bench import fsdd
 from bench.segmentation import CHUNK_MS, NOISE_RATES, PAD_ROOM_DBFS
 from bench.segmentation import utterances as count_utterances
-from daemon.frames import AudioChunk, Utterance
-from daemon.segmenter import Segmenter, SegmentEvent, SpeechStarted
-from daemon.settings import VadSettings
-from daemon.vad import StreamSegmenter
-from train import nonspeech
-from train.channel import noise
+from intentd.daemon.frames import AudioChunk, Utterance
+from intentd.daemon.segmenter import Segmenter, SegmentEvent, SpeechStarted
+from intentd.daemon.settings import VadSettings
+from intentd.daemon.vad import StreamSegmenter
+from intentd.train import nonspeech
+from intentd.train.channel import noise
 
 DEFAULT_BARISTA = fsdd.REPO.parent / "shared" / "data" / "barista-dev" / "clean"
 # Room noise after each digit: longer than any hangover compared, so the hangover closes every utterance.

@@ -57,8 +57,8 @@ from bench.daemon_load import (
     noise,
     realtime_stream,
 )
-from daemon import events
-from daemon.protocol import ReplyDecoder, StreamHeader, encode_audio, encode_end, encode_header
+from intentd.daemon import events
+from intentd.daemon.protocol import ReplyDecoder, StreamHeader, encode_audio, encode_end, encode_header
 from tests.daemon_proc import (
     FSDD,
     REPO,
@@ -665,7 +665,7 @@ def case_stalled_subscribers(ctx: Ctx) -> Row:
 KILL_CLIENT = """
 import socket, sys, time
 import numpy as np
-from daemon.protocol import StreamHeader, encode_audio, encode_header
+from intentd.daemon.protocol import StreamHeader, encode_audio, encode_header
 host, port, sid, path = sys.argv[1:5]
 pcm = np.load(path).tobytes()
 s = socket.create_connection((host, int(port)))

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon import events
-from daemon.settings import DEFAULTS
+from intentd.daemon import events
+from intentd.daemon.settings import DEFAULTS
 
 # `python -m bench.file_flood` runs from the repository root, which puts `tests` on the import path.
 from tests.daemon_proc import FSDD, REPO, DaemonFailed, EventCollector, run_cli, start_daemon

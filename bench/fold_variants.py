@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from bench import fsdd
-from train.fit import FitSettings
+from intentd.train.fit import FitSettings
 
 # The fsdd_speakers rows this loop mirrors ran `fit --unfreeze-top 1 --epochs 5`; every other setting is fit's.
 FOLD_EPOCHS = 5
@@ -55,9 +55,9 @@ def fold_settings(fold: Path, synth: Path, base: Path, trims: tuple[float, ...])
 def build_cache(fold: Path, s: FitSettings) -> dict:
     """The fold's cache, built as fit builds it: train (with trim copies), fit's held-out split, and the unseen
     speaker."""
-    from train import frozen
-    from train.data import load_labelled, prepare_features
-    from train.fit import load_base_model, load_data, training_features
+    from intentd.train import frozen
+    from intentd.train.data import load_labelled, prepare_features
+    from intentd.train.fit import load_base_model, load_data, training_features
 
     data = load_data(s)
     model, extractor = load_base_model(s.base_model, data.label_names, s.weighted_layer_sum)
@@ -113,8 +113,8 @@ def train_variant(
     epoch, the unseen logits pooled as the model pools (every frame) and pooled over speech frames only (what a
     masked mean would give), and the training clips' logits if asked (to teach a student). With `teacher` (soft
     targets per training clip, at DISTILL_T), half the loss is the distillation term."""
-    from train import frozen
-    from train.fit import install_time_mask, load_base_model, loop_optimiser
+    from intentd.train import frozen
+    from intentd.train.fit import install_time_mask, load_base_model, loop_optimiser
 
     run = dataclasses.replace(s, seed=seed, time_mask=variant.get("time-mask", 0.0))
     torch.manual_seed(seed)

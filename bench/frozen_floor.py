@@ -34,8 +34,8 @@ def pooled_features(base: Path, paths: list[Path], pool: str = "all") -> np.ndar
     import torch
     from transformers import AutoFeatureExtractor, WhisperForAudioClassification
 
-    from daemon.classifier import extract_features
-    from train.audio_io import read_audio
+    from intentd.daemon.classifier import extract_features
+    from intentd.train.audio_io import read_audio
 
     extractor = AutoFeatureExtractor.from_pretrained(str(base))
     model = WhisperForAudioClassification.from_pretrained(str(base), num_labels=2).eval()

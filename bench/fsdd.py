@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from train.backbones import DEFAULT_MAX_SECONDS
+from intentd.train.backbones import DEFAULT_MAX_SECONDS
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
@@ -160,9 +160,9 @@ def audiofolder(root: Path, splits: dict[str, Iterable[Recording]]) -> Path:
 
 
 def intentd_train() -> list[str]:
-    """The CLI as a command line: the venv's console script beside this interpreter, else `-m train.cli`."""
+    """The CLI as a command line: the venv's console script beside this interpreter, else `-m intentd.train.cli`."""
     script = Path(sys.executable).parent / "intentd-train"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "train.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "intentd.train.cli"]
 
 
 def run_step(args: Sequence[str], log_file: Path | None = None) -> tuple[float, str]:

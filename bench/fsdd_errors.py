@@ -19,18 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from bench import fsdd
-from daemon.audio import SAMPLE_RATE
+from intentd.daemon.audio import SAMPLE_RATE
 
 
 def _load(recording: fsdd.Recording) -> np.ndarray:
-    from train.audio_io import read_audio
+    from intentd.train.audio_io import read_audio
 
     return read_audio(recording.path, SAMPLE_RATE)
 
 
 def edge_levels(clip: np.ndarray, rate: int = SAMPLE_RATE) -> tuple[float, float]:
     """dB of the first and last 10 ms relative to the loudest 10 ms: near 0 means the cut went through the word."""
-    from train.channel import frame_levels
+    from intentd.train.channel import frame_levels
 
     level = frame_levels(clip, rate)
     return (0.0, 0.0) if level is None else (float(level[0]), float(level[-1]))
@@ -38,7 +38,7 @@ def edge_levels(clip: np.ndarray, rate: int = SAMPLE_RATE) -> tuple[float, float
 
 def _variants(rng: np.random.Generator) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """Input changes that test a hypothesis each: silence/noise around the word, level, window fill, tempo."""
-    from train.data import change_speed
+    from intentd.train.data import change_speed
 
     def noise(n: int) -> np.ndarray:
         return rng.normal(0.0, 0.002, n).astype(np.float32)
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if found is None:
         return fsdd.SKIP_STATUS
 
-    from train.inference import load_classifier
+    from intentd.train.inference import load_classifier
 
     model = load_classifier(args.model)
     missing = [d for d in fsdd.DIGIT_NAMES if d not in model.label2id]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.audio import SAMPLE_RATE
+from intentd.daemon.audio import SAMPLE_RATE
 
 CLIP_SECONDS = (0.4, 0.8, 1.6, 3.2)  # command lengths, so length-aware windows (if the model has them) all run
 WARMUP_RUNS = 3
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from daemon.classifier import Classifier
+    from intentd.daemon.classifier import Classifier
 
     if not torch.cuda.is_available():
         print("SKIPPED: no CUDA device", file=sys.stderr)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from daemon.audio import SAMPLE_RATE
-from daemon.classifier import Classifier
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.classifier import Classifier
 
 CLIP_S = 1.0
 REPEATS = 12

@@ -48,7 +48,7 @@ def trained_speakers(model: Path) -> set[str]:
     """
     import datasets
 
-    from train.tts import Voice
+    from intentd.train.tts import Voice
 
     metrics = json.loads((model / "metrics.json").read_text())
     settings = metrics["settings"]
@@ -84,8 +84,8 @@ def heard_only(synth: Path, workdir: Path) -> Path:
 
 def check_disjoint() -> None:
     """The benchmark's phrases are not fit's out-of-scope phrases."""
-    from train.intents import load_intents
-    from train.out_of_scope import PHRASES as TRAINED
+    from intentd.train.intents import load_intents
+    from intentd.train.out_of_scope import PHRASES as TRAINED
 
     bench, trained = load_intents(PHRASES), load_intents(TRAINED)
     ours = {s for name in bench.names for s in bench.sample(name, 100_000, np.random.default_rng(0))}
@@ -98,9 +98,9 @@ def render_ood(out: Path, labels: Sequence[str], exclude: set[str], clips: int, 
     """`clips` out-of-domain utterances (half sentences, half words) as 8 kHz WAVs in out (once)."""
     import soundfile as sf
 
-    from train import channel, synth, tts
-    from train.intents import load_intents
-    from train.out_of_scope import sentence_filter
+    from intentd.train import channel, synth, tts
+    from intentd.train.intents import load_intents
+    from intentd.train.out_of_scope import sentence_filter
 
     if out.is_dir() and len(list(out.glob("*.wav"))) == clips:
         return out

@@ -41,7 +41,7 @@ DIGEST_CHARS = 12
 
 def unheard_voices(model: Path) -> dict[str, list[object]]:
     """The installed TTS voices per engine whose speaker the model never trained on, engines with none left out."""
-    from train import tts
+    from intentd.train import tts
 
     heard = trained_speakers(model)
     found = {e.name: [v for v in e.voices() if v.speaker not in heard] for e in tts.available_engines()}
@@ -53,8 +53,8 @@ def unheard_voices(model: Path) -> dict[str, list[object]]:
 
 def plan(phrases: Path, voices: dict[str, list[object]], renders: int, seed: int, out: Path) -> list[object]:
     """synth Clips: each sentence `renders` times, voices as the module docstring says."""
-    from train import synth
-    from train.intents import load_intents
+    from intentd.train import synth
+    from intentd.train.intents import load_intents
 
     intents = load_intents(phrases)
     rng = np.random.default_rng(seed)
@@ -81,7 +81,7 @@ def plan(phrases: Path, voices: dict[str, list[object]], renders: int, seed: int
 
 def render(model: Path, phrases: Path, renders: int, seed: int, workdir: Path) -> Path:
     """The clips folder (INTENT/SS-K.wav and sentences.json) for this model's unheard voices, rendered once."""
-    from train import channel, synth
+    from intentd.train import channel, synth
 
     voices = unheard_voices(model)
     key = json.dumps([phrases.read_text(), sorted(v.id for vs in voices.values() for v in vs), renders, seed])

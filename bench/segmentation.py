@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from bench import fsdd
-from daemon.audio import SAMPLE_RATE
-from daemon.frames import AudioChunk, Utterance
-from daemon.settings import VadSettings
-from daemon.vad import StreamSegmenter
-from train import nonspeech
-from train.channel import noise
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.frames import AudioChunk, Utterance
+from intentd.daemon.settings import VadSettings
+from intentd.daemon.vad import StreamSegmenter
+from intentd.train import nonspeech
+from intentd.train.channel import noise
 
 CHUNK_MS = 20  # intentd-send's default chunk
 PAD_S = 1.0

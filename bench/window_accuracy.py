@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.audio import SAMPLE_RATE
-from daemon.classifier import Classifier
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.classifier import Classifier
 
 
 def labelled_clips(spec: str, split: str | None) -> tuple[list[np.ndarray], list[str], str]:
     """16 kHz clips and their label names from DATA (its test split if it has one, else every row)."""
-    from train.data import iter_clips, load_labelled
+    from intentd.train.data import iter_clips, load_labelled
 
     data = load_labelled(spec, draw_test=False)
     name = split or ("test" if "test" in data.splits else "train")

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from daemon.errors import IntentdError
+from intentd.daemon.errors import IntentdError
 
 if TYPE_CHECKING:
-    from clients.subscriber import CurveKeys
+    from intentd.clients.subscriber import CurveKeys
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,6 @@ def curve_keys(args: argparse.Namespace) -> CurveKeys | None:
         return None
     if args.curve_key is None or args.curve_server_key is None:
         raise CredentialsError("--curve-key and --curve-server-key go together")
-    from clients.subscriber import load_curve_keys  # pyzmq
+    from intentd.clients.subscriber import load_curve_keys  # pyzmq
 
     return load_curve_keys(args.curve_key, args.curve_server_key)

@@ -26,8 +26,13 @@ from typing import Any, Final, TextIO
 
 import numpy as np
 
-from clients.credentials import IngestCredentials, add_arguments, from_arguments, refuse_secret_arguments
-from clients.send import (
+from intentd.clients.credentials import (
+    IngestCredentials,
+    add_arguments,
+    from_arguments,
+    refuse_secret_arguments,
+)
+from intentd.clients.send import (
     DEFAULT_CHUNK_MS,
     MAX_MIC_CHANNELS,
     SendError,
@@ -36,12 +41,12 @@ from clients.send import (
     _sounddevice,
     send_stream,
 )
-from clients.sub import clock
-from clients.subscriber import DEFAULT_CONNECT, Subscriber
-from daemon import events
-from daemon.errors import IntentdError
-from daemon.protocol import DEFAULT_AUDIO_URI, KEY_VAD_EVENTS, Reply, StreamHeader
-from daemon.version import version_text
+from intentd.clients.sub import clock
+from intentd.clients.subscriber import DEFAULT_CONNECT, Subscriber
+from intentd.daemon import events
+from intentd.daemon.errors import IntentdError
+from intentd.daemon.protocol import DEFAULT_AUDIO_URI, KEY_VAD_EVENTS, Reply, StreamHeader
+from intentd.daemon.version import version_text
 
 log = logging.getLogger(__name__)
 

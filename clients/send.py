@@ -33,10 +33,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from clients.credentials import IngestCredentials, add_arguments, from_arguments, refuse_secret_arguments
-from daemon import events
-from daemon.errors import IntentdError
-from daemon.protocol import (
+from intentd.clients.credentials import (
+    IngestCredentials,
+    add_arguments,
+    from_arguments,
+    refuse_secret_arguments,
+)
+from intentd.daemon import events
+from intentd.daemon.errors import IntentdError
+from intentd.daemon.protocol import (
     MAX_CHANNELS,
     MAX_CHUNK_BYTES,
     MAX_SAMPLE_RATE,
@@ -53,10 +58,10 @@ from daemon.protocol import (
     encode_header,
     encode_pcm,
 )
-from daemon.version import version_text
+from intentd.daemon.version import version_text
 
 if TYPE_CHECKING:
-    from clients.subscriber import CurveKeys
+    from intentd.clients.subscriber import CurveKeys
 
 log = logging.getLogger("intentd-send")
 
@@ -372,7 +377,7 @@ class Hearing:
     """What the daemon publishes about our streams, collected on a thread from its event socket (--events)."""
 
     def __init__(self, uri: str, stream_ids: Sequence[str], curve: CurveKeys | None = None) -> None:
-        from clients.subscriber import Subscriber  # pyzmq: only for --events
+        from intentd.clients.subscriber import Subscriber  # pyzmq: only for --events
 
         self._sub = Subscriber(uri, recv_timeout_s=HEARD_POLL_S, curve=curve)
         self._ids = set(stream_ids)

@@ -11,11 +11,11 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from clients.credentials import add_curve_arguments, curve_keys
-from clients.subscriber import DEFAULT_CONNECT, Subscriber
-from daemon.errors import IntentdError
-from daemon.events import Event
-from daemon.version import version_text
+from intentd.clients.credentials import add_curve_arguments, curve_keys
+from intentd.clients.subscriber import DEFAULT_CONNECT, Subscriber
+from intentd.daemon.errors import IntentdError
+from intentd.daemon.events import Event
+from intentd.daemon.version import version_text
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Subscriber library: typed intentd events from a ZeroMQ SUB socket, with gap counting and synchronisation.
 
-No torch, no numpy: only pyzmq and daemon.events.
+No torch, no numpy: only pyzmq and intentd.daemon.events.
 
     with Subscriber("tcp://127.0.0.1:5556", topics=("intent.",)) as sub:
         for event in sub:
@@ -34,9 +34,9 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from daemon import events
-from daemon.errors import IntentdError
-from daemon.events import Event
+from intentd.daemon import events
+from intentd.daemon.errors import IntentdError
+from intentd.daemon.events import Event
 
 log = logging.getLogger(__name__)
 

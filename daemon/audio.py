@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemon.errors import AudioError
+from intentd.daemon.errors import AudioError
 
 # Every model intentd serves or trains listens at 16 kHz mono; this is the one place that says so.
 SAMPLE_RATE = 16_000

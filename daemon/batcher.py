@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from daemon.counters import Counters
-from daemon.errors import ConfigError
-from daemon.frames import Classified, Prediction, Utterance
-from daemon.settings import DEFAULTS, BatcherSettings
+from intentd.daemon.counters import Counters
+from intentd.daemon.errors import ConfigError
+from intentd.daemon.frames import Classified, Prediction, Utterance
+from intentd.daemon.settings import DEFAULTS, BatcherSettings
 
 log = logging.getLogger(__name__)
 

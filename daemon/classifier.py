@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from daemon import onnx_forward
-from daemon.audio import SAMPLE_RATE, check_clip
-from daemon.errors import AudioError, ModelError
-from daemon.events import UNKNOWN_LABEL
-from daemon.frames import Prediction
-from daemon.grammar_decoder import RECOGNISER_KEY, WHISPER_GRAMMAR, GrammarDecoder
-from daemon.slot_heads import SLOTS_KEY, SlotHeads, SlotSchema, decode_slots, for_intent
-from daemon.windows import encoder_states, parse_windows, whisper_logits, window_for, window_step
+from intentd.daemon import onnx_forward
+from intentd.daemon.audio import SAMPLE_RATE, check_clip
+from intentd.daemon.errors import AudioError, ModelError
+from intentd.daemon.events import UNKNOWN_LABEL
+from intentd.daemon.frames import Prediction
+from intentd.daemon.grammar_decoder import RECOGNISER_KEY, WHISPER_GRAMMAR, GrammarDecoder
+from intentd.daemon.slot_heads import SLOTS_KEY, SlotHeads, SlotSchema, decode_slots, for_intent
+from intentd.daemon.windows import encoder_states, parse_windows, whisper_logits, window_for, window_step
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from daemon.errors import ModelError
+from intentd.daemon.errors import ModelError
 
 CONFIG_FILE: Final = "config.json"  # the Hugging Face config, whose id2label names the classes
 SERVING_FILE: Final = "intentd.json"  # daemon.classifier.CALIBRATION_FILE (not imported: that module is torch)

@@ -34,12 +34,12 @@ from typing import (
     get_type_hints,
 )
 
-from daemon.errors import IntentdError
+from intentd.daemon.errors import IntentdError
 
 if TYPE_CHECKING:
-    from daemon.batcher import StreamSummary
-    from daemon.frames import Classified, Utterance
-    from daemon.vad import UtteranceDiscarded
+    from intentd.daemon.batcher import StreamSummary
+    from intentd.daemon.frames import Classified, Utterance
+    from intentd.daemon.vad import UtteranceDiscarded
 
 SCHEMA_VERSION: Final = 1
 ENVELOPE_FRAMES: Final = 2  # [topic, json]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from daemon.errors import ModelError
+from intentd.daemon.errors import ModelError
 
 GRAMMAR_FORMAT: Final = "intentd-grammar/1"
 SPACE: Final = 0x20

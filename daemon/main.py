@@ -8,10 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from daemon import logs
-from daemon import settings as settings_mod
-from daemon.errors import ConfigError, IntentdError, ModelError, SourceError, UnavailableError
-from daemon.version import version_text
+from intentd.daemon import logs
+from intentd.daemon import settings as settings_mod
+from intentd.daemon.errors import ConfigError, IntentdError, ModelError, SourceError, UnavailableError
+from intentd.daemon.version import version_text
 
 log = logging.getLogger("intentd")
 
@@ -54,7 +54,7 @@ def _from_here(uri: str) -> str:
     the user's, typed where they stand (relative paths in the config file resolve against its folder)."""
     from pathlib import Path
 
-    from daemon.sources.uri import FileSpec, UnixSpec, parse_source_uri, resolve_paths
+    from intentd.daemon.sources.uri import FileSpec, UnixSpec, parse_source_uri, resolve_paths
 
     try:
         spec = parse_source_uri(uri)
@@ -117,7 +117,7 @@ def _devices(argv: Sequence[str]) -> int:
         description="List the audio input devices (microphones) this machine has: index, name, channels and "
         "default rate. Use one as a source with mic://INDEX or mic://NAME (part of the name is enough).")
     p.parse_args(argv)
-    from daemon.sources.microphone import list_devices
+    from intentd.daemon.sources.microphone import list_devices
 
     try:
         devices = list_devices()
@@ -135,7 +135,7 @@ def _keys(argv: Sequence[str]) -> int:
     """`intentd keys`: write a CURVE key pair for the event bus (docs/security.md)."""
     from pathlib import Path
 
-    from daemon.security import create_key_pair
+    from intentd.daemon.security import create_key_pair
 
     p = argparse.ArgumentParser(
         prog="intentd keys",
@@ -184,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # matters about a model itself, in one line.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-    from daemon.service import Service  # heavy imports (torch) only once the config is known to be good
+    from intentd.daemon.service import (
+        Service,  # heavy imports (torch) only once the config is known to be good
+    )
 
     try:
         # A reload (SIGHUP) re-reads the file and re-applies the same flags.

@@ -30,12 +30,12 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from daemon.batcher import REASON_DRAINING, REASON_QUEUE_FULL
-from daemon.counters import RELOAD_FAILED, RELOAD_OK, Counters, Histogram
-from daemon.errors import ConfigError, UnavailableError
-from daemon.outbox import KIND_CLASSIFY
-from daemon.security import REFUSED_CURVE, REFUSED_MAX_STREAMS, REFUSED_TLS, REFUSED_TOKEN
-from daemon.version import version
+from intentd.daemon.batcher import REASON_DRAINING, REASON_QUEUE_FULL
+from intentd.daemon.counters import RELOAD_FAILED, RELOAD_OK, Counters, Histogram
+from intentd.daemon.errors import ConfigError, UnavailableError
+from intentd.daemon.outbox import KIND_CLASSIFY
+from intentd.daemon.security import REFUSED_CURVE, REFUSED_MAX_STREAMS, REFUSED_TLS, REFUSED_TOKEN
+from intentd.daemon.version import version
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from daemon.errors import ModelError
-from daemon.windows import encoder_states
+from intentd.daemon.errors import ModelError
+from intentd.daemon.windows import encoder_states
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from daemon.batcher import StreamSummary
-from daemon.counters import Counters
-from daemon.errors import IntentdError
-from daemon.events import DroppedEvent, ErrorEvent, Event, IntentEvent, StreamEndEvent
-from daemon.frames import Classified, Utterance
-from daemon.publisher import Publisher
-from daemon.stream_watch import StreamWatchers
+from intentd.daemon.batcher import StreamSummary
+from intentd.daemon.counters import Counters
+from intentd.daemon.errors import IntentdError
+from intentd.daemon.events import DroppedEvent, ErrorEvent, Event, IntentEvent, StreamEndEvent
+from intentd.daemon.frames import Classified, Utterance
+from intentd.daemon.publisher import Publisher
+from intentd.daemon.stream_watch import StreamWatchers
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
-from daemon.audio import to_mono
-from daemon.errors import AudioError, ProtocolError
+from intentd.daemon.audio import to_mono
+from intentd.daemon.errors import AudioError, ProtocolError
 
 MAGIC: Final = b"INTD"
 VERSION: Final = 1

@@ -31,10 +31,10 @@ from typing import Any, Final
 
 import zmq
 
-from daemon.errors import ConfigError, IntentdError, UnavailableError
-from daemon.security import CurveAllowList, CurveServer, load_curve_server
-from daemon.sources.uri import is_loopback_host
-from daemon.version import version_text
+from intentd.daemon.errors import ConfigError, IntentdError, UnavailableError
+from intentd.daemon.security import CurveAllowList, CurveServer, load_curve_server
+from intentd.daemon.sources.uri import is_loopback_host
+from intentd.daemon.version import version_text
 
 log = logging.getLogger(__name__)
 

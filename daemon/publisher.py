@@ -14,11 +14,11 @@ from typing import Any, Final, Self
 
 import zmq
 
-from daemon import events
-from daemon.counters import Counters
-from daemon.errors import ConfigError, UnavailableError
-from daemon.security import REFUSED_CURVE, CurveAllowList, CurveServer
-from daemon.settings import DEFAULTS
+from intentd.daemon import events
+from intentd.daemon.counters import Counters
+from intentd.daemon.errors import ConfigError, UnavailableError
+from intentd.daemon.security import REFUSED_CURVE, CurveAllowList, CurveServer
+from intentd.daemon.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 

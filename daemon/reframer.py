@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemon.errors import AudioError
+from intentd.daemon.errors import AudioError
 
 # What webrtcvad can take. It checks neither and returns garbage (or accepts any bytes), so we do.
 VAD_SAMPLE_RATES: tuple[int, ...] = tuple(khz * 1000 for khz in (8, 16, 32, 48))

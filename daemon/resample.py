@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torchaudio
 
-from daemon.audio import SAMPLE_RATE
-from daemon.errors import AudioError
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.errors import AudioError
 
 
 class Resampler:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from daemon.errors import ConfigError
+from intentd.daemon.errors import ConfigError
 
 if TYPE_CHECKING:
-    from daemon.settings import Settings
+    from intentd.daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 

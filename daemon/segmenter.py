@@ -11,7 +11,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from daemon.errors import ConfigError
+from intentd.daemon.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

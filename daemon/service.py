@@ -33,23 +33,23 @@ import signal
 import time
 from collections.abc import Callable
 
-from daemon import security
-from daemon.batcher import MicroBatcher, UtteranceModel
-from daemon.command_texts import CommandTexts, load_command_texts
-from daemon.counters import Counters
-from daemon.errors import ConfigError, IntentdError, ModelError
-from daemon.events import StatusEvent
-from daemon.loop_errors import AcceptErrorLog
-from daemon.metrics import CountersCollector, MetricsServer
-from daemon.notify import Notifier, watchdog_interval_s
-from daemon.outbox import Outbox
-from daemon.publisher import Publisher
-from daemon.settings import Settings
-from daemon.sources import Source, check_source, create_source
-from daemon.stream_watch import StreamWatchers
-from daemon.streams import StreamTable
-from daemon.threads import run_in_new_thread
-from daemon.utterance_classifier import UtteranceClassifier
+from intentd.daemon import security
+from intentd.daemon.batcher import MicroBatcher, UtteranceModel
+from intentd.daemon.command_texts import CommandTexts, load_command_texts
+from intentd.daemon.counters import Counters
+from intentd.daemon.errors import ConfigError, IntentdError, ModelError
+from intentd.daemon.events import StatusEvent
+from intentd.daemon.loop_errors import AcceptErrorLog
+from intentd.daemon.metrics import CountersCollector, MetricsServer
+from intentd.daemon.notify import Notifier, watchdog_interval_s
+from intentd.daemon.outbox import Outbox
+from intentd.daemon.publisher import Publisher
+from intentd.daemon.settings import Settings
+from intentd.daemon.sources import Source, check_source, create_source
+from intentd.daemon.stream_watch import StreamWatchers
+from intentd.daemon.streams import StreamTable
+from intentd.daemon.threads import run_in_new_thread
+from intentd.daemon.utterance_classifier import UtteranceClassifier
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, get_type_hints
 
-from daemon.errors import ConfigError, SourceError
-from daemon.events import DEFAULT_EVENTS_URI, default_instance
-from daemon.protocol import DEFAULT_AUDIO_URI
+from intentd.daemon.errors import ConfigError, SourceError
+from intentd.daemon.events import DEFAULT_EVENTS_URI, default_instance
+from intentd.daemon.protocol import DEFAULT_AUDIO_URI
 
 # model.threshold's value for "the model's own calibrated threshold".
 MODEL_THRESHOLD: Final = -1.0
-from daemon.segmenter import SegmenterSettings
+from intentd.daemon.segmenter import SegmenterSettings
 
 # Which utterance a full batcher queue drops: the oldest waiting, or the one arriving.
 DROP_POLICIES: Final = ("drop_oldest", "drop_newest")
@@ -316,7 +316,7 @@ def _check_cross_field(s: Settings) -> None:
         raise ConfigError("sources.listen is empty: give at least one audio source URI")
     # A mistyped URI is a configuration error (exit 78, no restart), not an unavailable device (69): parse
     # them here, before the model loads, rather than when the sources start.
-    from daemon.sources.uri import parse_source_uri  # stdlib only
+    from intentd.daemon.sources.uri import parse_source_uri  # stdlib only
 
     for uri in s.sources.listen:
         try:
@@ -335,7 +335,12 @@ def _check_security(s: Settings) -> None:
             raise ConfigError(f"security.{a} is set but security.{b} is not")
     if sec.allow_unauthenticated:
         return
-    from daemon.sources.uri import TcpSpec, WyomingSpec, is_loopback_host, parse_source_uri  # stdlib only
+    from intentd.daemon.sources.uri import (  # stdlib only
+        TcpSpec,
+        WyomingSpec,
+        is_loopback_host,
+        parse_source_uri,
+    )
 
     hint = "(or set security.allow_unauthenticated = true to accept anyone who can reach it)"
     for uri in s.sources.listen:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from daemon.errors import ModelError
+from intentd.daemon.errors import ModelError
 
 SLOT_HEADS_FILE = "slot_heads.safetensors"
 SLOTS_KEY = "slots"  # in intentd.json: {"values": {slot: [value, ...]}, "intents": {intent: [slot, ...]}}

@@ -13,8 +13,8 @@ import contextlib
 import threading
 from collections.abc import Callable
 
-from daemon.errors import IntentdError
-from daemon.events import Event
+from intentd.daemon.errors import IntentdError
+from intentd.daemon.events import Event
 
 
 class StreamWatchers:

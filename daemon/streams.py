@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from daemon.batcher import StreamAccount
-from daemon.counters import Counters
-from daemon.errors import IntentdError
-from daemon.events import DiscardedEvent, Event, VadEndEvent, VadStartEvent
-from daemon.frames import AudioChunk, Utterance
-from daemon.settings import DEFAULTS, VadSettings
-from daemon.vad import StreamSegmenter, UtteranceDiscarded, UtteranceStarted, VadEvent
+from intentd.daemon.batcher import StreamAccount
+from intentd.daemon.counters import Counters
+from intentd.daemon.errors import IntentdError
+from intentd.daemon.events import DiscardedEvent, Event, VadEndEvent, VadStartEvent
+from intentd.daemon.frames import AudioChunk, Utterance
+from intentd.daemon.settings import DEFAULTS, VadSettings
+from intentd.daemon.vad import StreamSegmenter, UtteranceDiscarded, UtteranceStarted, VadEvent
 
 log = logging.getLogger(__name__)
 

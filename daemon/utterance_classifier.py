@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from daemon.errors import ModelError
-from daemon.frames import Prediction, Utterance
+from intentd.daemon.errors import ModelError
+from intentd.daemon.frames import Prediction, Utterance
 
 if TYPE_CHECKING:
-    from daemon.settings import Settings
+    from intentd.daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class UtteranceClassifier:
         """Load and warm the model the settings name, with a resampler to its rate (ModelError when it cannot)."""
         import torch
 
-        from daemon.classifier import Classifier
-        from daemon.resample import Resampler
+        from intentd.daemon.classifier import Classifier
+        from intentd.daemon.resample import Resampler
 
         if settings.model.threads:
             torch.set_num_threads(settings.model.threads)

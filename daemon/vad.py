@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
-from daemon.errors import AudioError, ConfigError
-from daemon.frames import AudioChunk, Utterance
-from daemon.reframer import VAD_SAMPLE_RATES, Reframer, check_vad_frame, frame_samples_for
-from daemon.segmenter import Segmenter, SegmenterSettings, SpeechDiscarded, SpeechEnded, SpeechStarted
-from daemon.settings import DEFAULTS
+from intentd.daemon.errors import AudioError, ConfigError
+from intentd.daemon.frames import AudioChunk, Utterance
+from intentd.daemon.reframer import VAD_SAMPLE_RATES, Reframer, check_vad_frame, frame_samples_for
+from intentd.daemon.segmenter import Segmenter, SegmenterSettings, SpeechDiscarded, SpeechEnded, SpeechStarted
+from intentd.daemon.settings import DEFAULTS
 
 VAD_AGGRESSIVENESS = (0, 1, 2, 3)
 DEFAULT_AGGRESSIVENESS = DEFAULTS.vad.aggressiveness

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from daemon.audio import SAMPLE_RATE
-from daemon.errors import ModelError
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.errors import ModelError
 
 # Whisper's front end: conv2 has stride 2 over 10 ms mel frames, so a window is a whole number of 20 ms steps.
 CONV_STRIDE = 2

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from daemon.errors import ProtocolError
+from intentd.daemon.errors import ProtocolError
 
 # The `wyoming` package release whose event shapes this module follows; sent as every event's `version`.
 WYOMING_VERSION: Final = "1.10.2"

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from clients.subscriber import Subscriber
-from daemon import events
-from daemon.audio import SAMPLE_RATE, to_mono
+from intentd.clients.subscriber import Subscriber
+from intentd.daemon import events
+from intentd.daemon.audio import SAMPLE_RATE, to_mono
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -61,7 +61,8 @@ def tool(name: str) -> list[str]:
     exe = BIN / name
     if exe.exists():
         return [str(exe)]
-    modules = {"intentd": "daemon.main", "intentd-send": "clients.send", "intentd-train": "train.cli"}
+    modules = {"intentd": "intentd.daemon.main", "intentd-send": "intentd.clients.send",
+               "intentd-train": "intentd.train.cli"}
     return [sys.executable, "-m", modules[name]]
 
 
@@ -365,7 +366,7 @@ def speech_clips(count: int, tmp: Path, seed: int = 0) -> list[np.ndarray]:
     """`count` different spoken clips at the model's rate: espeak-ng phrases, else FSDD digits, else skip."""
     import soundfile as sf
 
-    from daemon.resample import resample  # torch: only for the tests that need speech
+    from intentd.daemon.resample import resample  # torch: only for the tests that need speech
 
     phrases = ["check my account balance", "transfer money to savings", "please stop the card",
                "what is my balance today", "send fifty dollars to john", "cancel the payment now",

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from train import cli
+from intentd.train import cli
 
 QUIET = ["--log-level", "ERROR"]
 
 
 def tts_available() -> bool:
-    from train import tts
-    from train.errors import TrainError
+    from intentd.train import tts
+    from intentd.train.errors import TrainError
 
     try:
         return bool(tts.available_engines())

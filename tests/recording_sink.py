@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daemon.errors import AudioError, IntentdError
-from daemon.frames import AudioChunk
+from intentd.daemon.errors import AudioError, IntentdError
+from intentd.daemon.frames import AudioChunk
 
 
 @dataclass(slots=True)

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from train import accent, tts
-from train.errors import TrainError
+from intentd.train import accent, tts
+from intentd.train.errors import TrainError
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 

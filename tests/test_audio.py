@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.audio import check_clip as core_check_clip
-from daemon.audio import to_mono
-from daemon.errors import AudioError
+from intentd.daemon.audio import check_clip as core_check_clip
+from intentd.daemon.audio import to_mono
+from intentd.daemon.errors import AudioError
 
 
 def test_mixdown_is_the_float32_mean_on_either_axis() -> None:

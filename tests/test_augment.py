@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import write_tone_folder
 
-from train import augment, frozen
-from train.data import load_labelled, prepare_features
-from train.errors import TrainError
-from train.fit import FitSettings, fit
+from intentd.train import augment, frozen
+from intentd.train.data import load_labelled, prepare_features
+from intentd.train.errors import TrainError
+from intentd.train.fit import FitSettings, fit
 
 
 def test_each_clip_gets_one_contiguous_span_of_at_most_n_frames_zeroed() -> None:

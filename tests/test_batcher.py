@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from daemon.batcher import MicroBatcher, StreamSummary
-from daemon.errors import ConfigError
-from daemon.frames import Classified, Prediction, Utterance
-from daemon.settings import BatcherSettings
+from intentd.daemon.batcher import MicroBatcher, StreamSummary
+from intentd.daemon.errors import ConfigError
+from intentd.daemon.frames import Classified, Prediction, Utterance
+from intentd.daemon.settings import BatcherSettings
 
 WAIT_S = 5.0  # generous upper bound for anything the worker should do promptly
 FOREVER_MS = 10_000.0  # max_wait that never expires within a test (the most batcher.max_wait_ms allows)
@@ -283,13 +283,13 @@ def test_a_failing_batch_is_reported_and_others_go_on(
     b.submit(utt("poison", 0))
     b.submit(utt("kitchen", 0))
     b.submit(utt("kitchen", 1))
-    with caplog.at_level(logging.ERROR, logger="daemon.batcher"):
+    with caplog.at_level(logging.ERROR, logger="intentd.daemon.batcher"):
         model.gate.set()
         sink.wait(results=2, errors=2)
     assert model.batches == [[("warmup", 0)], [("poison", 0), ("kitchen", 0)], [("kitchen", 1)]]
     assert [e[0] for e in sink.errors] == [("poison", 0), ("kitchen", 0)]
     assert "cannot decode this clip" in sink.errors[0][1]
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "daemon.batcher"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "intentd.daemon.batcher"]
     assert "kitchen,poison" in line and "\n" not in line
     assert sink.ids() == [("warmup", 0), ("kitchen", 1)]
     assert b.is_healthy(10.0)

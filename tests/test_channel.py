@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train import channel
-from train.errors import TrainError
+from intentd.train import channel
+from intentd.train.errors import TrainError
 
 RATE_IN = 22050
 CLIP_S = 1.5

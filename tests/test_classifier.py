@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.audio import SAMPLE_RATE
-from daemon.classifier import UNKNOWN_LABEL, Classifier, batch_groups, extract_features, fixed_window
-from daemon.errors import AudioError, ModelError
-from daemon.frames import Prediction, Utterance
-from daemon.resample import Resampler
-from daemon.utterance_classifier import UtteranceClassifier
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.classifier import UNKNOWN_LABEL, Classifier, batch_groups, extract_features, fixed_window
+from intentd.daemon.errors import AudioError, ModelError
+from intentd.daemon.frames import Prediction, Utterance
+from intentd.daemon.resample import Resampler
+from intentd.daemon.utterance_classifier import UtteranceClassifier
 from tests.tiny_models import TINY_LABELS, build_tiny_whisper
 
 RATE = SAMPLE_RATE

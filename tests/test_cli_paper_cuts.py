@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import write_tone_folder
 
-from daemon.version import version
+from intentd.daemon.version import version
 from tests.daemon_proc import run_cli
 
 CONSOLE_SCRIPTS = ("intentd", "intentd-train", "intentd-sub", "intentd-send", "intentd-live", "intentd-proxy")
@@ -156,7 +156,7 @@ def test_the_daemon_logs_a_streams_open_and_end_once(tmp_path: Path, tiny_whispe
     import numpy as np
     import soundfile as sf
 
-    from daemon.audio import SAMPLE_RATE
+    from intentd.daemon.audio import SAMPLE_RATE
     from tests.daemon_proc import running_daemon, send_files
 
     wav = tmp_path / "one.wav"

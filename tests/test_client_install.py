@@ -17,8 +17,9 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "torchaudio", "torchcodec", "transformers", "onnxruntime", "onnx", "datasets", "accelerate"}
-CLIENT_MODULES = ("clients.subscriber", "clients.sub", "clients.send", "clients.live", "daemon.proxy")
-OURS = {"clients", "daemon", "train", "tests"}
+CLIENT_MODULES = ("intentd.clients.subscriber", "intentd.clients.sub", "intentd.clients.send", "intentd.clients.live",
+                  "intentd.daemon.proxy")
+OURS = {"intentd", "tests"}
 
 # Imports every client with a meta-path finder that refuses third-party modules outside the allowed set.
 GUARD = r"""
@@ -91,7 +92,7 @@ def test_every_client_imports_with_the_default_dependencies_alone() -> None:
 
 def test_intentd_without_the_daemon_extra_says_what_to_install() -> None:
     # sys.modules[name] = None is how Python marks a module as absent: find_spec() then answers None.
-    code = ("import sys; sys.modules['torch'] = None; from daemon.main import main; "
+    code = ("import sys; sys.modules['torch'] = None; from intentd.daemon.main import main; "
             "sys.exit(main(['--check', '--model', 'anything']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
                           check=False)

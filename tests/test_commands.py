@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 from conftest import tone_clip
 
-from train import cli
-from train.commands import ABSENT, CommandPrediction, command_report, slot_labels
+from intentd.train import cli
+from intentd.train.commands import ABSENT, CommandPrediction, command_report, slot_labels
 
 TRUTH = [
     ("order", {"size": "large", "drink": "latte"}),
@@ -81,7 +81,7 @@ def test_eval_reports_command_acceptance_from_metadata_jsonl(tmp_path: Path, tin
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """Labels a (300 Hz) and b (2500 Hz); half the b clips say a slot. The intent-only tiny model can be accepted
     only on slot-free commands; a model that returns slots plugs into the same report."""
-    from train.evaluation import evaluate_model
+    from intentd.train.evaluation import evaluate_model
 
     root = tmp_path / "folder"
     root.mkdir()

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from clients.subscriber import Subscriber
-from daemon import events
-from daemon.batcher import StreamSummary
-from daemon.counters import STATUS_KEYS, Counters, Histogram
-from daemon.frames import Classified, Prediction, Utterance
-from daemon.metrics import CountersCollector, MetricsServer
-from daemon.outbox import Outbox
-from daemon.publisher import Publisher
+from intentd.clients.subscriber import Subscriber
+from intentd.daemon import events
+from intentd.daemon.batcher import StreamSummary
+from intentd.daemon.counters import STATUS_KEYS, Counters, Histogram
+from intentd.daemon.frames import Classified, Prediction, Utterance
+from intentd.daemon.metrics import CountersCollector, MetricsServer
+from intentd.daemon.outbox import Outbox
+from intentd.daemon.publisher import Publisher
 from tests.test_publisher import probe
 
 RATE = 16_000
@@ -167,7 +167,7 @@ def test_healthz_says_what_the_health_check_says_beside_the_metrics() -> None:
 
 
 def test_every_known_label_value_is_exported_at_zero_with_build_and_process_metrics() -> None:
-    from daemon.version import version
+    from intentd.daemon.version import version
 
     server = MetricsServer(CountersCollector(Counters(), queue_depth=lambda: 0, active_streams=lambda: 0,
                                              model_id=lambda: "m@1", labels=lambda: ("balance", "unknown")))

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 from conftest import TONE_LABELS, tone_clip, write_tone_folder, write_tone_saved
 
-from train import audio_io
-from train.data import (
+from intentd.train import audio_io
+from intentd.train.data import (
     change_speed,
     detect_source,
     iter_clips,
@@ -21,7 +21,7 @@ from train.data import (
     max_samples_for,
     prepare_features,
 )
-from train.errors import TrainError
+from intentd.train.errors import TrainError
 
 
 def test_label_folders_load_with_string_labels_encoded(tone_folder: Path) -> None:
@@ -126,8 +126,8 @@ def test_trim_perturbed_features_add_one_copy_cut_tight_per_level(tmp_path: Path
     import soundfile as sf
     from transformers import AutoFeatureExtractor
 
-    from train import channel
-    from train.data import extract
+    from intentd.train import channel
+    from intentd.train.data import extract
 
     rate, rng = 8000, np.random.default_rng(3)
     silence = np.zeros(int(0.3 * rate), np.float32)
@@ -156,7 +156,7 @@ def decode_first_clip(split: object) -> np.ndarray:
     """The first clip of a split as prepare_features decodes it (16 kHz mono float32)."""
     import datasets
 
-    from train.data import AUDIO_COLUMN, decode_clip
+    from intentd.train.data import AUDIO_COLUMN, decode_clip
 
     plain = split.cast_column(AUDIO_COLUMN, datasets.Audio(decode=False))  # type: ignore[attr-defined]
     return decode_clip(plain[0][AUDIO_COLUMN], "row 0")
@@ -166,10 +166,10 @@ def test_training_clips_are_the_audio_the_daemon_and_predict_classify(tmp_path: 
     """8 kHz phone audio upsampled by datasets (FFmpeg) differs from torchaudio's; training must see the daemon's."""
     import soundfile as sf
 
-    from daemon.audio import to_mono
-    from daemon.resample import resample
-    from train.audio_io import read_audio
-    from train.data import decode_clip
+    from intentd.daemon.audio import to_mono
+    from intentd.daemon.resample import resample
+    from intentd.train.audio_io import read_audio
+    from intentd.train.data import decode_clip
 
     for rate, channels in ((8000, 1), (44_100, 2)):
         clip = tone_clip(700.0, rate, np.random.default_rng(rate), channels)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clients.subscriber import Subscriber
-from daemon import events
-from daemon.classifier import MODEL_ID_HASH_CHARS, weights_digest
+from intentd.clients.subscriber import Subscriber
+from intentd.daemon import events
+from intentd.daemon.classifier import MODEL_ID_HASH_CHARS, weights_digest
 from tests.daemon_proc import (
     DaemonProc,
     collect,
@@ -139,7 +139,7 @@ def test_streamed_utterance_scores_like_direct_classification(
     """One model core: the daemon, `intentd-train predict` (alone and among 15 clips of other lengths), the HF
     pipeline and `eval` give each utterance the same label and score (1e-5), from 8 kHz phone audio that every
     path resamples itself."""
-    from daemon.resample import resample
+    from intentd.daemon.resample import resample
 
     speech, speech_rate = sf.read(str(wavs[1]), dtype="float32")
     phone = tmp_path / "phone.wav"

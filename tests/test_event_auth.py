@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from clients import sub as sub_cli
-from clients.subscriber import Subscriber, SubscriberError, load_curve_keys
-from daemon import main as daemon_main
-from daemon.counters import Counters
-from daemon.errors import ConfigError
-from daemon.publisher import Publisher
-from daemon.security import REFUSED_CURVE, load_curve_server
+from intentd.clients import sub as sub_cli
+from intentd.clients.subscriber import Subscriber, SubscriberError, load_curve_keys
+from intentd.daemon import main as daemon_main
+from intentd.daemon.counters import Counters
+from intentd.daemon.errors import ConfigError
+from intentd.daemon.publisher import Publisher
+from intentd.daemon.security import REFUSED_CURVE, load_curve_server
 from tests.test_publisher import _intent, probe
 
 SYNC_TIMEOUT_S = 10.0

@@ -12,9 +12,9 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from daemon import events
-from daemon.batcher import StreamSummary
-from daemon.events import (
+from intentd.daemon import events
+from intentd.daemon.batcher import StreamSummary
+from intentd.daemon.events import (
     DroppedEvent,
     ErrorEvent,
     Event,
@@ -26,8 +26,8 @@ from daemon.events import (
     VadEndEvent,
     VadStartEvent,
 )
-from daemon.frames import Classified, Prediction, Utterance
-from daemon.vad import UtteranceDiscarded
+from intentd.daemon.frames import Classified, Prediction, Utterance
+from intentd.daemon.vad import UtteranceDiscarded
 
 RATE = 16_000
 ORIGIN_WALL = 1_700_000_000.0
@@ -281,5 +281,5 @@ def test_nan_is_never_put_on_the_wire() -> None:
 
 
 def test_events_module_stays_light() -> None:
-    code = "import daemon.events, sys; assert 'numpy' not in sys.modules and 'torch' not in sys.modules"
+    code = "import intentd.daemon.events, sys; assert 'numpy' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon import events
-from daemon.audio import SAMPLE_RATE
-from daemon.protocol import StreamHeader, encode_audio, encode_end, encode_header, encode_pcm
+from intentd.daemon import events
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.protocol import StreamHeader, encode_audio, encode_end, encode_header, encode_pcm
 from tests.daemon_proc import (
     DaemonProc,
     EventCollector,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from daemon.audio import SAMPLE_RATE, to_mono
-from daemon.errors import SourceError
-from daemon.sources.file_replay import FileReplaySource
+from intentd.daemon.audio import SAMPLE_RATE, to_mono
+from intentd.daemon.errors import SourceError
+from intentd.daemon.sources.file_replay import FileReplaySource
 from tests.recording_sink import RecordingSink
 
 

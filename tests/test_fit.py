@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import write_tone_folder
 
-from daemon.classifier import Classifier
-from train import frozen
-from train.data import iter_clips, load_labelled, prepare_features
-from train.errors import TrainError
-from train.fit import (
+from intentd.daemon.classifier import Classifier
+from intentd.train import frozen
+from intentd.train.data import iter_clips, load_labelled, prepare_features
+from intentd.train.errors import TrainError
+from intentd.train.fit import (
     CHECKPOINTS_DIR,
     FitResult,
     FitSettings,
@@ -218,7 +218,7 @@ def test_full_mode_and_resume(fit_data: Path, tiny_wav2vec2_dir: Path, tmp_path:
 
 
 def test_add_dataset_trains_on_the_union_of_labels(fit_data: Path, tiny_whisper_dir: Path, tmp_path: Path) -> None:
-    from train.cli import main
+    from intentd.train.cli import main
 
     extra = write_tone_folder(tmp_path / "extra", per_label=12, labels={"mid": 880.0, "top": 5000.0}, seed=2)
     out = tmp_path / "union"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.classifier import CALIBRATION_FILE, Classifier
+from intentd.daemon.classifier import CALIBRATION_FILE, Classifier
 from tests.conftest import tone_clip, write_tone_folder
 from tests.daemon_proc import clean_env, tool
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.grammar import DEAD, Automaton, Grammar, TokenConstraint
-from train.intents import load_intents, parse_intents
+from intentd.daemon.grammar import DEAD, Automaton, Grammar, TokenConstraint
+from intentd.train.intents import load_intents, parse_intents
 
 INTENTS = """
 [slots]
@@ -132,8 +132,8 @@ def grammar_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_tiny_grammar_model_answers_each_clip_with_a_grammar_sentence_whatever_its_batch(
         grammar_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from daemon import grammar_decoder
-    from daemon.classifier import Classifier
+    from intentd.daemon import grammar_decoder
+    from intentd.daemon.classifier import Classifier
 
     classifier = Classifier.load(grammar_model, device="cpu", threshold=0.0)
     assert classifier.labels == ("order", "cancel") and classifier.predicts_slots
@@ -166,8 +166,8 @@ def test_parse_says_where_each_slot_was_spelled(automaton: Automaton) -> None:
 
 
 def test_intent_events_carry_a_grammar_model_s_sentence_and_others_are_unchanged() -> None:
-    from daemon import events
-    from daemon.frames import Classified, Prediction, Utterance
+    from intentd.daemon import events
+    from intentd.daemon.frames import Classified, Prediction, Utterance
 
     def event(prediction: Prediction) -> events.IntentEvent:
         u = Utterance(stream_id="s", index=0, samples=np.zeros(1600, np.float32), sample_rate=16_000,

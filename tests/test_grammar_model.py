@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from clients.subscriber import Subscriber
-from daemon import events
+from intentd.clients.subscriber import Subscriber
+from intentd.daemon import events
+from intentd.train import cli
 from tests.daemon_proc import collect, run_cli, running_daemon, send_files, speech_clips, write_speech_wav
 from tests.test_grammar import INTENTS
 from tests.tiny_models import build_tiny_grammar_model
-from train import cli
 
 pytestmark = pytest.mark.slow
 
@@ -83,12 +83,12 @@ cancel = ["cancel (it|my order)"]
 def test_grammar_model_of_whisper_tiny_en_transcribes_as_ctranslate2_and_hears_the_command(tmp_path: Path) -> None:
     """The converted decoder is CTranslate2's: greedy transcripts of one utterance are the same tokens; decoded under
     a grammar, the utterance comes back as its sentence, intent and slots."""
-    from daemon.classifier import Classifier
-    from daemon.windows import encoder_states
+    from intentd.daemon.classifier import Classifier
+    from intentd.daemon.windows import encoder_states
+    from intentd.train.backbones import locate_backbone
+    from intentd.train.errors import TrainError
+    from intentd.train.grammar_model import write_grammar_model
     from tests.test_import_backbone import _speech
-    from train.backbones import locate_backbone
-    from train.errors import TrainError
-    from train.grammar_model import write_grammar_model
 
     ctranslate2 = pytest.importorskip("ctranslate2")
     try:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train import cli
-from train.backbones import (
+from intentd.train import cli
+from intentd.train.backbones import (
     BACKBONES,
     DEFAULT_MAX_SECONDS,
     MARKER_FILE,
@@ -22,8 +22,8 @@ from train.backbones import (
     import_whisper_ct2,
     locate_backbone,
 )
-from train.ct2_reader import CT2FormatError, read_ct2_model
-from train.errors import TrainError
+from intentd.train.ct2_reader import CT2FormatError, read_ct2_model
+from intentd.train.errors import TrainError
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -255,7 +255,7 @@ def _cli(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: list[str]
 ) -> tuple[int, str]:
     # Only this subcommand: the others belong to other modules that may not exist yet in a given checkout.
-    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("train.backbones",))
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("intentd.train.backbones",))
     status = cli.main(argv)
     return status, capsys.readouterr().err
 

@@ -10,14 +10,14 @@ import pytest
 import soundfile as sf
 from conftest import tone_clip
 
-from daemon.classifier import Classifier
-from daemon.resample import resample
-from train import cli
-from train.audio_io import read_native
-from train.errors import TrainError
-from train.evaluation import evaluate_model
-from train.inference import PipelineClassifier, load_classifier
-from train.predict import predict_files
+from intentd.daemon.classifier import Classifier
+from intentd.daemon.resample import resample
+from intentd.train import cli
+from intentd.train.audio_io import read_native
+from intentd.train.errors import TrainError
+from intentd.train.evaluation import evaluate_model
+from intentd.train.inference import PipelineClassifier, load_classifier
+from intentd.train.predict import predict_files
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_eval_manual_and_pipeline_agree(tmp_path: Path, tiny_whisper_dir: Path,
 def test_local_accuracy_metric_loads_offline() -> None:
     import evaluate
 
-    from train.fit import ACCURACY_METRIC_DIR
+    from intentd.train.fit import ACCURACY_METRIC_DIR
 
     metric = evaluate.load(str(ACCURACY_METRIC_DIR))
     assert metric.compute(predictions=[0, 1, 1, 2], references=[0, 1, 0, 2]) == {"accuracy": 0.75}

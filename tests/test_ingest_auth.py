@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-import daemon.security
-from clients import credentials as creds
-from clients.credentials import IngestCredentials, client_tls_context
-from clients.send import SendError, send_stream
-from daemon.audio import SAMPLE_RATE
-from daemon.counters import Counters
-from daemon.errors import ConfigError, ProtocolError
-from daemon.protocol import (
+import intentd.daemon.security
+from intentd.clients import credentials as creds
+from intentd.clients.credentials import IngestCredentials, client_tls_context
+from intentd.clients.send import SendError, send_stream
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.counters import Counters
+from intentd.daemon.errors import ConfigError, ProtocolError
+from intentd.daemon.protocol import (
     PcmDecoder,
     ReplyDecoder,
     StreamDecoder,
@@ -33,7 +33,7 @@ from daemon.protocol import (
     encode_header,
     encode_pcm,
 )
-from daemon.security import (
+from intentd.daemon.security import (
     REFUSED_TLS,
     REFUSED_TOKEN,
     IngestSecurity,
@@ -42,8 +42,8 @@ from daemon.security import (
     parse_tokens,
     server_tls_context,
 )
-from daemon.sources.socket_server import SocketServer
-from daemon.sources.uri import TcpSpec, UnixSpec
+from intentd.daemon.sources.socket_server import SocketServer
+from intentd.daemon.sources.uri import TcpSpec, UnixSpec
 from tests.recording_sink import RecordingSink
 from tests.test_socket_server import _read_reply, async_test
 from tests.tls_certs import Certs, make_certs
@@ -54,7 +54,7 @@ CRM = "crm-fedcba9876543210fedcba"
 SHARED = "shared-secret-0123456789"
 TOKENS = f"# name token\nkitchen {KITCHEN}\n\ncrm {CRM}\n"
 IDLE_S = 0.5
-LOG = "daemon.sources.socket_server"
+LOG = "intentd.daemon.sources.socket_server"
 
 
 def _pcm(seconds: float = 0.2) -> bytes:
@@ -148,7 +148,7 @@ def test_the_check_compares_equal_length_digests_with_every_entry_whatever_match
         calls.append((len(a), len(b)))
         return real(a, b)
 
-    monkeypatch.setattr(daemon.security.hmac, "compare_digest", counting)
+    monkeypatch.setattr(intentd.daemon.security.hmac, "compare_digest", counting)
     tokens = IngestTokens({f"c{i}": f"token-{i:02d}-0123456789" for i in range(5)})
     for token in ("token-00-0123456789", "token-04-0123456789", "wrong", "x" * 500, None):
         calls.clear()
@@ -309,7 +309,7 @@ def test_clients_read_the_token_from_a_file_or_the_environment(tmp_path: Path) -
 
 
 def _run_send(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from clients.send import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from intentd.clients.send import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=60, env={**os.environ, **(env or {})}, check=False)
 
@@ -321,7 +321,7 @@ def test_a_token_on_the_command_line_is_refused_without_echoing_it(args: list[st
     assert done.returncode == 2
     assert "never taken on the command line" in done.stderr and KITCHEN not in done.stderr
     assert "--token" not in _run_send("--help").stdout.replace("--token-file", "")
-    from clients import live
+    from intentd.clients import live
 
     assert live.main(["--to", "tcp://127.0.0.1:9", *args]) == 2
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.errors import TrainError
-from train.intents import load_intents, parse_intents
+from intentd.train.errors import TrainError
+from intentd.train.intents import load_intents, parse_intents
 
 INTENTS_DIR = Path(__file__).resolve().parents[1] / "train" / "intents"
 MINDS14_INTENTS = (

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.subscriber import Subscriber
-from daemon import events
-from daemon import settings as settings_mod
-from daemon.audio import SAMPLE_RATE
-from daemon.frames import Prediction, Utterance
-from daemon.notify import Notifier
-from daemon.protocol import StreamHeader, encode_audio, encode_end, encode_header, encode_pcm
+from intentd.clients.subscriber import Subscriber
+from intentd.daemon import events
+from intentd.daemon import settings as settings_mod
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.frames import Prediction, Utterance
+from intentd.daemon.notify import Notifier
+from intentd.daemon.protocol import StreamHeader, encode_audio, encode_end, encode_header, encode_pcm
 from tests.daemon_proc import (
     NotifySocket,
     collect,
@@ -239,7 +239,7 @@ class BlockingModel:
 def test_watchdog_stops_while_a_batch_is_stuck_and_resumes_after(
     monkeypatch: pytest.MonkeyPatch, clips: list[np.ndarray]
 ) -> None:
-    from daemon.service import Service
+    from intentd.daemon.service import Service
 
     monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
@@ -292,7 +292,7 @@ def test_watchdog_stops_while_a_batch_is_stuck_and_resumes_after(
 
 def test_status_and_prometheus_report_the_same_counts_from_the_first_heartbeat(clips: list[np.ndarray],
                                                                              tmp_path: Path) -> None:
-    from daemon.service import Service
+    from intentd.daemon.service import Service
 
     events_port, metrics_port = free_port(), free_port()
     settings = settings_mod.from_dict({

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.errors import SourceError
-from daemon.sources.microphone import (
+from intentd.daemon.errors import SourceError
+from intentd.daemon.sources.microphone import (
     InputDevice,
     MicrophoneSource,
     find_device,

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.send import send_file
-from clients.subscriber import Subscriber
-from daemon import events
-from daemon.errors import IntentdError
+from intentd.clients.send import send_file
+from intentd.clients.subscriber import Subscriber
+from intentd.daemon import events
+from intentd.daemon.errors import IntentdError
 from tests.daemon_proc import FSDD, READY_TIMEOUT_S, DaemonProc, free_port, launch, tool
 from tests.tiny_models import build_tiny_whisper
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from daemon import onnx_forward
-from daemon.classifier import CALIBRATION_FILE, Classifier
-from daemon.errors import ModelError
+from intentd.daemon import onnx_forward
+from intentd.daemon.classifier import CALIBRATION_FILE, Classifier
+from intentd.daemon.errors import ModelError
 
 pytestmark = pytest.mark.skipif(not onnx_forward.available(), reason="onnxruntime and onnx are not installed")
 

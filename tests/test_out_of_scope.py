@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from daemon.classifier import CALIBRATION_FILE, Classifier
-from daemon.errors import ModelError
-from daemon.settings import DEFAULTS
-from daemon.settings import load as load_settings
-from daemon.utterance_classifier import UtteranceClassifier
-from train import nonspeech
-from train.errors import TrainError
-from train.evaluation import evaluate_model
-from train.out_of_scope import (
+from intentd.daemon.classifier import CALIBRATION_FILE, Classifier
+from intentd.daemon.errors import ModelError
+from intentd.daemon.settings import DEFAULTS
+from intentd.daemon.settings import load as load_settings
+from intentd.daemon.utterance_classifier import UtteranceClassifier
+from intentd.train import nonspeech
+from intentd.train.errors import TrainError
+from intentd.train.evaluation import evaluate_model
+from intentd.train.out_of_scope import (
     OUT_OF_SCOPE_LABEL,
     accepted,
     calibrate,
@@ -27,7 +27,7 @@ from train.out_of_scope import (
     sentence_filter,
     write_calibration,
 )
-from train.predict import predict_files
+from intentd.train.predict import predict_files
 
 LABELS = ("balance", "freeze", OUT_OF_SCOPE_LABEL)
 

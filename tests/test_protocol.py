@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.errors import AudioError, ProtocolError, SourceError
-from daemon.protocol import (
+from intentd.daemon.errors import AudioError, ProtocolError, SourceError
+from intentd.daemon.protocol import (
     MAGIC,
     MAX_CHUNK_BYTES,
     MAX_HEADER_BYTES,
@@ -28,8 +28,8 @@ from daemon.protocol import (
     encode_pcm,
     encode_reply,
 )
-from daemon.sources import create_source
-from daemon.sources.uri import FileSpec, MicSpec, TcpSpec, UnixSpec, parse_source_uri
+from intentd.daemon.sources import create_source
+from intentd.daemon.sources.uri import FileSpec, MicSpec, TcpSpec, UnixSpec, parse_source_uri
 from tests.recording_sink import RecordingSink
 
 HEADER = StreamHeader("kitchen/mic-1 ✓", 16000, "s16le", 2)

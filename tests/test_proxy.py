@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from clients.subscriber import CurveKeys, Subscriber, load_curve_keys
-from daemon import main as daemon_main
-from daemon import proxy as proxy_mod
-from daemon.proxy import EventProxy
-from daemon.publisher import Publisher
-from daemon.security import CurveServer, load_curve_server
+from intentd.clients.subscriber import CurveKeys, Subscriber, load_curve_keys
+from intentd.daemon import main as daemon_main
+from intentd.daemon import proxy as proxy_mod
+from intentd.daemon.proxy import EventProxy
+from intentd.daemon.publisher import Publisher
+from intentd.daemon.security import CurveServer, load_curve_server
 from tests.test_publisher import _intent, probe
 from tests.test_subscriber import _drain_sentinels
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-from clients.subscriber import Subscriber
-from daemon.errors import ConfigError
-from daemon.events import ErrorEvent, IntentEvent, LabelScore, Latency, StatusEvent
-from daemon.publisher import Publisher, PublisherError
+from intentd.clients.subscriber import Subscriber
+from intentd.daemon.errors import ConfigError
+from intentd.daemon.events import ErrorEvent, IntentEvent, LabelScore, Latency, StatusEvent
+from intentd.daemon.publisher import Publisher, PublisherError
 
 SYNC_TIMEOUT_S = 10.0
 RECV_TIMEOUT_S = 5.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.errors import AudioError
-from daemon.reframer import Reframer, check_vad_frame, frame_samples_for
+from intentd.daemon.errors import AudioError
+from intentd.daemon.reframer import Reframer, check_vad_frame, frame_samples_for
 
 
 def test_frames_are_exact_and_the_rest_waits() -> None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torchaudio
 
-from daemon.audio import SAMPLE_RATE
-from daemon.errors import AudioError
-from daemon.resample import Resampler, resample, resampler_to
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.errors import AudioError
+from intentd.daemon.resample import Resampler, resample, resampler_to
 
 
 def tone(rate: int, hz: float, seconds: float = 1.0) -> np.ndarray:

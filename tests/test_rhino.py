@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.errors import TrainError
-from train.intents import load_intents
-from train.rhino import parse_context
+from intentd.train.errors import TrainError
+from intentd.train.intents import load_intents
+from intentd.train.rhino import parse_context
 
 FIXTURE = Path(__file__).parent / "fixtures" / "smart_lights.yaml"
 BARISTA_CONTEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "barista-dev" / "coffee_maker.yaml"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from clients.subscriber import Subscriber, load_curve_keys
-from daemon import events
-from daemon import settings as settings_mod
-from daemon.errors import ConfigError
+from intentd.clients.subscriber import Subscriber, load_curve_keys
+from intentd.daemon import events
+from intentd.daemon import settings as settings_mod
+from intentd.daemon.errors import ConfigError
 from tests.daemon_proc import (
     SUB_CONNECT_TIMEOUT_S,
     collect,

@@ -8,8 +8,8 @@ import tracemalloc
 
 import pytest
 
-from daemon.errors import ConfigError
-from daemon.segmenter import (
+from intentd.daemon.errors import ConfigError
+from intentd.daemon.segmenter import (
     Segmenter,
     SegmenterSettings,
     SegmentEvent,

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from daemon.audio import SAMPLE_RATE, to_mono
-from daemon.sources.socket_server import SocketServer
-from daemon.sources.uri import TcpSpec, UnixSpec
+from intentd.daemon.audio import SAMPLE_RATE, to_mono
+from intentd.daemon.sources.socket_server import SocketServer
+from intentd.daemon.sources.uri import TcpSpec, UnixSpec
 from tests.recording_sink import RecordingSink
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60.0
 # Runs intentd-send's main() and reports whether torch got imported along the way.
 _RUN_SEND = (
-    "import sys; from clients.send import main; rc = main(sys.argv[1:]); "
+    "import sys; from intentd.clients.send import main; rc = main(sys.argv[1:]); "
     "print('TORCH-LOADED' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)"
 )
 
@@ -128,8 +128,8 @@ def test_a_recorded_file_waits_for_room_and_live_marks_files_live(tmp_path: Path
 def test_events_report_survives_a_daemon_that_never_sends_stream_end(tmp_path: Path) -> None:
     """--events against a publisher that only heartbeats (a daemon from before stream.end): the file is still
     sent, the report says what is missing, and the exit status is 0."""
-    from daemon.events import StatusEvent
-    from daemon.publisher import Publisher
+    from intentd.daemon.events import StatusEvent
+    from intentd.daemon.publisher import Publisher
 
     wav = tmp_path / "old.wav"
     _write(wav, SAMPLE_RATE, 1, 0.2, "PCM_16", 9)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.subscriber import Subscriber
-from daemon import events
-from daemon.audio import SAMPLE_RATE
-from daemon.protocol import (
+from intentd.clients.subscriber import Subscriber
+from intentd.daemon import events
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.protocol import (
     KIND_AUDIO,
     MAGIC,
     MAX_CHUNK_BYTES,

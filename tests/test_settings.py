@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from daemon import settings as settings_mod
-from daemon.errors import ConfigError
+from intentd.daemon import settings as settings_mod
+from intentd.daemon.errors import ConfigError
 
 REFERENCE = Path(__file__).resolve().parents[1] / "config.toml"
 
@@ -113,7 +113,7 @@ def test_overrides_are_checked_like_the_file() -> None:
 
 def test_model_runtime_choices_are_the_serving_core_runtimes() -> None:
     # settings stays free of torch (--check), so it names the runtimes itself; they must be the core's.
-    from daemon.onnx_forward import RUNTIMES
+    from intentd.daemon.onnx_forward import RUNTIMES
 
     runtime = next(f for f in dataclasses.fields(settings_mod.ModelSettings) if f.name == "runtime")
     assert runtime.metadata["choices"] == RUNTIMES

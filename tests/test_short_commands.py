@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 
 from bench.segmentation import utterances
-from daemon.resample import resample
-from daemon.settings import VadSettings
-from train import channel, nonspeech
+from intentd.daemon.resample import resample
+from intentd.daemon.settings import VadSettings
+from intentd.train import channel, nonspeech
 
 VAD = VadSettings()
 WORDS = ("yes", "no", "six", "stop", "go")

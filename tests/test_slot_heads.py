@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from daemon import events
-from daemon.classifier import CALIBRATION_FILE, Classifier
-from daemon.errors import ModelError
-from daemon.frames import Prediction
-from daemon.slot_heads import (
+from intentd.daemon import events
+from intentd.daemon.classifier import CALIBRATION_FILE, Classifier
+from intentd.daemon.errors import ModelError
+from intentd.daemon.frames import Prediction
+from intentd.daemon.slot_heads import (
     ABSENT_INDEX,
     IGNORE_INDEX,
     SLOT_HEADS_FILE,
@@ -90,8 +90,8 @@ def test_training_cache_hears_what_serving_hears(model_dir: Path) -> None:
     slot heads the states the serving core gives them: same values, same scores."""
     import datasets
 
-    from train.data import extract, max_samples_for
-    from train.frozen import build_cache, small_module
+    from intentd.train.data import extract, max_samples_for
+    from intentd.train.frozen import build_cache, small_module
 
     classifier = Classifier.load(model_dir, device="cpu", threshold=0.0)
     clips = _clips(6, seed=2)
@@ -135,7 +135,7 @@ def test_a_folder_naming_slots_without_their_weights_is_refused(tmp_path: Path) 
 
 
 def test_intent_events_carry_slots_and_events_without_them_are_unchanged() -> None:
-    from daemon.frames import Classified, Utterance
+    from intentd.daemon.frames import Classified, Utterance
 
     def event(prediction: Prediction) -> events.IntentEvent:
         u = Utterance(stream_id="s", index=0, samples=np.zeros(1600, np.float32), sample_rate=16_000,

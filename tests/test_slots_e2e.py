@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clients.subscriber import Subscriber
-from daemon import events
-from daemon.slot_heads import SLOT_HEADS_FILE, SLOTS_KEY
+from intentd.clients.subscriber import Subscriber
+from intentd.daemon import events
+from intentd.daemon.slot_heads import SLOT_HEADS_FILE, SLOTS_KEY
+from intentd.train import cli
 from tests.daemon_proc import collect, run_cli, running_daemon, send_files, write_speech_wav
 from tests.grammar_fits import QUIET, synth_and_fit
-from train import cli
 
 pytestmark = pytest.mark.slow
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from daemon.audio import SAMPLE_RATE
-from daemon.errors import SourceError
-from daemon.protocol import (
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.errors import SourceError
+from intentd.daemon.protocol import (
     MAX_CHUNK_BYTES,
     PcmDecoder,
     Reply,
@@ -31,8 +31,8 @@ from daemon.protocol import (
     encode_header,
     encode_pcm,
 )
-from daemon.sources.socket_server import SocketServer
-from daemon.sources.uri import TcpSpec, UnixSpec
+from intentd.daemon.sources.socket_server import SocketServer
+from intentd.daemon.sources.uri import TcpSpec, UnixSpec
 from tests.recording_sink import RecordingSink
 
 IDLE_S = 0.3

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from daemon import events
-from daemon import settings as settings_mod
-from daemon.audio import SAMPLE_RATE
-from daemon.frames import AudioChunk, Prediction, Utterance
-from daemon.notify import Notifier
-from daemon.protocol import ReplyDecoder, StreamHeader, encode_audio, encode_header, encode_pcm
-from daemon.settings import VadSettings
-from daemon.vad import StreamSegmenter, UtteranceDiscarded
+from intentd.daemon import events
+from intentd.daemon import settings as settings_mod
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.frames import AudioChunk, Prediction, Utterance
+from intentd.daemon.notify import Notifier
+from intentd.daemon.protocol import ReplyDecoder, StreamHeader, encode_audio, encode_header, encode_pcm
+from intentd.daemon.settings import VadSettings
+from intentd.daemon.vad import StreamSegmenter, UtteranceDiscarded
 from tests.daemon_proc import (
     DaemonProc,
     EventCollector,
@@ -250,7 +250,7 @@ class HeldModel:
 def test_recorded_files_wait_for_a_stuck_model_live_goes_first_and_a_live_flood_drops(
     clips: list[np.ndarray], tmp_path: Path
 ) -> None:
-    from daemon.service import Service
+    from intentd.daemon.service import Service
 
     events_port, queue_size, high_water = free_port(), 2, 2
     settings = settings_mod.from_dict({

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon import events
-from daemon.audio import SAMPLE_RATE
-from daemon.batcher import MicroBatcher, StreamAccount
-from daemon.counters import Counters
-from daemon.errors import IntentdError
-from daemon.frames import AudioChunk, Utterance
-from daemon.settings import BatcherSettings, VadSettings
-from daemon.streams import StreamTable
+from intentd.daemon import events
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.batcher import MicroBatcher, StreamAccount
+from intentd.daemon.counters import Counters
+from intentd.daemon.errors import IntentdError
+from intentd.daemon.frames import AudioChunk, Utterance
+from intentd.daemon.settings import BatcherSettings, VadSettings
+from intentd.daemon.streams import StreamTable
 from tests.daemon_proc import silence, speech_clips
 from tests.test_batcher import WAIT_S, FakeModel, Sink, utt
 

@@ -18,15 +18,29 @@ import numpy as np
 import pytest
 import zmq
 
-from clients import live
-from clients import sub as sub_cli
-from clients.subscriber import Subscriber, SubscriberError
-from daemon import events
-from daemon.events import DroppedEvent, ErrorEvent, IntentEvent, StatusEvent, VadEndEvent, VadStartEvent
-from daemon.protocol import HELLO_BYTES, AudioFrame, EndFrame, StreamDecoder, StreamHeader, encode_reply
-from daemon.publisher import Publisher
-from daemon.sources.socket_server import SocketServer
-from daemon.sources.uri import TcpSpec
+from intentd.clients import live
+from intentd.clients import sub as sub_cli
+from intentd.clients.subscriber import Subscriber, SubscriberError
+from intentd.daemon import events
+from intentd.daemon.events import (
+    DroppedEvent,
+    ErrorEvent,
+    IntentEvent,
+    StatusEvent,
+    VadEndEvent,
+    VadStartEvent,
+)
+from intentd.daemon.protocol import (
+    HELLO_BYTES,
+    AudioFrame,
+    EndFrame,
+    StreamDecoder,
+    StreamHeader,
+    encode_reply,
+)
+from intentd.daemon.publisher import Publisher
+from intentd.daemon.sources.socket_server import SocketServer
+from intentd.daemon.sources.uri import TcpSpec
 from tests.recording_sink import RecordingSink
 from tests.test_publisher import _intent, probe, status
 
@@ -275,7 +289,7 @@ def test_bad_connect_uri_raises() -> None:
 
 def test_clients_never_import_torch() -> None:
     code = (
-        "import clients.sub, clients.subscriber, clients.live, sys; "
+        "import intentd.clients.sub, intentd.clients.subscriber, intentd.clients.live, sys; "
         "assert 'torch' not in sys.modules, 'torch'; assert 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
@@ -323,7 +337,7 @@ class _Lines:
 
 def test_intentd_sub_prints_json_lines_and_exits_cleanly_on_ctrl_c(publisher: Publisher) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clients.sub", "--connect", publisher.endpoint, "--json"],
+        [sys.executable, "-m", "intentd.clients.sub", "--connect", publisher.endpoint, "--json"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -367,7 +381,7 @@ def test_intentd_sub_prints_json_lines_and_exits_cleanly_on_ctrl_c(publisher: Pu
 def test_intentd_sub_takes_several_publishers(two_publishers: tuple[Publisher, Publisher]) -> None:
     a, b = two_publishers
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clients.sub", "--connect", a.endpoint, "--connect", b.endpoint, "--json",
+        [sys.executable, "-m", "intentd.clients.sub", "--connect", a.endpoint, "--connect", b.endpoint, "--json",
          "--topic", "status", "--topic", "intent."],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

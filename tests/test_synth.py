@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from train import accent, nonspeech, synth, tts
-from train.errors import TrainError
+from intentd.train import accent, nonspeech, synth, tts
+from intentd.train.errors import TrainError
 
 datasets = pytest.importorskip("datasets")
 
@@ -93,7 +93,7 @@ def test_dataset_has_minds14_columns_and_types(intents_file: Path, tmp_path: Pat
 
 @needs_espeak
 def test_transcriptions_belong_to_their_intent(intents_file: Path, tmp_path: Path) -> None:
-    from train.intents import load_intents
+    from intentd.train.intents import load_intents
 
     intents = load_intents(intents_file)
     loaded = datasets.load_from_disk(str(_synth(intents_file, tmp_path / "out")))
@@ -297,7 +297,7 @@ def test_neural_voices_repeat_exactly_so_a_seed_gives_the_same_dataset(engine: s
 
 @needs_espeak
 def test_no_test_voices_gives_a_train_only_dataset_that_loads(intents_file: Path, tmp_path: Path) -> None:
-    from train.data import load_labelled
+    from intentd.train.data import load_labelled
 
     out = _synth(intents_file, tmp_path / "out", test_fraction=0.0)
     assert set(datasets.load_from_disk(str(out))) == {"train"}
@@ -340,8 +340,8 @@ def test_a_registered_engine_is_all_synth_needs(
 def test_tts_modules_do_not_import_each_other() -> None:
     # tts registers the neural engines; both build on tts_base, so no module imports one that imports it back,
     # not even inside a function (the old way round the circle).
-    allowed = {"tts_base": set(), "tts_neural": {"train.tts_base"},
-               "tts": {"train.tts_base", "train.tts_neural"}}
+    allowed = {"tts_base": set(), "tts_neural": {"intentd.train.tts_base"},
+               "tts": {"intentd.train.tts_base", "intentd.train.tts_neural"}}
     for module, may_import in allowed.items():
         tree = ast.parse((Path(tts.__file__).parent / f"{module}.py").read_text(encoding="utf-8"))
         imported: set[str] = set()
@@ -350,8 +350,8 @@ def test_tts_modules_do_not_import_each_other() -> None:
                 imported |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module)
-                imported |= {f"{node.module}.{a.name}" for a in node.names}  # from train import tts
-        tts_modules = imported & {f"train.{name}" for name in allowed}
+                imported |= {f"{node.module}.{a.name}" for a in node.names}  # from intentd.train import tts
+        tts_modules = imported & {f"intentd.train.{name}" for name in allowed}
         assert tts_modules <= may_import, (module, tts_modules)
 
 

@@ -45,7 +45,7 @@ def test_unit_exposure_is_low(tmp_path: Path) -> None:
 
 
 def test_unit_promises_the_lifecycle() -> None:
-    from daemon.main import EXIT_CONFIG, EXIT_NO_MODEL
+    from intentd.daemon.main import EXIT_CONFIG, EXIT_NO_MODEL
 
     text = UNIT.read_text()
     # A restart cannot fix a bad config or a missing model: the unit must not loop on the daemon's codes for them.

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from daemon import settings as settings_mod
-from daemon.frames import Prediction, Utterance
-from daemon.notify import Notifier
-from daemon.threads import run_in_new_thread
+from intentd.daemon import settings as settings_mod
+from intentd.daemon.frames import Prediction, Utterance
+from intentd.daemon.notify import Notifier
+from intentd.daemon.threads import run_in_new_thread
 from tests.daemon_proc import NotifySocket, free_port, serve_while
 
 
@@ -82,7 +82,7 @@ class _RecordingEngine:
 
 def test_the_service_loads_its_model_on_a_thread_that_is_gone_before_ready() -> None:
     """No thread that ran the model load may outlive it (see daemon/threads.py for the 2x slowdown)."""
-    from daemon.service import Service
+    from intentd.daemon.service import Service
 
     settings = settings_mod.from_dict({
         "sources": {"listen": ["tcp://127.0.0.1:0"]},

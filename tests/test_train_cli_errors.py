@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from conftest import write_tone_folder
 
-from train import cli
+from intentd.train import cli
 
 
 def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:

@@ -9,10 +9,10 @@ from pathlib import Path
 import datasets
 import pytest
 
+from intentd.train import cli
 from tests.grammar_fits import QUIET, synth_and_fit
-from train import cli
 
-synth = pytest.importorskip("train.synth", reason="train.synth is not written yet")
+synth = pytest.importorskip("intentd.train.synth", reason="train.synth is not written yet")
 
 INTENTS = """
 [intents]

@@ -9,10 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.errors import AudioError, ConfigError
-from daemon.frames import AudioChunk, Utterance
-from daemon.segmenter import SegmenterSettings
-from daemon.vad import StreamSegmenter, UtteranceDiscarded, UtteranceStarted, VadEvent, nearest_vad_rate
+from intentd.daemon.errors import AudioError, ConfigError
+from intentd.daemon.frames import AudioChunk, Utterance
+from intentd.daemon.segmenter import SegmenterSettings
+from intentd.daemon.vad import (
+    StreamSegmenter,
+    UtteranceDiscarded,
+    UtteranceStarted,
+    VadEvent,
+    nearest_vad_rate,
+)
 
 FSDD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fsdd" / "recordings"
 NOISE_RMS = 0.0005  # a quiet room, about -66 dBFS

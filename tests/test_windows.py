@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from daemon.classifier import CALIBRATION_FILE, Classifier, extract_features
-from daemon.errors import ModelError
-from daemon.windows import encoder_states, parse_windows, window_for
+from intentd.daemon.classifier import CALIBRATION_FILE, Classifier, extract_features
+from intentd.daemon.errors import ModelError
+from intentd.daemon.windows import encoder_states, parse_windows, window_for
 
 WINDOWS_S = [0.2, 0.5]  # the tiny model's full window is 1 s
 
@@ -80,7 +80,7 @@ def test_window_choice() -> None:
 
 
 def test_the_top_layer_trained_on_padded_windows_equals_serving_each_alone(tiny_whisper_dir: Path) -> None:
-    from train.frozen import WhisperTop, _whisper_prefix
+    from intentd.train.frozen import WhisperTop, _whisper_prefix
 
     model = Classifier.load(tiny_whisper_dir, device="cpu")
     top = WhisperTop(model.model, unfreeze_top=1).eval()
@@ -105,9 +105,9 @@ def test_fit_with_windows_trains_what_the_daemon_serves(tiny_whisper_dir: Path, 
                                                         tiny_wav2vec2_dir: Path) -> None:
     from conftest import write_tone_folder
 
-    from train.data import iter_clips, load_labelled
-    from train.errors import TrainError
-    from train.fit import FitSettings, fit
+    from intentd.train.data import iter_clips, load_labelled
+    from intentd.train.errors import TrainError
+    from intentd.train.fit import FitSettings, fit
 
     data = write_tone_folder(tmp_path / "tones", per_label=8, seed=4)  # 0.4-0.9 s clips: 0.5 s and 1 s windows
     settings = FitSettings(dataset=str(data), base_model=str(tiny_whisper_dir), out=str(tmp_path / "model"),

@@ -27,14 +27,14 @@ from wyoming.event import Event, async_read_event, read_event, write_event
 from wyoming.info import Describe, Info
 from wyoming.intent import Intent, NotRecognized
 
-from daemon import events
-from daemon import settings as settings_mod
-from daemon.command_texts import CommandTexts, load_command_texts
-from daemon.errors import ConfigError, ModelError, ProtocolError, SourceError
-from daemon.sources.uri import WyomingSpec, parse_source_uri
-from daemon.sources.wyoming_server import WyomingServer
-from daemon.stream_watch import StreamWatchers
-from daemon.wyoming_protocol import MAX_LINE_BYTES, WyomingDecoder, encode_event
+from intentd.daemon import events
+from intentd.daemon import settings as settings_mod
+from intentd.daemon.command_texts import CommandTexts, load_command_texts
+from intentd.daemon.errors import ConfigError, ModelError, ProtocolError, SourceError
+from intentd.daemon.sources.uri import WyomingSpec, parse_source_uri
+from intentd.daemon.sources.wyoming_server import WyomingServer
+from intentd.daemon.stream_watch import StreamWatchers
+from intentd.daemon.wyoming_protocol import MAX_LINE_BYTES, WyomingDecoder, encode_event
 from tests.daemon_proc import FSDD, SUB_CONNECT_TIMEOUT_S, EventCollector, free_port, running_daemon, silence
 from tests.recording_sink import RecordingSink
 from tests.tiny_models import TINY_LABELS, build_tiny_whisper

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.audio import SAMPLE_RATE
+from intentd.daemon.audio import SAMPLE_RATE
 
 TINY_LABELS = ("balance", "transfer", "stop")
 TINY_CHUNK_S = 1  # the encoder sees 1 s: max_source_positions=50 -> 100 mel frames -> one second of samples
@@ -110,10 +110,10 @@ def build_tiny_grammar_model(folder: Path, intents_file: Path, seed: int = 0, ma
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from daemon.grammar import byte_decoder
-    from daemon.grammar_decoder import TOKENIZER_FILE, DecoderSettings
-    from train.grammar_model import EOT, NO_TIMESTAMPS, SERVING_FILE, SOT, grammar_serving_meta
-    from train.intents import load_intents
+    from intentd.daemon.grammar import byte_decoder
+    from intentd.daemon.grammar_decoder import TOKENIZER_FILE, DecoderSettings
+    from intentd.train.grammar_model import EOT, NO_TIMESTAMPS, SERVING_FILE, SOT, grammar_serving_meta
+    from intentd.train.intents import load_intents
 
     intents = load_intents(intents_file)
     alphabet = sorted(byte_decoder(), key=lambda ch: byte_decoder()[ch])

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.audio import SAMPLE_RATE, to_mono
-from daemon.audio import check_clip as core_check_clip
-from daemon.errors import AudioError
-from train.errors import TrainError
+from intentd.daemon.audio import SAMPLE_RATE, to_mono
+from intentd.daemon.audio import check_clip as core_check_clip
+from intentd.daemon.errors import AudioError
+from intentd.train.errors import TrainError
 
 # soundfile (libsndfile) reads these without ffmpeg; anything else goes through torchaudio/torchcodec.
 SOUNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".aiff", ".aif", ".au"})
@@ -60,7 +60,7 @@ def check_clip(samples: np.ndarray, where: str) -> np.ndarray:
 
 def read_audio(path: str | Path, rate: int = SAMPLE_RATE) -> np.ndarray:
     """A checked mono float32 clip at `rate` (default the models' 16 kHz) from any readable audio file."""
-    from daemon.resample import resample
+    from intentd.daemon.resample import resample
 
     samples, native_rate = read_native(path)
     return resample(check_clip(samples, str(path)), native_rate, rate)

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from daemon.audio import SAMPLE_RATE
-from train.ct2_reader import CT2FormatError, CT2Model, read_ct2_model
-from train.errors import TrainError
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.train.ct2_reader import CT2FormatError, CT2Model, read_ct2_model
+from intentd.train.errors import TrainError
 
 log = logging.getLogger(__name__)
 

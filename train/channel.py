@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from daemon.audio import SAMPLE_RATE
-from train.errors import TrainError
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.train.errors import TrainError
 
 TELEPHONE_RATE = 8000
 BAND_LOW_HZ = 300.0
@@ -421,7 +421,7 @@ def active_power(samples: np.ndarray, rate: int, within_db: float = ACTIVE_SPEEC
 @functools.lru_cache(maxsize=NOISE_FILE_CACHE)
 def _noise_file(path: str) -> np.ndarray:
     """A noise recording as mono float64 at MICROPHONE_RATE (cached: many clips draw from few files)."""
-    from train.audio_io import read_audio
+    from intentd.train.audio_io import read_audio
 
     return read_audio(path, MICROPHONE_RATE).astype(np.float64)
 
@@ -436,7 +436,7 @@ def background(n: int, source: str, offset_s: float, rng: np.random.Generator) -
     elif source in ("white", "pink"):
         out = noise(n, source, rng)
     else:
-        from train import nonspeech
+        from intentd.train import nonspeech
 
         out = nonspeech.KINDS[source](n / MICROPHONE_RATE, MICROPHONE_RATE, rng)[:n]
         out = np.pad(out, (0, n - out.size))

@@ -8,14 +8,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from daemon.version import version_text
-from train import progress
-from train.errors import TrainError
+from intentd.daemon.version import version_text
+from intentd.train import progress
+from intentd.train.errors import TrainError
 
 # Each module exposes register(subparsers) and sets `func` on its parser; imported lazily-by-name here so a
 # broken optional dependency of one subcommand names itself instead of breaking the whole CLI.
-SUBCOMMAND_MODULES = ("train.backbones", "train.synth", "train.fit", "train.evaluation", "train.predict",
-                      "train.grammar_model")
+SUBCOMMAND_MODULES = tuple(f"intentd.train.{m}" for m in ("backbones", "synth", "fit", "evaluation", "predict",
+                                                             "grammar_model"))
 
 log = logging.getLogger("intentd-train")
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from daemon.audio import SAMPLE_RATE, to_mono
-from train import channel
-from train.audio_io import check_clip
-from train.errors import TrainError
+from intentd.daemon.audio import SAMPLE_RATE, to_mono
+from intentd.train import channel
+from intentd.train.audio_io import check_clip
+from intentd.train.errors import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def decode_clip(value: dict[str, Any], where: str) -> np.ndarray:
     """
     import datasets
 
-    from daemon.resample import resample
+    from intentd.daemon.resample import resample
 
     name = value.get("path") or where
     try:
@@ -338,7 +338,7 @@ def iter_all_clips(spec: str, config: str | None = None, batch_size: int = 32) -
     """
     import datasets
 
-    from train.audio_io import SOUNDFILE_SUFFIXES, read_audio
+    from intentd.train.audio_io import SOUNDFILE_SUFFIXES, read_audio
 
     source = detect_source(spec)
     if source == "audiofolder":
@@ -358,7 +358,7 @@ def iter_all_clips(spec: str, config: str | None = None, batch_size: int = 32) -
 
 def max_samples_for(extractor: Any, max_seconds: float) -> int:
     """Clip length cap in samples: a fixed-window model's own window (Whisper), otherwise max_seconds."""
-    from daemon.classifier import fixed_window
+    from intentd.daemon.classifier import fixed_window
 
     return fixed_window(extractor) or round(max_seconds * SAMPLE_RATE)
 
@@ -370,8 +370,8 @@ def extract(extractor: Any, clips: list[np.ndarray], max_samples: int, windows: 
     With `windows` (samples, daemon/windows.py) each clip is padded to the window it will be served at, as the
     daemon pads it, and a `window` column says which.
     """
-    from daemon.classifier import extract_features
-    from daemon.windows import window_for
+    from intentd.daemon.classifier import extract_features
+    from intentd.daemon.windows import window_for
 
     cut = [c[:max_samples] for c in clips]
     if not windows:
@@ -388,7 +388,7 @@ def extract(extractor: Any, clips: list[np.ndarray], max_samples: int, windows: 
 
 def change_speed(clip: np.ndarray, factor: float) -> np.ndarray:
     """Play a 16 kHz clip `factor` times faster (tempo and pitch together, as Kaldi's speed perturbation does)."""
-    from daemon.resample import resample
+    from intentd.daemon.resample import resample
 
     if factor == 1.0:
         return clip

@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from daemon.audio import SAMPLE_RATE
-from train.commands import (
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.train.commands import (
     CommandPrediction,
     CommandPredictor,
     command_report,
     format_command_report,
     slot_labels,
 )
-from train.data import (
+from intentd.train.data import (
     DEFAULT_SPLIT_SEED,
     DEFAULT_TEST_FRACTION,
     LABEL_COLUMN_CANDIDATES,
@@ -32,15 +32,15 @@ from train.data import (
     load_labelled,
     map_labels_to_model,
 )
-from train.fit import ACCURACY_METRIC_DIR
-from train.inference import (
+from intentd.train.fit import ACCURACY_METRIC_DIR
+from intentd.train.inference import (
     VIA_CHOICES,
     ClassifierCommands,
     PipelineClassifier,
     check_model_dir,
     load_classifier,
 )
-from train.out_of_scope import OUT_OF_SCOPE_LABEL, accepted
+from intentd.train.out_of_scope import OUT_OF_SCOPE_LABEL, accepted
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class _Scorer:
         self.pipe = PipelineClassifier(model_dir) if via == "pipeline" else None
         self.labels = self.manual.labels if self.manual is not None else self.pipe.labels  # type: ignore[union-attr]
         if threshold is None:
-            from daemon.classifier import calibrated_threshold
+            from intentd.daemon.classifier import calibrated_threshold
 
             threshold = self.manual.threshold if self.manual is not None else calibrated_threshold(Path(model_dir))
         self.threshold = threshold or 0.0

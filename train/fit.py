@@ -25,11 +25,11 @@ from typing import Any, get_args, get_type_hints
 
 import numpy as np
 
-from daemon.audio import SAMPLE_RATE
-from daemon.classifier import CALIBRATION_FILE
-from daemon.slot_heads import SLOT_HEADS_FILE, SLOTS_KEY
-from train import model_card, out_of_scope, progress, slot_training
-from train.data import (
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.classifier import CALIBRATION_FILE
+from intentd.daemon.slot_heads import SLOT_HEADS_FILE, SLOTS_KEY
+from intentd.train import model_card, out_of_scope, progress, slot_training
+from intentd.train.data import (
     DEFAULT_MAX_SECONDS,
     DEFAULT_SPLIT_SEED,
     DEFAULT_TEST_FRACTION,
@@ -41,9 +41,9 @@ from train.data import (
     load_labelled,
     prepare_features,
 )
-from train.errors import TrainError
-from train.frozen import DEFAULT_LEARNING_RATES, DEFAULT_UNFREEZE_TOP, TRAIN_MODES
-from train.out_of_scope import DEFAULT_KEEP_IN_DOMAIN
+from intentd.train.errors import TrainError
+from intentd.train.frozen import DEFAULT_LEARNING_RATES, DEFAULT_UNFREEZE_TOP, TRAIN_MODES
+from intentd.train.out_of_scope import DEFAULT_KEEP_IN_DOMAIN
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ def loop_optimiser(module: Any, s: FitSettings, steps_per_epoch: int) -> tuple[A
 
 def install_time_mask(model: Any, s: FitSettings) -> Any:
     """Hook --time-mask onto the lowest trained encoder layer (cached or not, the same module runs)."""
-    from train import augment, frozen
+    from intentd.train import augment, frozen
 
     if not frozen.has_time_frames(model):
         raise TrainError(f"--time-mask needs an encoder with 20 ms frames (Whisper, wav2vec2 family), "
@@ -443,7 +443,7 @@ def _out_of_scope_parts(s: FitSettings, parts: list[LabelledSplits]) -> list[Lab
 def calibrate_saved(s: FitSettings, data: LabelledSplits) -> out_of_scope.Calibration:
     """Score the held-out split with the saved folder exactly as the daemon will, then store the threshold that
     keeps --keep-in-domain of the in-domain clips."""
-    from daemon.classifier import Classifier
+    from intentd.daemon.classifier import Classifier
 
     classifier = Classifier.load(s.out, device="cpu", threshold=0.0)
     rows = data.split("test")
@@ -476,13 +476,13 @@ def training_features(s: FitSettings, data: LabelledSplits, extractor: Any,
 
 def serving_windows(s: FitSettings, model: Any, extractor: Any) -> tuple[int, ...]:
     """--windows in samples (the backbone's own window last), checked against the model; () without the flag."""
-    from daemon.classifier import fixed_window
-    from daemon.errors import ModelError
-    from daemon.windows import parse_windows, window_step
+    from intentd.daemon.classifier import fixed_window
+    from intentd.daemon.errors import ModelError
+    from intentd.daemon.windows import parse_windows, window_step
 
     if not s.windows:
         return ()
-    from train import frozen
+    from intentd.train import frozen
 
     full = fixed_window(extractor)
     if full is None or not frozen.can_cache(model, "top"):
@@ -548,7 +548,7 @@ def _fit(s: FitSettings, out: Path) -> FitResult:
     from accelerate import PartialState
     from transformers import Trainer, default_data_collator, set_seed
 
-    from train import frozen, plots
+    from intentd.train import frozen, plots
 
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / CHECKPOINTS_DIR

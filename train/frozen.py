@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from train.data import SLOT_TARGETS, WINDOW
-from train.errors import TrainError
+from intentd.train.data import SLOT_TARGETS, WINDOW
+from intentd.train.errors import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def _pooled_states(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(batch, layers, d) mean-pooled encoder states: all layers if weighted layer sum, else the last one."""
     weighted = bool(model.config.use_weighted_layer_sum)
     if _is_whisper(model) and not weighted:
-        from daemon.windows import encoder_states
+        from intentd.daemon.windows import encoder_states
 
         # The serving core's encoder: the clip's own window, as length-aware windows serve it.
         return encoder_states(model.encoder, batch["input_features"]).mean(dim=1, keepdim=True)

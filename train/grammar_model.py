@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from daemon.audio import SAMPLE_RATE
-from daemon.grammar_decoder import (
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.daemon.grammar_decoder import (
     DECODER_KEY,
     DEFAULT_BEAM,
     DEFAULT_MAX_TOKENS,
@@ -33,7 +33,7 @@ from daemon.grammar_decoder import (
     WHISPER_GRAMMAR,
     DecoderSettings,
 )
-from train.backbones import (
+from intentd.train.backbones import (
     POSITIONS_PER_SECOND,
     WEIGHTS_FILE,
     WhisperDims,
@@ -44,10 +44,10 @@ from train.backbones import (
     read_whisper_dims,
     validate_max_seconds,
 )
-from train.ct2_reader import CT2FormatError, CT2Model, read_ct2_model
-from train.errors import TrainError
-from train.intents import IntentSet, load_intents
-from train.model_card import MODEL_CARD_FILE
+from intentd.train.ct2_reader import CT2FormatError, CT2Model, read_ct2_model
+from intentd.train.errors import TrainError
+from intentd.train.intents import IntentSet, load_intents
+from intentd.train.model_card import MODEL_CARD_FILE
 
 log = logging.getLogger(__name__)
 

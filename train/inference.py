@@ -11,20 +11,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from daemon.errors import IntentdError
-from daemon.frames import Prediction
-from train.commands import CommandPrediction
-from train.errors import TrainError
+from intentd.daemon.errors import IntentdError
+from intentd.daemon.frames import Prediction
+from intentd.train.commands import CommandPrediction
+from intentd.train.errors import TrainError
 
 if TYPE_CHECKING:
-    from daemon.classifier import Classifier
+    from intentd.daemon.classifier import Classifier
 
 VIA_CHOICES = ("manual", "pipeline")
 
 
 def check_model_dir(model_dir: str | Path) -> Path:
     """The folder, if it can hold a model intentd loads; else a TrainError saying what is missing."""
-    from daemon.classifier import check_model_folder
+    from intentd.daemon.classifier import check_model_folder
 
     try:
         return check_model_folder(model_dir)
@@ -35,7 +35,7 @@ def check_model_dir(model_dir: str | Path) -> Path:
 def load_classifier(model_dir: str | Path, top_k: int = 3, threshold: float | None = None) -> Classifier:
     """The daemon's Classifier for a model folder, rejecting as the daemon does: at the model's calibrated
     threshold unless `threshold` overrides it (0: never by score)."""
-    from daemon.classifier import Classifier
+    from intentd.daemon.classifier import Classifier
 
     try:
         return Classifier.load(model_dir, top_k=top_k, threshold=threshold)
@@ -60,8 +60,8 @@ class ClassifierCommands:
     def from_scores(self, probabilities: np.ndarray, slots: Sequence[dict[str, tuple[str, float]]]
                     ) -> list[CommandPrediction]:
         """The commands for scores `Classifier.scores` returned (so eval runs each forward once)."""
-        from daemon.classifier import top_k_of
-        from daemon.events import UNKNOWN_LABEL
+        from intentd.daemon.classifier import top_k_of
+        from intentd.daemon.events import UNKNOWN_LABEL
 
         ranked = top_k_of(probabilities, self.classifier.labels, 1)
         answers = [self.classifier.answer(top, heard) for top, heard in zip(ranked, slots, strict=True)]
@@ -86,7 +86,7 @@ class PipelineClassifier:
     def classify(self, clip: np.ndarray, rate: int, k: int, threshold: float | None = None) -> Prediction:
         """Best k labels for one mono clip at any rate (the pipeline resamples, as the daemon does), and the
         daemon's answer at `threshold`."""
-        from daemon.classifier import decide
+        from intentd.daemon.classifier import decide
 
         k = max(1, min(k, len(self.labels)))
         rows = self.pipe({"raw": np.asarray(clip, dtype=np.float32), "sampling_rate": rate}, top_k=k)

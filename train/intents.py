@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.grammar import EMPTY, Alt, Grammar, Node, Seq, Slot, Text, slot_nodes
-from train.errors import TrainError
+from intentd.daemon.grammar import EMPTY, Alt, Grammar, Node, Seq, Slot, Text, slot_nodes
+from intentd.train.errors import TrainError
 
 # A phrase expanding to more sentences than this is sampled by index instead of being listed; keeps a careless
 # template with many slots from eating memory while staying deterministic.
@@ -384,7 +384,7 @@ def load_intents(path: str | Path) -> IntentSet:
     except (OSError, UnicodeDecodeError) as err:
         raise TrainError(f"cannot read intents file {path}: {err}") from err
     if path.suffix.lower() in RHINO_SUFFIXES:
-        from train.rhino import parse_context
+        from intentd.train.rhino import parse_context
 
         return parse_context(text, source=str(path))
     return parse_intents(text, source=str(path))

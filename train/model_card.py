@@ -10,7 +10,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Final
 
-from daemon.version import version
+from intentd.daemon.version import version
 
 MODEL_CARD_FILE: Final = "README.md"
 
@@ -102,7 +102,7 @@ def render(metrics: Mapping[str, Any], flags: Mapping[str, str], defaults: Mappi
 
 def write(out: Path, metrics: Mapping[str, Any], settings_type: type) -> Path:
     """Write OUT/README.md for a fit whose settings are a `settings_type` dataclass (FitSettings)."""
-    from train.fit import flag_of  # the flag names are fit's; imported here to keep this module light
+    from intentd.train.fit import flag_of  # the flag names are fit's; imported here to keep this module light
 
     defaults = {f.name: f.default for f in fields(settings_type) if f.default is not MISSING}
     flags = {f.name: flag_of(f.name) for f in fields(settings_type)}

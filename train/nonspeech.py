@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from train.channel import bandpass, noise
+from intentd.train.channel import bandpass, noise
 
 # Levels in dBFS of the generated sounds: a quiet to busy room, music from a speaker across the room, breath
 # close to a microphone. Chosen to sit around and above webrtcvad's thresholds, where phantom utterances start.

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from daemon.classifier import CALIBRATION_FILE
-from daemon.events import UNKNOWN_LABEL
-from train.errors import TrainError
-from train.nonspeech import TRAINABLE_KINDS
+from intentd.daemon.classifier import CALIBRATION_FILE
+from intentd.daemon.events import UNKNOWN_LABEL
+from intentd.train.errors import TrainError
+from intentd.train.nonspeech import TRAINABLE_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def cache_root() -> Path:
 def synth_dataset(label_names: Sequence[str], transcriptions: Iterable[str], speech_clips: int, noise_clips: int,
                   seed: int, engines: Sequence[str] | None = None, root: Path | None = None) -> Path:
     """The out-of-scope speech and non-speech of this recipe as a save_to_disk folder, rendered on first use."""
-    from train import synth
+    from intentd.train import synth
 
     said = sorted({t.strip() for t in transcriptions if t and t.strip()})
     recipe = {"version": RECIPE_VERSION, "phrases": PHRASES.read_text(encoding="utf-8"),
@@ -102,7 +102,7 @@ def folder_dataset(folder: str | Path, seed: int, test_fraction: float) -> Any:
     """Every audio file under `folder` as out-of-scope clips, held out by test_fraction: LabelledSplits."""
     import datasets
 
-    from train.data import AUDIO_COLUMN, LabelledSplits
+    from intentd.train.data import AUDIO_COLUMN, LabelledSplits
 
     root = Path(folder).expanduser()
     if not root.is_dir():

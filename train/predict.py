@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from daemon.frames import Prediction
-from train.audio_io import check_clip, read_native
-from train.inference import VIA_CHOICES, PipelineClassifier, check_model_dir, load_classifier
+from intentd.daemon.frames import Prediction
+from intentd.train.audio_io import check_clip, read_native
+from intentd.train.inference import VIA_CHOICES, PipelineClassifier, check_model_dir, load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,8 @@ def predict_files(model_dir: str, files: list[str], top_k: int = DEFAULT_TOP_K, 
                   threshold: float | None = None) -> list[Prediction]:
     """One Prediction per file, in file order: its best top_k labels, and the daemon's answer at the model's
     calibrated threshold (or `threshold`); every file is read and checked first."""
-    from daemon.classifier import calibrated_threshold
-    from daemon.resample import resample
+    from intentd.daemon.classifier import calibrated_threshold
+    from intentd.daemon.resample import resample
 
     check_model_dir(model_dir)  # a wrong --model says so before any file is read
     clips = []

@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from train.errors import TrainError
-from train.intents import (
+from intentd.train.errors import TrainError
+from intentd.train.intents import (
     INTENT_NAME,
     Alt,
     Intent,

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from daemon.slot_heads import SlotHeads, SlotSchema
-from train.data import SLOT_TARGETS, SLOTS_COLUMN, LabelledSplits
-from train.errors import TrainError
-from train.out_of_scope import OUT_OF_SCOPE_LABEL
+from intentd.daemon.slot_heads import SlotHeads, SlotSchema
+from intentd.train.data import SLOT_TARGETS, SLOTS_COLUMN, LabelledSplits
+from intentd.train.errors import TrainError
+from intentd.train.out_of_scope import OUT_OF_SCOPE_LABEL
 
 
 def row_slots(raw: Any) -> dict[str, str] | None:

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from daemon.audio import SAMPLE_RATE
-from train import accent, channel, nonspeech, tts
-from train.audio_io import SOUNDFILE_SUFFIXES
-from train.data import SLOTS_COLUMN
-from train.errors import TrainError
-from train.intents import IntentSet, load_intents
-from train.progress import track
+from intentd.daemon.audio import SAMPLE_RATE
+from intentd.train import accent, channel, nonspeech, tts
+from intentd.train.audio_io import SOUNDFILE_SUFFIXES
+from intentd.train.data import SLOTS_COLUMN
+from intentd.train.errors import TrainError
+from intentd.train.intents import IntentSet, load_intents
+from intentd.train.progress import track
 
 log = logging.getLogger(__name__)
 

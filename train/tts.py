@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from train import accent, tts_neural
-from train.errors import TrainError
-from train.tts_base import TtsEngine, Voice, read_wav, run_program
+from intentd.train import accent, tts_neural
+from intentd.train.errors import TrainError
+from intentd.train.tts_base import TtsEngine, Voice, read_wav, run_program
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Protocol
 import numpy as np
 import soundfile as sf
 
-from daemon.audio import to_mono
-from train.errors import TrainError
+from intentd.daemon.audio import to_mono
+from intentd.train.errors import TrainError
 
 # Seconds one synthesis call may take; festival starts a Lisp interpreter per call (~0.2 s), so this is generous.
 RENDER_TIMEOUT_S = 60.0

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from train.errors import TrainError
-from train.tts_base import Voice, read_wav, run_program
+from intentd.train.errors import TrainError
+from intentd.train.tts_base import Voice, read_wav, run_program
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from daemon.command_texts import CommandTexts
-from daemon.counters import Counters
-from daemon.errors import SourceError
-from daemon.security import IngestSecurity
-from daemon.settings import DEFAULTS, SourceSettings
-from daemon.sources.sink import StreamSink
-from daemon.sources.uri import (
+from intentd.daemon.command_texts import CommandTexts
+from intentd.daemon.counters import Counters
+from intentd.daemon.errors import SourceError
+from intentd.daemon.security import IngestSecurity
+from intentd.daemon.settings import DEFAULTS, SourceSettings
+from intentd.daemon.sources.sink import StreamSink
+from intentd.daemon.sources.uri import (
     FileSpec,
     MicSpec,
     TcpSpec,
@@ -25,7 +25,7 @@ from daemon.sources.uri import (
     parse_source_uri,
     resolve_paths,
 )
-from daemon.stream_watch import StreamWatchers
+from intentd.daemon.stream_watch import StreamWatchers
 
 
 class Source(Protocol):
@@ -52,7 +52,7 @@ def check_source(uri: str, base_dir: Path | None = None, *, ports: bool = False)
     if base_dir is not None:
         spec = resolve_paths(spec, base_dir)
     if isinstance(spec, FileSpec):
-        from daemon.sources.file_replay import probe_file
+        from intentd.daemon.sources.file_replay import probe_file
 
         probe_file(Path(spec.path))
     elif ports and isinstance(spec, TcpSpec | WyomingSpec) and spec.port:
@@ -94,20 +94,20 @@ def create_source(uri: str, sink: StreamSink, settings: SourceSettings = DEFAULT
     if isinstance(spec, WyomingSpec):
         if watchers is None or texts is None:
             raise SourceError(f"{uri}: a Wyoming endpoint needs the daemon's stream watchers and model texts")
-        from daemon.sources.wyoming_server import WyomingServer
+        from intentd.daemon.sources.wyoming_server import WyomingServer
 
         return WyomingServer(spec, sink, watchers, texts, idle_timeout_s=settings.idle_timeout_s,
                              max_streams=settings.max_streams, counters=counters)
     if isinstance(spec, TcpSpec | UnixSpec):
-        from daemon.sources.socket_server import SocketServer
+        from intentd.daemon.sources.socket_server import SocketServer
 
         return SocketServer(spec, sink, idle_timeout_s=settings.idle_timeout_s, max_streams=settings.max_streams,
                             security=security, counters=counters)
     if isinstance(spec, FileSpec):
-        from daemon.sources.file_replay import FileReplaySource
+        from intentd.daemon.sources.file_replay import FileReplaySource
 
         return FileReplaySource(spec.path, sink, chunk_ms=settings.chunk_ms, realtime=spec.realtime)
     assert isinstance(spec, MicSpec)
-    from daemon.sources.microphone import MicrophoneSource
+    from intentd.daemon.sources.microphone import MicrophoneSource
 
     return MicrophoneSource(spec.device, sink, chunk_ms=settings.chunk_ms)

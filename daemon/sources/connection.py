@@ -16,10 +16,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar, Final, Generic, TypeVar
 
-from daemon.counters import Counters
-from daemon.errors import SourceError
-from daemon.security import REFUSED_MAX_STREAMS
-from daemon.sources.sink import StreamSink
+from intentd.daemon.counters import Counters
+from intentd.daemon.errors import SourceError
+from intentd.daemon.security import REFUSED_MAX_STREAMS
+from intentd.daemon.sources.sink import StreamSink
 
 READ_BYTES: Final = 64 * 1024
 # A client that does not read its replies must not hold a connection (or shutdown) open.

@@ -12,10 +12,10 @@ from typing import Any, Final
 
 import numpy as np
 
-from daemon.errors import SourceError
-from daemon.frames import AudioChunk
-from daemon.settings import DEFAULTS
-from daemon.sources.sink import StreamSink
+from intentd.daemon.errors import SourceError
+from intentd.daemon.frames import AudioChunk
+from intentd.daemon.settings import DEFAULTS
+from intentd.daemon.sources.sink import StreamSink
 
 log = logging.getLogger(__name__)
 

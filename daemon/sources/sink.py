@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from daemon.frames import AudioChunk
+from intentd.daemon.frames import AudioChunk
 
 
 class StreamSink(Protocol):

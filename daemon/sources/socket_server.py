@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from daemon.counters import Counters
-from daemon.errors import AuthError, IntentdError, SourceError
-from daemon.frames import AudioChunk
-from daemon.protocol import (
+from intentd.daemon.counters import Counters
+from intentd.daemon.errors import AuthError, IntentdError, SourceError
+from intentd.daemon.frames import AudioChunk
+from intentd.daemon.protocol import (
     KEY_VAD_EVENTS,
     REPLY_ACCEPT,
     REPLY_ERROR,
@@ -40,22 +40,22 @@ from daemon.protocol import (
     StreamHeader,
     encode_reply,
 )
-from daemon.security import (
+from intentd.daemon.security import (
     REFUSED_TLS,
     REFUSED_TOKEN,
     IngestSecurity,
     client_name_from_certificate,
 )
-from daemon.settings import DEFAULTS
-from daemon.sources.connection import (
+from intentd.daemon.settings import DEFAULTS
+from intentd.daemon.sources.connection import (
     LISTEN_BACKLOG,
     READ_BYTES,
     REPLY_DRAIN_TIMEOUT_S,
     ClientConnection,
     ConnectionServer,
 )
-from daemon.sources.sink import StreamSink
-from daemon.sources.uri import TcpSpec, UnixSpec
+from intentd.daemon.sources.sink import StreamSink
+from intentd.daemon.sources.uri import TcpSpec, UnixSpec
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from daemon.errors import SourceError
+from intentd.daemon.errors import SourceError
 
 DEFAULT_TCP_HOST: Final = "127.0.0.1"
 ACCEPTED_SCHEMES: Final = ("tcp://HOST:PORT", "unix:///PATH.sock", "file://PATH?realtime=1", "mic://NAME_OR_INDEX",

@@ -25,18 +25,18 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Final
 
-from daemon.command_texts import CommandTexts
-from daemon.counters import Counters
-from daemon.errors import AudioError, IntentdError, ProtocolError
-from daemon.events import UNKNOWN_LABEL, DroppedEvent, ErrorEvent, Event, IntentEvent, StreamEndEvent
-from daemon.frames import AudioChunk
-from daemon.protocol import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_CHANNELS, MIN_SAMPLE_RATE, PcmDecoder
-from daemon.settings import DEFAULTS
-from daemon.sources.connection import READ_BYTES, ClientConnection, ConnectionServer
-from daemon.sources.sink import StreamSink
-from daemon.sources.uri import WyomingSpec
-from daemon.stream_watch import StreamWatchers
-from daemon.wyoming_protocol import (
+from intentd.daemon.command_texts import CommandTexts
+from intentd.daemon.counters import Counters
+from intentd.daemon.errors import AudioError, IntentdError, ProtocolError
+from intentd.daemon.events import UNKNOWN_LABEL, DroppedEvent, ErrorEvent, Event, IntentEvent, StreamEndEvent
+from intentd.daemon.frames import AudioChunk
+from intentd.daemon.protocol import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_CHANNELS, MIN_SAMPLE_RATE, PcmDecoder
+from intentd.daemon.settings import DEFAULTS
+from intentd.daemon.sources.connection import READ_BYTES, ClientConnection, ConnectionServer
+from intentd.daemon.sources.sink import StreamSink
+from intentd.daemon.sources.uri import WyomingSpec
+from intentd.daemon.stream_watch import StreamWatchers
+from intentd.daemon.wyoming_protocol import (
     AUDIO_CHUNK,
     AUDIO_START,
     AUDIO_STOP,
