@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.no_eval and not args.daemon:
         parser.error("--no-eval leaves nothing to run without --daemon")
+    args.workdir = args.workdir.resolve()  # the daemon subprocess runs in its own folder
+    args.model = args.model.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"model": str(args.model), "conditions": {}}
     for condition in args.snr:

@@ -209,11 +209,10 @@ class GrammarDecoder:
                 kept.append((row, token, hyp))
         if len(finished) >= beam or not kept:
             return []
-        if not self.settings.length_norm:
-            # Summed log-probabilities only fall, so no live beam can overtake a finished sentence that beats it.
-            # (A mean can rise again, so ranked by means the search goes on until `beam` sentences have ended.)
-            if max((h.logp for h in finished), default=-math.inf) >= kept[0][2].logp:
-                return []
+        # Summed log-probabilities only fall, so no live beam can overtake a finished sentence that beats it.
+        # (A mean can rise again, so ranked by means the search goes on until `beam` sentences have ended.)
+        if not self.settings.length_norm and max((h.logp for h in finished), default=-math.inf) >= kept[0][2].logp:
+            return []
         return kept
 
     def _rank(self, hyp: _Hyp) -> float:

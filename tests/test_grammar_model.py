@@ -121,3 +121,15 @@ def test_grammar_model_of_whisper_tiny_en_transcribes_as_ctranslate2_and_hears_t
                 break
             ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
     assert ids[0, len(prompt):].tolist() == list(expected)
+
+
+def test_decoder_settings_keep_the_ranking_and_refuse_a_bad_one() -> None:
+    from intentd.daemon.errors import ModelError
+    from intentd.daemon.grammar_decoder import DecoderSettings
+
+    settings = DecoderSettings((1, 2), 3, beam=4, max_tokens=9, length_norm=False)
+    assert DecoderSettings.from_json(settings.to_json(), "x") == settings
+    # Folders written before the setting existed rank by the mean, today's default.
+    assert DecoderSettings.from_json({"prompt": [1], "eot": 3}, "x").length_norm is True
+    with pytest.raises(ModelError, match="length_norm"):
+        DecoderSettings.from_json({"prompt": [1], "eot": 3, "length_norm": "yes"}, "intentd.json")
