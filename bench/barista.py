@@ -178,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir = args.workdir.resolve()  # the daemon subprocess runs in its own folder
     args.model = args.model.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    passes = (*(() if args.no_eval else ("eval",)), *(("daemon",) if args.daemon else ()))
     results: dict[str, Any] = {"model": str(args.model), "conditions": {}}
     for condition in args.snr:
         folder = write_condition(args.data, args.workdir, condition)
-        row: dict[str, Any] = {} if args.no_eval else {"eval": evaluate(args.model, folder)}
-        if args.daemon:
-            row["daemon"] = through_daemon(args.model, folder, args.workdir / f"daemon-{condition}")
+        row: dict[str, Any] = {}
+        for how in passes:
+            row[how] = (evaluate(args.model, folder) if how == "eval" else
+                        through_daemon(args.model, folder, args.workdir / f"daemon-{condition}"))
         results["conditions"][condition] = row
         print(f"{condition:>5}", flush=True)
         for how, report in row.items():
@@ -195,11 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             for c in report["slot_confusions"][:5]:
                 print(f"         {c['slot']}: {c['truth']} -> {c['predicted']} x{c['count']}")
     noisy = [c for c in args.snr if c != "clean"]
-    for how in ("eval", "daemon") if noisy else ():
-        if how in results["conditions"][noisy[0]]:
-            average = statistics.fmean(results["conditions"][c][how]["command_acceptance"] for c in noisy)
-            results[f"noisy_average_{how}"] = average
-            print(f"noisy average ({how}): {average:.3f}   Rhino's published noisy average: {RHINO_NOISY_AVERAGE}")
+    for how in passes if noisy else ():
+        average = statistics.fmean(results["conditions"][c][how]["command_acceptance"] for c in noisy)
+        results[f"noisy_average_{how}"] = average
+        print(f"noisy average ({how}): {average:.3f}   Rhino's published noisy average: {RHINO_NOISY_AVERAGE}")
     if args.latency_clips:
         results["latency"] = latency(args.model, args.data, args.latency_clips)
         lat = results["latency"]

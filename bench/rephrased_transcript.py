@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 BATCH = 8
@@ -29,7 +28,7 @@ def transcribe(whisper: Path, clips: Path) -> list[dict[str, str]]:
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     from intentd.daemon.audio import SAMPLE_RATE
-    from intentd.daemon.resample import resample
+    from intentd.train.audio_io import read_audio
 
     model = WhisperForConditionalGeneration.from_pretrained(whisper).eval()
     features = WhisperFeatureExtractor.from_pretrained(whisper)
@@ -39,10 +38,7 @@ def transcribe(whisper: Path, clips: Path) -> list[dict[str, str]]:
     rows = []
     for i in range(0, len(files), BATCH):
         batch = files[i:i + BATCH]
-        audio = []
-        for f in batch:
-            x, rate = sf.read(str(f), dtype="float32")
-            audio.append(resample(x, rate) if rate != SAMPLE_RATE else x)
+        audio = [read_audio(f) for f in batch]
         inputs = features(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         with torch.inference_mode():
             ids = model.generate(inputs, decoder_input_ids=torch.tensor([decoder["prompt"]] * len(batch)),
